@@ -1,0 +1,52 @@
+"""Shared fixtures: the embedding configurations every test sweeps, and a tiny XCiT factory."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import timm
+import torch
+
+import qkv  # noqa: F401  (registers the qkv_xcit_* models)
+
+
+def _option_sets() -> list[dict]:
+    """Every embedding kind with every value of each of its options (one option varied at a time around
+    the defaults, plus the full product of the fsne code options)."""
+    sets = [dict(qkv_embed="linear"), dict(qkv_embed="linear", qkv_bias=False)]
+    for kind in ("sne", "psne"):
+        sets += [
+            dict(qkv_embed=kind),
+            dict(qkv_embed=kind, qkv_bias=False),
+            dict(qkv_embed=kind, qkv_norm=True),
+            dict(qkv_embed=kind, qkv_hidden=20),
+            dict(qkv_embed=kind, qkv_hidden_ratio=1.0),
+        ]
+    sets += [dict(qkv_embed="psne", qkv_shared="second"), dict(qkv_embed="psne", qkv_shared="second", qkv_norm=True)]
+    for mode, scope, init in itertools.product(("concat", "add", "gate"), ("block", "global"), ("onehot", "normal")):
+        sets.append(dict(qkv_embed="fsne", qkv_code_mode=mode, qkv_code_scope=scope, qkv_code_init=init))
+    sets += [
+        dict(qkv_embed="fsne", qkv_code_mode=mode, qkv_norm=True, qkv_bias=False) for mode in ("concat", "add", "gate")
+    ]
+    sets += [dict(qkv_embed="fsne", qkv_code_dim=7, qkv_code_scale=0.5, qkv_hidden=40)]
+    return sets
+
+
+OPTION_SETS = _option_sets()
+
+
+def option_id(options: dict) -> str:
+    return "-".join(f"{k.removeprefix('qkv_')}={v}" for k, v in options.items())
+
+
+@pytest.fixture(params=OPTION_SETS, ids=option_id)
+def options(request) -> dict:
+    return dict(request.param)
+
+
+def tiny_xcit(options: dict, *, num_classes: int = 5, seed: int = 0, **kwargs) -> torch.nn.Module:
+    """A small XCiT (dim 32, 2 blocks, 32-px input, 16 tokens) with the given qkv_* options."""
+    torch.manual_seed(seed)
+    args = dict(embed_dim=32, depth=2, num_heads=4, img_size=32, num_classes=num_classes)
+    return timm.create_model("qkv_xcit_nano_12_p8", **{**args, **kwargs}, **options)
