@@ -70,27 +70,28 @@ _DEFAULT_HIDDEN_RATIO = {"sne": 0.5, "psne": 0.75, "fsne": 1.0}
 _NORM_EPS = 1e-6  # as XCiT's own LayerNorms
 
 # Which options each kind reads; giving an option to a kind that does not read it is an error.
+_MLP_OPTIONS = frozenset({"bias", "hidden", "hidden_ratio", "norm"})
 _KIND_OPTIONS = {
-    "linear": {"bias"},
-    "sne": {"bias", "hidden", "hidden_ratio", "norm"},
-    "psne": {"bias", "hidden", "hidden_ratio", "norm", "shared"},
-    "fsne": {
-        "bias",
-        "hidden",
-        "hidden_ratio",
-        "norm",
-        "code_mode",
-        "code_dim",
-        "code_init",
-        "code_scale",
-        "code_scope",
-    },
+    "linear": frozenset({"bias"}),
+    "sne": _MLP_OPTIONS,
+    "psne": _MLP_OPTIONS | {"shared"},
+    "fsne": _MLP_OPTIONS | {"code_mode", "code_dim", "code_init", "code_scale", "code_scope"},
 }
 
 
 def _choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"qkv_{name}={value!r} is not one of: {', '.join(map(str, choices))}")
+
+
+def _positive(name: str, value, integer: bool) -> None:
+    """``None`` or a positive (integer / finite) number; bools are not numbers here."""
+    if value is None:
+        return
+    kinds = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not 0 < value < math.inf:
+        what = "a positive integer" if integer else "a positive finite number"
+        raise ValueError(f"qkv_{name} must be {what}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -118,9 +119,8 @@ class EmbedConfig:
         given = {f.name for f in fields(self) if f.name not in ("kind", "bias") and getattr(self, f.name) is not None}
         stray = sorted(given - _KIND_OPTIONS[self.kind])
         if stray:
-            names = ", ".join(f"qkv_{s}" for s in stray)
             raise ValueError(
-                f"{names} does not apply to qkv_embed={self.kind!r}; it reads: "
+                f"{', '.join('qkv_' + s for s in stray)} does not apply to qkv_embed={self.kind!r}; it reads: "
                 f"{', '.join('qkv_' + o for o in sorted(_KIND_OPTIONS[self.kind]))}"
             )
         for name in ("bias", "norm"):
@@ -129,39 +129,23 @@ class EmbedConfig:
                 raise ValueError(f"qkv_{name} must be true or false, got {value!r}")
         if self.hidden is not None and self.hidden_ratio is not None:
             raise ValueError("give qkv_hidden or qkv_hidden_ratio, not both")
-        if self.hidden is not None and (
-            isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden <= 0
+        _positive("hidden", self.hidden, integer=True)
+        _positive("hidden_ratio", self.hidden_ratio, integer=False)
+        _positive("code_dim", self.code_dim, integer=True)
+        _positive("code_scale", self.code_scale, integer=False)
+        for name, choices in (
+            ("shared", PSNE_SHARED),
+            ("code_mode", CODE_MODES),
+            ("code_init", CODE_INITS),
+            ("code_scope", CODE_SCOPES),
         ):
-            raise ValueError(f"qkv_hidden must be a positive integer, got {self.hidden!r}")
-        if self.hidden_ratio is not None and (
-            isinstance(self.hidden_ratio, bool)
-            or not isinstance(self.hidden_ratio, (int, float))
-            or not self.hidden_ratio > 0
-        ):
-            raise ValueError(f"qkv_hidden_ratio must be a positive number, got {self.hidden_ratio!r}")
-        if self.shared is not None:
-            _choice("shared", self.shared, PSNE_SHARED)
-        if self.code_mode is not None:
-            _choice("code_mode", self.code_mode, CODE_MODES)
-        if self.code_init is not None:
-            _choice("code_init", self.code_init, CODE_INITS)
-        if self.code_scope is not None:
-            _choice("code_scope", self.code_scope, CODE_SCOPES)
-        if self.code_dim is not None:
-            if self.resolved_code_mode != "concat":
-                raise ValueError(
-                    f"qkv_code_dim applies to qkv_code_mode='concat' only; with {self.code_mode!r} the code "
-                    "length is fixed (add: the token dimension, gate: the hidden width)"
-                )
-            if isinstance(self.code_dim, bool) or not isinstance(self.code_dim, int) or self.code_dim <= 0:
-                raise ValueError(f"qkv_code_dim must be a positive integer, got {self.code_dim!r}")
-        if self.code_scale is not None and (
-            isinstance(self.code_scale, bool)
-            or not isinstance(self.code_scale, (int, float))
-            or not self.code_scale > 0
-            or not math.isfinite(self.code_scale)
-        ):
-            raise ValueError(f"qkv_code_scale must be a positive finite number, got {self.code_scale!r}")
+            if getattr(self, name) is not None:
+                _choice(name, getattr(self, name), choices)
+        if self.code_dim is not None and self.resolved_code_mode != "concat":
+            raise ValueError(
+                f"qkv_code_dim applies to qkv_code_mode='concat' only; with {self.code_mode!r} the code "
+                "length is fixed (add: the token dimension, gate: the hidden width)"
+            )
 
     @classmethod
     def from_options(cls, qkv_embed: str = "linear", **options) -> EmbedConfig:

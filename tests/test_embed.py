@@ -74,7 +74,7 @@ def test_default_widths_parameter_arithmetic(kind, dim, params):
         (dict(qkv_embed="fsne", qkv_code_scope="layer"), "qkv_code_scope='layer' is not one of: block, global"),
         (dict(qkv_embed="sne", qkv_hidden=0), "qkv_hidden must be a positive integer, got 0"),
         (dict(qkv_embed="sne", qkv_hidden=-4), "qkv_hidden must be a positive integer, got -4"),
-        (dict(qkv_embed="sne", qkv_hidden_ratio=0.0), "qkv_hidden_ratio must be a positive number"),
+        (dict(qkv_embed="sne", qkv_hidden_ratio=0.0), "qkv_hidden_ratio must be a positive finite number"),
         (dict(qkv_embed="sne", qkv_hidden=8, qkv_hidden_ratio=0.5), "not both"),
         (dict(qkv_embed="fsne", qkv_code_dim=0), "qkv_code_dim must be a positive integer, got 0"),
         (dict(qkv_embed="fsne", qkv_code_mode="add", qkv_code_dim=4), "qkv_code_dim applies to qkv_code_mode='concat'"),
