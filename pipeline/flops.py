@@ -29,6 +29,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 
+from pipeline.cli import run_stage
 from pipeline.io import json_bytes, provenance, write_outputs
 from pipeline.params import ParamsError, load_sections, parse, variant_options
 
@@ -249,12 +250,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table", required=True, help="CSV table to write")
     parser.add_argument("--provenance", required=True, help="provenance JSON to write")
     args = parser.parse_args(argv)
+    run_stage("flops", lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> None:
     started = time.time()
-    try:
-        variants, flops, forensics = load(args.params)
-        metrics, rows = run(variants, flops, forensics, progress=sys.stderr.isatty())
-    except ValueError as exc:  # ParamsError and invalid options / failed checks
-        sys.exit(f"flops: error: {exc}")
+    variants, flops, forensics = load(args.params)
+    metrics, rows = run(variants, flops, forensics, progress=sys.stderr.isatty())
     resolved = {"variants": variants, "flops": asdict(flops), "forensics": asdict(forensics)}
     write_outputs(
         {
@@ -263,10 +265,10 @@ def main(argv: list[str] | None = None) -> None:
             args.provenance: json_bytes(provenance("flops", resolved, started=started)),
         }
     )
+    checks = metrics["checks"]
     print(
-        f"flops: {len(rows)} configurations counted, counters agree "
-        f"(max relative difference: formula {metrics['checks']['max_rel_diff_formula']:.1e}, "
-        f"FlopCounterMode {metrics['checks']['max_rel_diff_flop_counter']:.1e})"
+        f"flops: {len(rows)} configurations counted, counters agree (max relative difference: formula "
+        f"{checks['max_rel_diff_formula']:.1e}, FlopCounterMode {checks['max_rel_diff_flop_counter']:.1e})"
     )
 
 

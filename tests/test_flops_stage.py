@@ -90,3 +90,18 @@ def test_bad_params_exit_with_message_and_no_outputs(tmp_path, capsys, overrides
     assert excinfo.value.code != 0
     assert message in str(excinfo.value.code)
     assert not (tmp_path / "out").exists()
+
+
+def test_command_line_bad_input_exits_1_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    files = outputs(tmp_path)
+    argv = [sys.executable, "-m", "pipeline.flops", "--params", str(small_params(tmp_path, flops__variants=["x"]))]
+    for key, path in files.items():
+        argv += [f"--{key}", str(path)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("flops: error: flops.variants: unknown variant 'x'")
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
