@@ -31,24 +31,36 @@ def json_bytes(obj: Any) -> bytes:
 
 
 def write_outputs(files: dict[str | Path, bytes]) -> None:
-    """Write every ``path -> content`` atomically, all or none (parent folders are created)."""
+    """Write every ``path -> content`` atomically, all or none: each goes to a temporary file beside its
+    target and is renamed into place only once all were written. Parent folders are created (and removed
+    again if the write fails)."""
     staged: list[tuple[str, Path]] = []
+    created: list[Path] = []  # folders made here, removed again if the write fails
+    done = False
     try:
         for path, content in files.items():
             path = Path(path)
+            missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
             path.parent.mkdir(parents=True, exist_ok=True)
+            created += reversed(missing)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             staged.append((tmp, path))
             with os.fdopen(fd, "wb") as fh:
                 fh.write(content)
                 fh.flush()
                 os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary readable files
         for tmp, path in staged:
             os.replace(tmp, path)
+        done = True
     finally:
         for tmp, _ in staged:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        if not done:
+            for folder in reversed(created):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
 
 
 def _git(*args: str) -> str | None:

