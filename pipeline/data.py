@@ -348,7 +348,8 @@ def _bench(args: argparse.Namespace) -> None:
     """Images/s of a full pass over the training split (augmented) and the test split."""
     from pipeline.params import load_sections, parse
 
-    recipe = parse(AugmentParams, load_sections(args.params, ("augment",))["augment"], "augment")
+    section = load_sections(args.params, (args.section,))[args.section]
+    recipe = parse(AugmentParams, section["augment"], f"{args.section}.augment")
     torch.set_num_threads(args.threads)
     loaders = build_loaders(args.prepared, recipe, batch_size=args.batch_size, seed=0)
     for split in ("train", "test"):
@@ -369,6 +370,7 @@ def _bench(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.data", description="loader throughput benchmark")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--section", default="pretrain", help="training section whose augment recipe to use")
     parser.add_argument("--prepared", required=True, help="a folder written by the prepare stage")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=3)

@@ -1,0 +1,266 @@
+"""pretrain / finetune on a tiny profile: learning, determinism, resume after kill -9, torchrun, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline import finetune, pretrain
+from pipeline.datasets import DatasetParams
+from pipeline.io import write_outputs
+
+from .tiny import ROOT, tiny_params, write_params
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> dict[str, Path]:
+    from pipeline import prepare
+
+    base = tmp_path_factory.mktemp("prepared")
+    out = {}
+    for name, entry in tiny_params()["datasets"].items():
+        files, _ = prepare.run(name, DatasetParams(**entry))
+        write_outputs({base / name / k: v for k, v in files.items()})
+        out[name] = base / name
+    return out
+
+
+def pretrain_argv(tmp: Path, params: Path, data: Path, variant: str = "linear", seed: int = 0) -> list[str]:
+    out = tmp / f"{variant}-{seed}"
+    return [
+        "--params",
+        str(params),
+        "--variant",
+        variant,
+        "--seed",
+        str(seed),
+        "--data",
+        str(data),
+        "--model-out",
+        str(out / "model.safetensors"),
+        "--metrics",
+        str(out / "metrics.json"),
+        "--curves",
+        str(out / "curves.csv"),
+        "--provenance",
+        str(out / "provenance.json"),
+        "--resume-dir",
+        str(tmp / "resume" / f"{variant}-{seed}"),
+    ]
+
+
+def outputs(tmp: Path, variant: str = "linear", seed: int = 0) -> dict[str, bytes]:
+    out = tmp / f"{variant}-{seed}"
+    return {name: (out / name).read_bytes() for name in ("metrics.json", "curves.csv", "model.safetensors")}
+
+
+def test_pretrain_learns_and_writes_outputs(tmp_path, prepared):
+    params = write_params(tmp_path / "params.yaml", tiny_params(pretrain={"epochs": 6}))
+    pretrain.main(pretrain_argv(tmp_path, params, prepared["synthetic"], "fsne"))
+    metrics = json.loads((tmp_path / "fsne-0" / "metrics.json").read_text())
+    curves = (tmp_path / "fsne-0" / "curves.csv").read_text().splitlines()
+    assert curves[0] == "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5" and len(curves) == 7
+    first, last = (float(curves[i].split(",")[2]) for i in (1, -1))
+    assert last < first, "training loss must decrease"
+    assert metrics["test_top1"] > 100 / 3 + 15, f"no better than chance: {metrics['test_top1']}"
+    assert metrics["synthetic"] is True and metrics["lr_effective"] == pytest.approx(3.2e-2 * 16 / 512)
+    assert set(metrics["qkv_similarity"]) == {"blocks.0.attn.qkv"}
+    provenance = json.loads((tmp_path / "fsne-0" / "provenance.json").read_text())
+    assert provenance["timing"]["train_img_per_s"] > 0 and provenance["world_size"] == 1
+    assert "img_per_s" not in (tmp_path / "fsne-0" / "metrics.json").read_text()
+    assert not (tmp_path / "resume" / "fsne-0").exists(), "resume state is removed after success"
+
+
+def test_same_seed_gives_identical_bytes(tmp_path, prepared):
+    params = write_params(tmp_path / "params.yaml", tiny_params())
+    pretrain.main(pretrain_argv(tmp_path / "a", params, prepared["synthetic"]))
+    pretrain.main(pretrain_argv(tmp_path / "b", params, prepared["synthetic"]))
+    assert outputs(tmp_path / "a") == outputs(tmp_path / "b")
+    pretrain.main(pretrain_argv(tmp_path / "c", params, prepared["synthetic"], seed=1))
+    assert outputs(tmp_path / "c", seed=1)["metrics.json"] != outputs(tmp_path / "a")["metrics.json"]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def test_resume_after_kill_gives_the_same_result(tmp_path, prepared):
+    params = write_params(tmp_path / "params.yaml", tiny_params(pretrain={"epochs": 12}))
+    pretrain.main(pretrain_argv(tmp_path / "whole", params, prepared["synthetic"]))
+    argv = pretrain_argv(tmp_path / "killed", params, prepared["synthetic"])
+    checkpoint = tmp_path / "killed" / "resume" / "linear-0" / "checkpoint.pt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.pretrain", *argv],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed: make the test run longer"
+    assert checkpoint.exists() and not (tmp_path / "killed" / "linear-0" / "metrics.json").exists()
+    resumed = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 1 <= resumed < 12
+    pretrain.main(argv)
+    assert outputs(tmp_path / "killed") == outputs(tmp_path / "whole")
+
+
+def test_checkpoint_from_another_configuration_is_refused(tmp_path, prepared):
+    params = write_params(tmp_path / "params.yaml", tiny_params())
+    checkpoint = tmp_path / "resume" / "linear-0" / "checkpoint.pt"
+    checkpoint.parent.mkdir(parents=True)
+    torch.save({"fingerprint": json.dumps({"stage": "pretrain", "seed": 0, "train": {"epochs": 99}})}, checkpoint)
+    with pytest.raises(SystemExit) as excinfo:
+        pretrain.main(pretrain_argv(tmp_path, params, prepared["synthetic"]))
+    message = str(excinfo.value.code)
+    assert "was written by a different configuration" in message and "train" in message
+    assert f"delete {checkpoint.parent}" in message
+
+
+def test_two_process_torchrun_matches_one_process(tmp_path, prepared):
+    """Same global batch, same data order and augmentation: the runs differ only through BatchNorm, whose
+    statistics are per process on CPU (SyncBatchNorm needs a GPU). Tolerance: final train loss within 5 %
+    relative, test top-1 within 10 points."""
+    params = write_params(tmp_path / "params.yaml", tiny_params(pretrain={"epochs": 4}))
+    pretrain.main(pretrain_argv(tmp_path / "one", params, prepared["synthetic"]))
+    argv = pretrain_argv(tmp_path / "two", params, prepared["synthetic"])
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "pipeline.pretrain",
+            *argv,
+        ],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "linear-0" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "linear-0" / "metrics.json").read_text())
+    assert two["world_size"] == 2 and two["global_batch"] == one["global_batch"]
+    loss = [
+        float((tmp_path / d / "linear-0" / "curves.csv").read_text().splitlines()[-1].split(",")[2])
+        for d in ("one", "two")
+    ]
+    assert abs(loss[0] - loss[1]) <= 0.05 * loss[0], loss
+    assert abs(one["test_top1"] - two["test_top1"]) <= 10
+
+
+def test_finetune_from_pretrained(tmp_path, prepared):
+    params = write_params(tmp_path / "params.yaml", tiny_params())
+    pretrain.main(pretrain_argv(tmp_path, params, prepared["synthetic"], "fsne"))
+    out = tmp_path / "ft"
+    argv = [
+        "--params",
+        str(params),
+        "--variant",
+        "fsne",
+        "--dataset",
+        "digits",
+        "--seed",
+        "0",
+        "--data",
+        str(prepared["digits"]),
+        "--pretrained",
+        str(tmp_path / "fsne-0" / "model.safetensors"),
+        "--model-out",
+        str(out / "model.safetensors"),
+        "--metrics",
+        str(out / "metrics.json"),
+        "--curves",
+        str(out / "curves.csv"),
+        "--provenance",
+        str(out / "provenance.json"),
+        "--resume-dir",
+        str(tmp_path / "resume-ft"),
+    ]
+    finetune.main(argv)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_classes"] == 10 and metrics["dataset"] == "digits" and metrics["stage"] == "finetune"
+    missing = [*argv[:11], str(tmp_path / "nowhere.safetensors"), *argv[12:]]
+    with pytest.raises(SystemExit, match="no pretrained weights for variant 'fsne' seed 0 at .*nowhere"):
+        finetune.main(missing)
+
+
+@pytest.mark.parametrize(
+    ("updates", "message"),
+    [
+        (dict(pretrain={"lr": 1.0e6, "epochs": 3}), "non-finite loss"),
+        (dict(pretrain={"batch_size": 4096}), "batch size 4096 x 1 process(es) is larger than the training split"),
+        (dict(pretrain={"warmup_epochs": 2}), "pretrain.warmup_epochs: 2 must be below epochs (2)"),
+        (dict(pretrain={"lr": 0.0}), "pretrain.lr: expected a positive number, got 0.0"),
+        (dict(pretrain={"epochs": -1}), "pretrain.epochs: expected a positive integer, got -1"),
+        (dict(pretrain={"epochs": "2"}), "pretrain.epochs: expected an integer, got '2'"),
+        (dict(pretrain={"variants": ["linear", "mlp"]}), "pretrain.variants: unknown variant 'mlp'"),
+        (dict(pretrain={"dataset": "cifar"}), "pretrain.dataset: 'cifar' is not an entry of the datasets section"),
+        (dict(finetune={"variants": ["psne"]}), None),  # pretrain ignores the finetune section
+    ],
+)
+def test_pretrain_bad_input(tmp_path, prepared, updates, message):
+    params = write_params(tmp_path / "params.yaml", tiny_params(**updates))
+    argv = pretrain_argv(tmp_path, params, prepared["synthetic"])
+    if message is None:
+        pretrain.main(argv)
+        return
+    with pytest.raises(SystemExit) as excinfo:
+        pretrain.main(argv)
+    assert message in str(excinfo.value.code)
+    assert not (tmp_path / "linear-0").exists(), "no outputs after a failure"
+
+
+def test_nan_message_names_step_lr_and_last_loss(tmp_path, prepared):
+    params = write_params(tmp_path / "params.yaml", tiny_params(pretrain={"lr": 1.0e6, "epochs": 3}))
+    with pytest.raises(SystemExit) as excinfo:
+        pretrain.main(pretrain_argv(tmp_path, params, prepared["synthetic"]))
+    message = str(excinfo.value.code)
+    assert "at epoch" in message and ", step " in message and ", lr " in message and "last finite loss" in message
+
+
+def test_finetune_variant_without_pretraining_is_a_params_error(tmp_path, prepared):
+    params = write_params(tmp_path / "params.yaml", tiny_params(finetune={"variants": ["linear", "sne"]}))
+    with pytest.raises(SystemExit, match="finetune.variants: 'sne' has no pretrained weights"):
+        finetune.main(
+            [
+                "--params",
+                str(params),
+                "--variant",
+                "sne",
+                "--dataset",
+                "digits",
+                "--seed",
+                "0",
+                "--data",
+                "x",
+                "--pretrained",
+                "x",
+                "--model-out",
+                "x",
+                "--metrics",
+                "x",
+                "--curves",
+                "x",
+                "--provenance",
+                "x",
+                "--resume-dir",
+                "x",
+            ]
+        )

@@ -1,0 +1,45 @@
+"""A tiny profile of the real params.yaml: the same sections and keys, sized to run in seconds."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_params(**section_updates) -> dict:
+    """The repository's params.yaml shrunk: synthetic source, digits target, a depth-1 model, 2 epochs.
+
+    ``section_updates`` maps a section name to a dict merged into it (``pretrain={"epochs": 3}``).
+    """
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["flops"].update(models=["qkv_xcit_nano_12_p16"], img_size=32, num_classes=[10])
+    readings = params["forensics"]["readings"]
+    params["forensics"].update(img_size=32, num_classes=[10], readings={k: readings[k] for k in list(readings)[:3]})
+    params["datasets"] = {
+        "synthetic": dict(
+            source="synthetic", img_size=16, val_fraction=0.2, test_fraction=0.2, seed=0, num_classes=3, per_class=40
+        ),
+        "digits": dict(source="digits", img_size=16, val_fraction=0.1, test_fraction=0.2, seed=0),
+    }
+    params["model"].update(img_size=16, patch_size=4, depth=1, embed_dim=32, num_heads=4)
+    params["seeds"] = [0]
+    for section in ("pretrain", "finetune"):
+        params[section] = copy.deepcopy(params[section])  # undo the YAML alias before editing
+        params[section].update(
+            variants=["linear", "fsne"], epochs=2, batch_size=16, threads=1, eval_batch_size=64, diagnostic_images=8
+        )
+        params[section]["augment"] = {**params[section]["augment"], "input_size": 16}
+    params["pretrain"].update(dataset="synthetic", lr=3.2e-2)  # effective 1e-3 at batch 16
+    params["finetune"].update(datasets=["digits"])
+    for section, values in section_updates.items():
+        params[section] = {**params[section], **values} if isinstance(values, dict) else values
+    return params
+
+
+def write_params(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
