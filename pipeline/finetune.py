@@ -106,7 +106,7 @@ def _main(args: argparse.Namespace) -> None:
     if result["dist"].main:
         m = result["metrics"]
         print(
-            f"finetune {args.variant}-{args.dataset}-{args.seed}: test top-1 {m['test_top1']:.2f} % "
+            f"finetune {args.variant}-{args.dataset}-{args.seed}: test top-1 {m['test_top1']:.2f} % on {m['dataset']}"
             f"{' (SYNTHETIC)' if m['synthetic'] else ''}, {result['timing']['train_img_per_s']} img/s"
         )
 

@@ -45,7 +45,7 @@ def test_stage_params_and_module_match_dvc_yaml(name):
     stage = dvc_stages()[name]
     body = stage.get("do", stage)  # foreach / matrix stages keep their definition under `do`
     module = importlib.import_module(f"pipeline.{name}")
-    assert f"python -m pipeline.{name} " in body["cmd"], "stage name must equal its module name"
+    assert f" -m pipeline.{name} " in body["cmd"], "stage name must equal its module name"
     sections = tuple(p.split(".")[0] for p in body["params"])  # `datasets.${key}` reads section `datasets`
     assert sections == module.PARAMS
     assert f"pipeline/{name}.py" in body["deps"]
