@@ -17,10 +17,10 @@ from pathlib import Path
 
 from pipeline.cli import run_stage
 from pipeline.datasets import DatasetParams
-from pipeline.params import ParamsError, load_sections, parse, variant_options
+from pipeline.params import ParamsError, load_sections, parse, profile_name, variant_options
 from pipeline.train import ModelParams, Run, TrainParams
 
-PARAMS = ("variants", "model", "finetune", "datasets", "pretrain")
+PARAMS = ("profile", "variants", "model", "finetune", "datasets", "pretrain")
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class FinetuneParams(TrainParams):
     variants: tuple[str, ...]  # variants transferred (each must be pretrained)
 
 
-def load(path: str, variant: str, dataset: str) -> tuple[dict, ModelParams, FinetuneParams, DatasetParams]:
+def load(path: str, variant: str, dataset: str) -> tuple[str, dict, ModelParams, FinetuneParams, DatasetParams]:
     raw = load_sections(path, PARAMS)
     variants = parse(dict[str, dict], raw["variants"], "variants")
     finetune = parse(FinetuneParams, raw["finetune"], "finetune")
@@ -49,7 +49,7 @@ def load(path: str, variant: str, dataset: str) -> tuple[dict, ModelParams, Fine
     if not isinstance(datasets, dict) or dataset not in datasets:
         raise ParamsError(f"finetune.datasets: {dataset!r} is not an entry of the datasets section")
     target = parse(DatasetParams, datasets[dataset], f"datasets.{dataset}")
-    return variants, parse(ModelParams, raw["model"], "model"), finetune, target
+    return profile_name(raw["profile"]), variants, parse(ModelParams, raw["model"], "model"), finetune, target
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,9 +73,10 @@ def _main(args: argparse.Namespace) -> None:
     from pipeline.train import fit, write_results
 
     started = time.time()
-    variants, model, finetune, dataset = load(args.params, args.variant, args.dataset)
+    profile, variants, model, finetune, dataset = load(args.params, args.variant, args.dataset)
     run = Run(
         stage="finetune",
+        profile=profile,
         variant=args.variant,
         seed=args.seed,
         options=variants[args.variant],
@@ -88,6 +89,7 @@ def _main(args: argparse.Namespace) -> None:
     )
     result = fit(run, progress=sys.stderr.isatty())
     params = {
+        "profile": profile,
         "variants": {args.variant: variants[args.variant]},
         "model": asdict(model),
         "finetune": asdict(finetune),

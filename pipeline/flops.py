@@ -31,9 +31,9 @@ from dataclasses import asdict, dataclass
 
 from pipeline.cli import run_stage
 from pipeline.io import json_bytes, provenance, write_outputs
-from pipeline.params import ParamsError, load_sections, parse, variant_options
+from pipeline.params import ParamsError, load_sections, parse, profile_name, variant_options
 
-PARAMS = ("variants", "flops", "forensics")
+PARAMS = ("profile", "variants", "flops", "forensics")
 
 _BACKBONE_LABEL = {"nano": "N12", "tiny": "T12", "small": "S12"}
 
@@ -87,8 +87,9 @@ TABLE_COLUMNS = (
 )
 
 
-def load(path: str) -> tuple[dict, FlopsParams, ForensicsParams]:
+def load(path: str) -> tuple[str, dict, FlopsParams, ForensicsParams]:
     raw = load_sections(path, PARAMS)
+    profile = profile_name(raw["profile"])
     variants = parse(dict[str, dict], raw["variants"], "variants")
     flops = parse(FlopsParams, raw["flops"], "flops")
     forensics = parse(ForensicsParams, raw["forensics"], "forensics")
@@ -106,7 +107,7 @@ def load(path: str) -> tuple[dict, FlopsParams, ForensicsParams]:
     ):
         if any(s <= 0 for s in sizes):
             raise ParamsError(f"{where}: expected positive integers, got {list(sizes)}")
-    return variants, flops, forensics
+    return profile, variants, flops, forensics
 
 
 def configurations(variants: dict, flops: FlopsParams, forensics: ForensicsParams) -> list[Config]:
@@ -215,7 +216,7 @@ def check(rows: list[dict], rel_tol: float) -> dict:
 
 
 def run(
-    variants: dict, flops: FlopsParams, forensics: ForensicsParams, *, progress: bool = False
+    profile: str, variants: dict, flops: FlopsParams, forensics: ForensicsParams, *, progress: bool = False
 ) -> tuple[dict, list[dict]]:
     """Count every configuration; returns (metrics, table rows)."""
     from tqdm import tqdm
@@ -223,7 +224,7 @@ def run(
     configs = configurations(variants, flops, forensics)
     rows = [count(c) for c in tqdm(configs, desc="flops", disable=not progress)]
     checks = check(rows, flops.rel_tol)
-    metrics: dict = {"models": {}, "forensics": {}, "checks": checks}
+    metrics: dict = {"profile": profile, "models": {}, "forensics": {}, "checks": checks}
     for row in rows:
         entry = {"params": row["params"], "gflops": row["gflops"]}
         if row["section"] == "main":
@@ -255,9 +256,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(args: argparse.Namespace) -> None:
     started = time.time()
-    variants, flops, forensics = load(args.params)
-    metrics, rows = run(variants, flops, forensics, progress=sys.stderr.isatty())
-    resolved = {"variants": variants, "flops": asdict(flops), "forensics": asdict(forensics)}
+    profile, variants, flops, forensics = load(args.params)
+    metrics, rows = run(profile, variants, flops, forensics, progress=sys.stderr.isatty())
+    resolved = {"profile": profile, "variants": variants, "flops": asdict(flops), "forensics": asdict(forensics)}
     write_outputs(
         {
             args.metrics: json_bytes(metrics),

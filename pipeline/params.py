@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ParamsError", "load_sections", "parse", "variant_options"]
+__all__ = ["ParamsError", "load_sections", "parse", "profile_name", "variant_options"]
 
 
 class ParamsError(ValueError):
@@ -104,6 +104,13 @@ def parse(tp, value: Any, where: str):
             raise ParamsError(f"{where}: expected {tp.__name__}, got {value!r}")
         return value
     raise TypeError(f"{where}: unsupported type hint {tp!r}")
+
+
+def profile_name(value: Any) -> str:
+    """The ``profile`` entry: the name every result file carries, so results of two profiles never mix."""
+    if not isinstance(value, str) or not value.strip():
+        raise ParamsError(f"profile: expected a non-empty name, got {value!r}")
+    return value
 
 
 def variant_options(variants: dict[str, Any], name: str, where: str = "variants") -> dict[str, Any]:

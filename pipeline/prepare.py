@@ -35,19 +35,20 @@ import numpy as np
 from pipeline.cli import run_stage
 from pipeline.datasets import DatasetParams, Loaded, load, read_image, split_indices
 from pipeline.io import json_bytes, provenance, write_outputs
-from pipeline.params import ParamsError, load_sections, parse
+from pipeline.params import ParamsError, load_sections, parse, profile_name
 
-PARAMS = ("datasets",)
+PARAMS = ("profile", "datasets")
 SPLITS = ("train", "val", "test")
 _RESIZE_CHUNK = 1024  # images resized at a time (bounds memory)
 
 
-def load_params(path: str, name: str) -> DatasetParams:
-    datasets = load_sections(path, PARAMS)["datasets"]
+def load_params(path: str, name: str) -> tuple[str, DatasetParams]:
+    raw = load_sections(path, PARAMS)
+    datasets = raw["datasets"]
     if not isinstance(datasets, dict) or name not in datasets:
         known = ", ".join(datasets) if isinstance(datasets, dict) else "none"
         raise ParamsError(f"datasets: no entry {name!r}; entries: {known}")
-    return parse(DatasetParams, datasets[name], f"datasets.{name}")
+    return profile_name(raw["profile"]), parse(DatasetParams, datasets[name], f"datasets.{name}")
 
 
 def to_rgb_resized(images: np.ndarray, size: int) -> np.ndarray:
@@ -77,7 +78,7 @@ def balance(labels: np.ndarray, num_classes: int) -> dict:
     return {"min": int(counts.min()), "max": int(counts.max())} if len(labels) else {"min": 0, "max": 0}
 
 
-def run(name: str, params: DatasetParams) -> tuple[dict[str, bytes], dict]:
+def run(name: str, params: DatasetParams, profile: str = "") -> tuple[dict[str, bytes], dict]:
     """Prepare dataset ``name``; returns (files to write into the output folder, metrics)."""
     source, loaded = load(name, params)
     splits = split_indices(
@@ -95,6 +96,7 @@ def run(name: str, params: DatasetParams) -> tuple[dict[str, bytes], dict]:
     digest = "sha256:" + hashlib.sha256(files[content]).hexdigest()
     num_classes = len(loaded.classes)
     metrics = {
+        "profile": profile,
         "dataset": name,
         "source": source.name,
         "kind": source.kind,
@@ -154,10 +156,10 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(args: argparse.Namespace) -> None:
     started = time.time()
-    params = load_params(args.params, args.dataset)
-    files, metrics = run(args.dataset, params)
+    profile, params = load_params(args.params, args.dataset)
+    files, metrics = run(args.dataset, params, profile)
     out = Path(args.out)
-    record = provenance("prepare", {"datasets": {args.dataset: asdict(params)}}, started=started)
+    record = provenance("prepare", {"profile": profile, "datasets": {args.dataset: asdict(params)}}, started=started)
     write_outputs(
         {
             **{out / k: v for k, v in files.items()},

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from pipeline.cli import run_stage
 from pipeline.datasets import DatasetParams
-from pipeline.params import ParamsError, load_sections, parse, variant_options
+from pipeline.params import ParamsError, load_sections, parse, profile_name, variant_options
 from pipeline.train import ModelParams, Run, TrainParams
 
-PARAMS = ("variants", "model", "pretrain", "datasets")
+PARAMS = ("profile", "variants", "model", "pretrain", "datasets")
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class PretrainParams(TrainParams):
     variants: tuple[str, ...]  # the variants pretrained (keys of the variants section)
 
 
-def load(path: str, variant: str) -> tuple[dict, ModelParams, PretrainParams, DatasetParams]:
+def load(path: str, variant: str) -> tuple[str, dict, ModelParams, PretrainParams, DatasetParams]:
     raw = load_sections(path, PARAMS)
     variants = parse(dict[str, dict], raw["variants"], "variants")
     pretrain = parse(PretrainParams, raw["pretrain"], "pretrain")
@@ -45,7 +45,7 @@ def load(path: str, variant: str) -> tuple[dict, ModelParams, PretrainParams, Da
     if not isinstance(datasets, dict) or pretrain.dataset not in datasets:
         raise ParamsError(f"pretrain.dataset: {pretrain.dataset!r} is not an entry of the datasets section")
     dataset = parse(DatasetParams, datasets[pretrain.dataset], f"datasets.{pretrain.dataset}")
-    return variants, parse(ModelParams, raw["model"], "model"), pretrain, dataset
+    return profile_name(raw["profile"]), variants, parse(ModelParams, raw["model"], "model"), pretrain, dataset
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,9 +67,10 @@ def _main(args: argparse.Namespace) -> None:
     from pipeline.train import fit, write_results
 
     started = time.time()
-    variants, model, pretrain, dataset = load(args.params, args.variant)
+    profile, variants, model, pretrain, dataset = load(args.params, args.variant)
     run = Run(
         stage="pretrain",
+        profile=profile,
         variant=args.variant,
         seed=args.seed,
         options=variants[args.variant],
@@ -81,6 +82,7 @@ def _main(args: argparse.Namespace) -> None:
     )
     result = fit(run, progress=sys.stderr.isatty())
     params = {
+        "profile": profile,
         "variants": {args.variant: variants[args.variant]},
         "model": asdict(model),
         "pretrain": asdict(pretrain),

@@ -119,6 +119,7 @@ class Run:
     train: TrainParams
     data: Path  # prepared dataset folder
     resume_dir: Path
+    profile: str = ""  # the params profile, carried into every result
     data_root: str | None = None  # file datasets: where the images are
     init_weights: Path | None = None  # finetune: the pretrained weights
 
@@ -437,6 +438,7 @@ def fit(run: Run, *, progress: bool = False) -> dict:
         similarity = qkv.qkv_similarity(model, diag_images.to(env.device))
         result["metrics"] = _round(
             {
+                "profile": run.profile,
                 "stage": run.stage,
                 "variant": run.variant,
                 "seed": run.seed,
@@ -444,6 +446,7 @@ def fit(run: Run, *, progress: bool = False) -> dict:
                 "synthetic": loaders.meta["synthetic"],
                 "epochs": train.epochs,
                 "params": n_params,
+                "gflops": round(_gflops(run, num_classes), 6),
                 "num_classes": num_classes,
                 "global_batch": train.batch_size,
                 "world_size": env.world_size,
@@ -463,6 +466,21 @@ def fit(run: Run, *, progress: bool = False) -> dict:
             result["metrics"].update(_round({"ema_test_top1": ema_test["top1"], "ema_test_top5": ema_test["top5"]}))
         result["curves"] = [_round(r) for r in curves]
     return result
+
+
+def _gflops(run: Run, num_classes: int) -> float:
+    """Closed-form flops of one forward pass (fvcore convention) of the trained configuration, in G."""
+    import qkv
+
+    overrides = {
+        k: v
+        for k, v in asdict(run.model).items()
+        if k in ("depth", "embed_dim", "num_heads", "patch_size") and v is not None
+    }
+    arch = qkv.model_arch(run.model.name, **overrides)
+    cfg, class_attn = qkv.split_model_options(run.options)
+    flops = qkv.xcit_flops(arch, cfg, img_size=run.model.img_size, num_classes=num_classes, class_attn=class_attn)
+    return flops.total / 1e9
 
 
 def _take(loader, n: int):

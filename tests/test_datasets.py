@@ -243,7 +243,7 @@ def test_user_dataset_needs_root_and_no_test_fraction():
 def test_stage_failure_leaves_no_outputs(tmp_path):
     params_file = tmp_path / "params.yaml"
     params_file.write_text(
-        "datasets:\n  d:\n    source: digits\n    img_size: 8\n    val_fraction: 2.0\n"
+        "profile: test\ndatasets:\n  d:\n    source: digits\n    img_size: 8\n    val_fraction: 2.0\n"
         "    test_fraction: 0.2\n    seed: 0\n"
     )
     out = tmp_path / "out"
@@ -270,7 +270,7 @@ def test_stage_failure_leaves_no_outputs(tmp_path):
 def test_stage_writes_documented_files(tmp_path):
     params_file = tmp_path / "params.yaml"
     params_file.write_text(
-        "datasets:\n  d:\n    source: synthetic\n    img_size: 8\n    val_fraction: 0.25\n"
+        "profile: test\ndatasets:\n  d:\n    source: synthetic\n    img_size: 8\n    val_fraction: 0.25\n"
         "    test_fraction: 0.25\n    seed: 0\n    num_classes: 2\n    per_class: 8\n"
     )
     out = tmp_path / "out"

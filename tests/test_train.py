@@ -73,6 +73,7 @@ def test_pretrain_learns_and_writes_outputs(tmp_path, prepared):
     assert metrics["test_top1"] > 100 / 3 + 15, f"no better than chance: {metrics['test_top1']}"
     assert metrics["synthetic"] is True and metrics["lr_effective"] == pytest.approx(3.2e-2 * 16 / 512)
     assert set(metrics["qkv_similarity"]) == {"blocks.0.attn.qkv"}
+    assert metrics["profile"] == "embedded" and 0 < metrics["gflops"] < 0.01
     provenance = json.loads((tmp_path / "fsne-0" / "provenance.json").read_text())
     assert provenance["timing"]["train_img_per_s"] > 0 and provenance["world_size"] == 1
     assert "img_per_s" not in (tmp_path / "fsne-0" / "metrics.json").read_text()
