@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: venv repro test lint lock
+.PHONY: venv repro test lint report-check lock
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ lint: $(STAMP)
 
 test: lint
 	pytest
+	$(MAKE) report-check
+
+# Rebuild the report from the versioned result files alone (no training) and check it comes out
+# byte-identical to the committed one.
+report-check: $(STAMP)
+	dvc repro --single-item --force report
+	git diff --exit-code --stat -- reports
 
 # Re-resolve requirements.in into exact pins (needs the package registry; not part of repro or test).
 lock:

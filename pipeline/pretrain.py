@@ -14,7 +14,6 @@ Runs under ``torchrun --nproc_per_node N -m pipeline.pretrain ...`` unchanged.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 from pipeline.cli import run_stage
 from pipeline.datasets import DatasetParams
 from pipeline.params import ParamsError, load_sections, parse, profile_name, variant_options
-from pipeline.train import ModelParams, Run, TrainParams
+from pipeline.train import ModelParams, Run, TrainParams, add_output_arguments, train_and_write
 
 PARAMS = ("profile", "variants", "model", "pretrain", "datasets")
 
@@ -54,18 +53,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", required=True)
     parser.add_argument("--seed", required=True, type=int)
     parser.add_argument("--data", required=True, help="prepared source dataset folder")
-    parser.add_argument("--model-out", required=True)
-    parser.add_argument("--metrics", required=True)
-    parser.add_argument("--curves", required=True)
-    parser.add_argument("--provenance", required=True)
-    parser.add_argument("--resume-dir", required=True)
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
     run_stage("pretrain", lambda: _main(args))
 
 
 def _main(args: argparse.Namespace) -> None:
-    from pipeline.train import fit, write_results
-
     started = time.time()
     profile, variants, model, pretrain, dataset = load(args.params, args.variant)
     run = Run(
@@ -80,7 +73,6 @@ def _main(args: argparse.Namespace) -> None:
         resume_dir=Path(args.resume_dir),
         data_root=dataset.root,
     )
-    result = fit(run, progress=sys.stderr.isatty())
     params = {
         "profile": profile,
         "variants": {args.variant: variants[args.variant]},
@@ -88,22 +80,7 @@ def _main(args: argparse.Namespace) -> None:
         "pretrain": asdict(pretrain),
         "datasets": {pretrain.dataset: asdict(dataset)},
     }
-    write_results(
-        result,
-        run,
-        model_out=args.model_out,
-        metrics=args.metrics,
-        curves=args.curves,
-        provenance_out=args.provenance,
-        params=params,
-        started=started,
-    )
-    if result["dist"].main:
-        m = result["metrics"]
-        print(
-            f"pretrain {args.variant}-{args.seed}: test top-1 {m['test_top1']:.2f} % on {m['dataset']}"
-            f"{' (SYNTHETIC)' if m['synthetic'] else ''}, {result['timing']['train_img_per_s']} img/s"
-        )
+    train_and_write(run, args, params=params, started=started)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,16 @@ import torch.nn.functional as F
 from pipeline.data import AugmentParams, build_loaders
 from pipeline.params import ParamsError
 
-__all__ = ["ModelParams", "Run", "TrainParams", "TrainingDiverged", "build_model", "fit", "write_results"]
+__all__ = [
+    "ModelParams",
+    "Run",
+    "TrainParams",
+    "TrainingDiverged",
+    "add_output_arguments",
+    "build_model",
+    "fit",
+    "train_and_write",
+]
 
 
 class TrainingDiverged(ValueError):
@@ -540,26 +549,27 @@ def curves_csv(curves: list[dict]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def write_results(
-    result: dict,
-    run: Run,
-    *,
-    model_out: str,
-    metrics: str,
-    curves: str,
-    provenance_out: str,
-    params: dict,
-    started: float,
-) -> None:
-    """Rank 0 writes the weights (safetensors), metrics, curves and provenance, all or nothing; the resume
-    checkpoint is deleted once they are in place."""
+def add_output_arguments(parser) -> None:
+    """The output arguments both training stages take (paths written in dvc.yaml)."""
+    parser.add_argument("--model-out", required=True, help="weights to write (safetensors)")
+    parser.add_argument("--metrics", required=True, help="metrics JSON to write")
+    parser.add_argument("--curves", required=True, help="per-epoch CSV to write")
+    parser.add_argument("--provenance", required=True, help="provenance JSON to write")
+    parser.add_argument("--resume-dir", required=True, help="where resume checkpoints live (not a DVC output)")
+
+
+def train_and_write(run: Run, args, *, params: dict, started: float) -> None:
+    """Fit ``run``; rank 0 then writes the weights (safetensors), metrics, curves and provenance, all or
+    nothing, deletes the resume checkpoint and prints a one-line summary."""
     import shutil
+    import sys
     import tempfile
 
     from safetensors.torch import save_model
 
     from pipeline.io import json_bytes, provenance, write_outputs
 
+    result = fit(run, progress=sys.stderr.isatty())
     env = result["dist"]
     if not env.main:
         return
@@ -575,10 +585,15 @@ def write_results(
     )
     write_outputs(
         {
-            model_out: blob,
-            metrics: json_bytes(result["metrics"]),
-            curves: curves_csv(result["curves"]),
-            provenance_out: json_bytes(record),
+            args.model_out: blob,
+            args.metrics: json_bytes(result["metrics"]),
+            args.curves: curves_csv(result["curves"]),
+            args.provenance: json_bytes(record),
         }
     )
     shutil.rmtree(run.resume_dir, ignore_errors=True)
+    m = result["metrics"]
+    print(
+        f"{run.stage} {run.variant}-{run.seed}: test top-1 {m['test_top1']:.2f} % on {m['dataset']}"
+        f"{' (SYNTHETIC)' if m['synthetic'] else ''}, {result['timing']['train_img_per_s']} img/s"
+    )

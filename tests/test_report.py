@@ -1,0 +1,220 @@
+"""The report from hand-written result files: tables, statistics, verdicts, determinism, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from pipeline import report
+from pipeline.results import paired, summary, verdict
+
+from .tiny import ROOT, tiny_params, write_params
+
+ACC = {"linear": [90.0, 91.0, 92.5], "sne": [91.0, 93.0, 93.5]}
+SEEDS = [0, 1, 2]
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def fake_results(root: Path, *, profile: str = "embedded", skip: tuple = ()) -> Path:
+    """Hand-written result files of two variants x three seeds, one transfer dataset."""
+    write_json(
+        root / "flops/metrics.json",
+        {
+            "profile": profile,
+            "forensics": {
+                "1000": {"linear": {"params": 3053224, "gflops": 0.557}, "fsne": {"params": 2859796, "gflops": 0.596}},
+                "10": {"linear": {"params": 2925514, "gflops": 0.557}, "fsne": {"params": 2732086, "gflops": 0.596}},
+            },
+        },
+    )
+    write_json(root / "flops/provenance.json", {"params": {"profile": profile}, "git_commit": "abc"})
+    for d in ("synthetic", "digits"):
+        write_json(root / f"prepare/{d}.json", {"profile": profile, "content_hash": "sha256:" + d * 4})
+    for v, accs in ACC.items():
+        for s, a in zip(SEEDS, accs, strict=True):
+            if (v, s) in skip:
+                continue
+            folder = root / f"pretrain/{v}-{s}"
+            write_json(
+                folder / "metrics.json",
+                {
+                    "profile": profile,
+                    "test_top1": a,
+                    "params": 1000 + len(v),
+                    "gflops": 0.01,
+                    "synthetic": True,
+                    "qkv_similarity": {
+                        f"blocks.{b}.attn.qkv": {"q_k": 0.1 * b, "q_v": 0.0, "k_v": 0.0} for b in range(2)
+                    },
+                },
+            )
+            (folder / "curves.csv").write_text("epoch,val_top1\n1,50.0\n2,80.5\n")
+            write_json(folder / "provenance.json", {"params": {"profile": profile}, "packages": {"torch": "2.14.1"}})
+            ft = root / f"finetune/{v}-digits-{s}"
+            write_json(ft / "metrics.json", {"profile": profile, "test_top1": a - 5, "synthetic": False})
+    return root
+
+
+def params_file(tmp_path: Path, **variants_extra) -> Path:
+    params = tiny_params(seeds=SEEDS)
+    params["pretrain"].update(variants=["linear", "sne"])
+    params["finetune"].update(variants=["linear", "sne"], datasets=["digits"])
+    params["variants"]["sne"].update(variants_extra)
+    return write_params(tmp_path / "params.yaml", params)
+
+
+def build(tmp_path: Path, results: Path, params: Path, out: str = "reports") -> Path:
+    out_dir = tmp_path / out
+    report.main(
+        [
+            "--params",
+            str(params),
+            "--published",
+            str(ROOT / "references/published.yaml"),
+            "--assumptions",
+            str(ROOT / "references/assumptions.yaml"),
+            "--flops",
+            str(results / "flops/metrics.json"),
+            "--prepare",
+            str(results / "prepare/{dataset}.json"),
+            "--pretrain",
+            str(results / "pretrain/{variant}-{seed}"),
+            "--finetune",
+            str(results / "finetune/{variant}-{dataset}-{seed}"),
+            "--out",
+            str(out_dir),
+        ]
+    )
+    return out_dir
+
+
+def rows(out: Path, table: str) -> list[dict]:
+    return list(csv.DictReader((out / f"tables/{table}.csv").read_text().splitlines()))
+
+
+def test_tables_rows_means_stds_and_intervals(tmp_path):
+    out = build(tmp_path, fake_results(tmp_path / "results"), params_file(tmp_path))
+    main = rows(out, "main")
+    assert [r["variant"] for r in main] == ["linear", "sne"]
+    sne = ACC["sne"]
+    mean, sd = sum(sne) / 3, stats.tstd(sne)
+    low, high = stats.t.interval(0.95, 2, loc=mean, scale=stats.sem(sne))
+    reproduced = [c for c in main[1] if c.startswith("reproduced")][0]
+    assert main[1][reproduced] == f"{mean:.2f} ± {sd:.2f} (n=3)"
+    assert main[1]["95% CI"] == f"[{low:.2f}, {high:.2f}]"
+    diffs = [a - b for a, b in zip(ACC["sne"], ACC["linear"], strict=True)]
+    dl, dh = stats.t.interval(0.95, 2, loc=sum(diffs) / 3, scale=stats.sem(diffs))
+    assert main[1]["Δ vs linear, paired by seed [CI]"] == f"{sum(diffs) / 3:+.2f} [{dl:+.2f}, {dh:+.2f}]"
+    transfer = rows(out, "transfer")
+    assert transfer[0]["digits"].startswith(f"{sum(ACC['linear']) / 3 - 5:.2f} ± ")
+    forensics = {r["reading"]: r["rounds to"] for r in rows(out, "forensics")}
+    assert forensics == {"linear": "3.1M, 2.9M", "fsne": "2.9M"}
+    verdicts = rows(out, "verdicts")
+    assert len(verdicts) == 5 and {v["outcome"] for v in verdicts} == {"not run at this profile"}
+    for ext in ("csv", "md", "tex"):
+        assert (out / f"tables/assumptions.{ext}").stat().st_size > 0
+    for name in ("accuracy_vs_params", "accuracy_vs_flops", "training_curves", "transfer", "qkv_similarity"):
+        assert (out / f"figures/{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert b"<svg" in (out / f"figures/{name}.svg").read_bytes()
+    html = (out / "index.html").read_text()
+    assert (
+        "Synthetic data" in html
+        and "Reduced profile" in html
+        and "http://" not in html.replace("http://www.w3.org", "")
+    )
+
+
+def test_rerun_is_byte_identical(tmp_path):
+    results, params = fake_results(tmp_path / "results"), params_file(tmp_path)
+    first, second = build(tmp_path, results, params, "a"), build(tmp_path, results, params, "b")
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    for f in files:
+        assert (first / f).read_bytes() == (second / f).read_bytes(), f
+
+
+def test_statistics_against_scipy():
+    values = [1.0, 2.5, 4.0, 3.0]
+    s = summary(values, 0.9)
+    low, high = stats.t.interval(0.9, 3, loc=sum(values) / 4, scale=stats.sem(values))
+    assert (s["n"], s["ci_low"], s["ci_high"]) == (4, pytest.approx(low), pytest.approx(high))
+    assert summary([5.0], 0.95) == {"n": 1, "mean": 5.0, "std": None, "ci_low": None, "ci_high": None}
+    d = paired({0: 3.0, 1: 5.0, 2: 9.0}, {0: 1.0, 1: 2.0, 3: 0.0}, 0.95)
+    assert d["n"] == 2 and d["mean"] == pytest.approx(2.5)
+
+
+CLAIM = {"id": "c", "baseline": 69.9, "proposed": 71.4, "backbone": "N12", "datasets": ["imagenet"]}
+
+
+@pytest.mark.parametrize(
+    ("differences", "outcome"),
+    [
+        ({"sne": {"mean": 1.5, "ci_low": 0.5, "ci_high": 2.5}}, "reproduced"),
+        ({"sne": {"mean": 0.3, "ci_low": 0.1, "ci_high": 0.6}}, "not reproduced"),  # significant, but too small
+        ({"sne": {"mean": 1.5, "ci_low": -0.5, "ci_high": 3.5}}, "not reproduced"),  # interval includes zero
+        ({"sne": {"mean": 1.0, "ci_low": None, "ci_high": None}}, "not reproduced"),  # one seed: no interval
+        (
+            {
+                "sne": {"mean": 0.0, "ci_low": -1.0, "ci_high": 1.0},
+                "fsne": {"mean": 1.4, "ci_low": 1.0, "ci_high": 1.8},
+            },
+            "reproduced",
+        ),
+    ],
+)
+def test_verdict_rule(differences, outcome):
+    assert verdict(CLAIM, tested=True, differences=differences).outcome == outcome
+    assert verdict(CLAIM, tested=False, differences=differences).outcome == "not run at this profile"
+
+
+def test_missing_instance_reads_not_run(tmp_path):
+    results = fake_results(tmp_path / "results", skip=(("sne", 0), ("sne", 1), ("sne", 2)))
+    out = build(tmp_path, results, params_file(tmp_path))
+    main = rows(out, "main")
+    assert main[1]["params (M, this run)"] == "not run"
+    assert "not run" in (out / "index.html").read_text()
+
+
+def test_malformed_metrics_names_the_file(tmp_path):
+    results = fake_results(tmp_path / "results")
+    (results / "pretrain/sne-1/metrics.json").write_text('{"profile": "embedded", "test_top1": 9')
+    with pytest.raises(SystemExit, match="pretrain/sne-1/metrics.json: malformed or truncated"):
+        build(tmp_path, results, params_file(tmp_path))
+    assert not (tmp_path / "reports").exists()
+
+
+def test_other_profile_is_refused_naming_both(tmp_path):
+    results = fake_results(tmp_path / "results")
+    write_json(results / "finetune/sne-digits-2/metrics.json", {"profile": "paper", "test_top1": 1.0})
+    with pytest.raises(
+        SystemExit,
+        match="sne-digits-2/metrics.json was written by profile 'paper', but params.yaml is profile 'embedded'",
+    ):
+        build(tmp_path, results, params_file(tmp_path))
+
+
+def test_html_from_params_is_escaped(tmp_path):
+    out = build(tmp_path, fake_results(tmp_path / "results"), params_file(tmp_path, qkv_norm="<b>bold</b>"))
+    html = (out / "index.html").read_text()
+    assert "&lt;b&gt;bold&lt;/b&gt;" in html and "<b>bold</b>" not in html
+
+
+def test_report_never_imports_torch(tmp_path):
+    results, params = fake_results(tmp_path / "results"), params_file(tmp_path)
+    code = (
+        f"import sys; from tests.test_report import build; from pathlib import Path; "
+        f"build(Path({str(tmp_path)!r}), Path({str(results)!r}), Path({str(params)!r}), 'sub'); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
