@@ -39,7 +39,7 @@ def accuracy_vs_cost(published: list[dict], reproduced: list[dict], *, cost: str
     """Top-1 against parameters (``cost='params_m'``) or GFLOPs (``cost='gflops'``): published points on the
     left, reproduced means with std error bars on the right."""
     label = {"params_m": "parameters (M)", "gflops": "GFLOPs (fvcore)"}[cost]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     points = [p for p in published if p.get(cost) is not None]
     for p in points:
         left.scatter(
@@ -51,6 +51,7 @@ def accuracy_vs_cost(published: list[dict], reproduced: list[dict], *, cost: str
             zorder=3,
         )
         left.annotate(p["label"], (p[cost], p["top1"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    left.margins(x=0.25, y=0.15)  # room for the labels
     left.set_title("published (ImageNet-1k)")
     if not points:
         left.text(0.5, 0.5, "no published values for this axis", ha="center", va="center", transform=left.transAxes)

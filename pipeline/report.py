@@ -59,6 +59,26 @@ def _read_curves(path: Path) -> list[dict]:
         raise ValueError(f"{path}: malformed curves file ({exc})") from None
 
 
+def _reference(path: Path, keys: tuple[str, ...] | None):
+    """A checked-in reference file: a mapping with ``keys``, or (``keys=None``) a list of register entries."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: reference file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    required = {"claims": ("id", "kind", "datasets", "backbone", "baseline", "proposed")}
+    if keys is None:
+        entries, fields = data, ("detail", "keys", "alternatives", "default")
+    elif isinstance(data, dict) and all(k in data for k in keys):
+        entries, fields = data["claims"], required["claims"]
+    else:
+        raise ValueError(f"{path}: expected a mapping with keys {', '.join(keys)}")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and all(f in e for f in fields) for e in entries):
+        raise ValueError(f"{path}: every entry needs the keys {', '.join(fields)}")
+    return data
+
+
 def _table(name: str, title: str, columns: list[str], rows: list[list[str]], note: str = "") -> dict:
     return {"name": name, "title": title, "columns": columns, "rows": rows, "note": note}
 
@@ -83,8 +103,8 @@ def build(args: argparse.Namespace) -> dict[str, bytes]:
         raise ParamsError(f"report.confidence: expected a number in (0, 1), got {confidence!r}")
     seeds = raw["seeds"]
     pre, fine, model = raw["pretrain"], raw["finetune"], raw["model"]
-    published = yaml.safe_load(Path(args.published).read_text())
-    assumptions = yaml.safe_load(Path(args.assumptions).read_text())
+    published = _reference(Path(args.published), ("claims", "xcit"))
+    assumptions = _reference(Path(args.assumptions), None)
     source = raw["datasets"].get(pre["dataset"], {}).get("source", pre["dataset"])
     backbone = next((v for k, v in _BACKBONES.items() if f"_{k}_" in model["name"]), model["name"])
     run_label = f"{pre['dataset']}, {model['img_size']} px, profile {profile}"

@@ -73,14 +73,20 @@ def params_file(tmp_path: Path, **variants_extra) -> Path:
     return write_params(tmp_path / "params.yaml", params)
 
 
-def build(tmp_path: Path, results: Path, params: Path, out: str = "reports") -> Path:
+def build(
+    tmp_path: Path,
+    results: Path,
+    params: Path,
+    out: str = "reports",
+    published: Path = ROOT / "references/published.yaml",
+) -> Path:
     out_dir = tmp_path / out
     report.main(
         [
             "--params",
             str(params),
             "--published",
-            str(ROOT / "references/published.yaml"),
+            str(published),
             "--assumptions",
             str(ROOT / "references/assumptions.yaml"),
             "--flops",
@@ -218,3 +224,13 @@ def test_report_never_imports_torch(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_broken_reference_file_names_it(tmp_path):
+    results, params = fake_results(tmp_path / "results"), params_file(tmp_path)
+    bad = tmp_path / "published.yaml"
+    bad.write_text("claims:\n  - id: x\n")
+    with pytest.raises(SystemExit, match="published.yaml: expected a mapping with keys claims, xcit"):
+        build(tmp_path, results, params, published=bad)
+    bad.write_text("claims: []\nxcit: {models: []}\n")
+    assert (build(tmp_path, results, params, published=bad) / "index.html").is_file()  # no claims still builds

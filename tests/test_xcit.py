@@ -11,13 +11,14 @@ import qkv
 from .conftest import tiny_xcit
 
 
-def test_linear_model_is_timm_xcit():
+@pytest.mark.parametrize("patch", [16, 8])
+def test_linear_model_is_timm_xcit(patch):
     """Oracle: timm's XCiT-N12 weights load strictly into the linear baseline and give the same logits."""
     torch.manual_seed(0)
-    reference = timm.create_model("xcit_nano_12_p16_224").eval()
-    model = timm.create_model("qkv_xcit_nano_12_p16").eval()
+    reference = timm.create_model(f"xcit_nano_12_p{patch}_224").eval()
+    model = timm.create_model(f"qkv_xcit_nano_12_p{patch}").eval()
     model.load_state_dict(reference.state_dict(), strict=True)
-    image = torch.randn(2, 3, 224, 224)
+    image = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(model(image), reference(image), rtol=0, atol=0)
 
