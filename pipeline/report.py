@@ -107,7 +107,6 @@ def build(args: argparse.Namespace) -> dict[str, bytes]:
     assumptions = _reference(Path(args.assumptions), None)
     source = raw["datasets"].get(pre["dataset"], {}).get("source", pre["dataset"])
     backbone = next((v for k, v in _BACKBONES.items() if f"_{k}_" in model["name"]), model["name"])
-    run_label = f"{pre['dataset']}, {model['img_size']} px, profile {profile}"
 
     def instance(pattern: str, **keys) -> Path:
         return Path(pattern.format(**keys))
@@ -126,6 +125,10 @@ def build(args: argparse.Namespace) -> dict[str, bytes]:
         for s in seeds
     }
     synthetic = any(m and m.get("synthetic") for m in [*pretrain.values(), *finetune.values()])
+    source_synthetic = any(m and m.get("synthetic") for m in pretrain.values())
+    run_label = (
+        f"{pre['dataset']}{' [SYNTHETIC]' if source_synthetic else ''}, {model['img_size']} px, profile {profile}"
+    )
 
     # Main table: the ImageNet claim's columns, this run's numbers on its own dataset.
     def accuracies(runs: dict, key) -> dict[int, float]:

@@ -74,6 +74,8 @@ def test_dvc_repro_then_nothing_to_do(tmp_path):
     assert json.loads((repo / "results/prepare/synthetic.json").read_text())["synthetic"] is True
     assert (repo / "data/prepared/digits/data.safetensors").is_file()
     assert (repo / "dvc.lock").is_file()
+    assert "Running stage 'report'" in first and (repo / "reports/index.html").is_file()
+    assert "SYNTHETIC" in (repo / "reports/tables/main.csv").read_text()
 
     second = sh(dvc, "repro", cwd=repo)
     assert "Running stage" not in second
@@ -86,4 +88,4 @@ def test_dvc_repro_then_nothing_to_do(tmp_path):
     write_params(repo / "params.yaml", params)
     third = sh(dvc, "repro", cwd=repo)
     ran = sorted(line.split("'")[1] for line in third.splitlines() if line.startswith("Running stage"))
-    assert ran == ["finetune@fsne-digits-0", "finetune@linear-digits-0", "prepare@digits"]
+    assert ran == ["finetune@fsne-digits-0", "finetune@linear-digits-0", "prepare@digits", "report"]

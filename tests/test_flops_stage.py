@@ -46,7 +46,7 @@ def test_stage_writes_documented_files(tmp_path):
     files = outputs(tmp_path)
     run_stage(small_params(tmp_path), files)
     metrics = json.loads(files["metrics"].read_text())
-    assert set(metrics) == {"models", "forensics", "checks"}
+    assert set(metrics) == {"profile", "models", "forensics", "checks"} and metrics["profile"] == "embedded"
     assert set(metrics["models"]["qkv_xcit_nano_12_p16"]["10"]) == {"linear", "fsne"}
     assert set(metrics["forensics"]) == {"10", "1000"}
     assert metrics["checks"]["configurations"] == 6
