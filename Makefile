@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: venv repro test lint report-check lock
+.PHONY: venv repro test lint report-check audit lock
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test: lint
 report-check: $(STAMP)
 	dvc repro --single-item --force report
 	git diff --exit-code --stat -- reports
+
+# Re-run one stage instance in a scratch copy and compare it with dvc.lock and the committed metrics.
+audit: $(STAMP)
+	@test -n "$(STAGE)" || { echo "usage: make audit STAGE=<stage instance, e.g. finetune@sne-digits-0>"; exit 2; }
+	python -m pipeline.audit "$(STAGE)"
 
 # Re-resolve requirements.in into exact pins (needs the package registry; not part of repro or test).
 lock:

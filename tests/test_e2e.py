@@ -29,14 +29,17 @@ SKIP = {
 }
 
 
-def sh(*args: str, cwd: Path) -> str:
-    env = {
+def _env(cwd: Path) -> dict:
+    return {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "DVC_NO_ANALYTICS": "1",
         "DVC_SITE_CACHE_DIR": str(cwd / ".dvc-site"),
     }
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def sh(*args: str, cwd: Path) -> str:
+    done = subprocess.run(args, cwd=cwd, env=_env(cwd), capture_output=True, text=True)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -82,6 +85,30 @@ def test_dvc_repro_then_nothing_to_do(tmp_path):
     assert "Data and pipelines are up to date" in second
     shown = json.loads(sh(dvc, "metrics", "show", "--json", cwd=repo))
     assert "results/flops/metrics.json" in json.dumps(shown)
+
+    # Audit one instance: identical to what dvc.lock records; a tampered metrics file is caught.
+    audit = subprocess.run(
+        [sys.executable, "-m", "pipeline.audit", "prepare@synthetic"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=_env(repo),
+    )
+    assert audit.returncode == 0 and "audit prepare@synthetic: identical" in audit.stdout, audit.stdout + audit.stderr
+    metrics_file = repo / "results/prepare/synthetic.json"
+    tampered = json.loads(metrics_file.read_text())
+    tampered["counts"]["train"] += 1
+    metrics_file.write_text(json.dumps(tampered))
+    audit = subprocess.run(
+        [sys.executable, "-m", "pipeline.audit", "prepare@synthetic"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env=_env(repo),
+    )
+    assert audit.returncode == 1 and "differs" in audit.stdout
+    assert "results/prepare/synthetic.json: counts.train:" in audit.stdout
+    sh(dvc, "repro", cwd=repo)  # restore
 
     # Changing one transfer dataset's params re-runs that dataset's instance alone.
     params["datasets"]["digits"]["seed"] = 1
