@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
+import socket
 
 import pytest
 import timm
@@ -50,3 +52,25 @@ def tiny_xcit(options: dict, *, num_classes: int = 5, seed: int = 0, **kwargs) -
     torch.manual_seed(seed)
     args = dict(embed_dim=32, depth=2, num_heads=4, img_size=32, num_classes=num_classes)
     return timm.create_model("qkv_xcit_nano_12_p8", **{**args, **kwargs}, **options)
+
+
+_connect = socket.socket.connect
+
+
+def _loopback_only(self, address):
+    """Tests may talk to this machine (torchrun's rendezvous on localhost), never to the network."""
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0]
+        try:
+            local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            local = False
+        if not local:
+            raise OSError(f"test attempted a network connection to {address!r}")
+    return _connect(self, address)
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Every test runs with connections outside loopback refused, so an accidental download fails loudly."""
+    monkeypatch.setattr(socket.socket, "connect", _loopback_only)

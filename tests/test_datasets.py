@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -28,15 +27,6 @@ def params(source: str, **kwargs) -> DatasetParams:
 
 def prepared(files: dict[str, bytes]) -> dict[str, np.ndarray]:
     return load_safetensors(files["data.safetensors"])
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted in a test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.mark.parametrize(

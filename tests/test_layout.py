@@ -49,3 +49,10 @@ def test_stage_params_and_module_match_dvc_yaml(name):
     sections = tuple(p.split(".")[0] for p in body["params"])  # `datasets.${key}` reads section `datasets`
     assert sections == module.PARAMS
     assert f"pipeline/{name}.py" in body["deps"]
+
+
+def test_network_guard_refuses_non_loopback():
+    import socket
+
+    with socket.socket() as sock, pytest.raises(OSError, match="test attempted a network connection"):
+        sock.connect(("192.0.2.1", 80))  # TEST-NET-1; refused by the guard before anything is sent
