@@ -1,12 +1,15 @@
-"""One end-to-end `dvc repro` on a tiny profile, in a temporary copy of the repository."""
+"""End to end on a tiny profile, in temporary copies of the repository: a full `dvc repro` (then nothing to
+do, an audit, a per-dataset re-run), and `kill -9` of `dvc repro` mid-training followed by a resume."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +119,44 @@ def test_dvc_repro_then_nothing_to_do(tmp_path):
     third = sh(dvc, "repro", cwd=repo)
     ran = sorted(line.split("'")[1] for line in third.splitlines() if line.startswith("Running stage"))
     assert ran == ["finetune@fsne-digits-0", "finetune@linear-digits-0", "prepare@digits", "report"]
+
+
+@pytest.mark.e2e
+def test_kill_during_dvc_repro_then_repro_gives_the_same_result(tmp_path):
+    """kill -9 of `dvc repro` mid-training; the next `dvc repro` resumes from the checkpoint (outside DVC's
+    outputs) and ends with the metrics and curves of an uninterrupted run."""
+    repo = tmp_path / "repo"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in filter(None, tracked.stdout.split("\0")):
+        if (ROOT / name).is_file() and not name.startswith(("results/", "reports/")) and name != "dvc.lock":
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    params = tiny_params(pretrain={"epochs": 40, "variants": ["linear"]}, finetune={"variants": ["linear"]})
+    write_params(repo / "params.yaml", params)
+    sh("git", "init", "-q", cwd=repo)
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny", cwd=repo)
+    dvc = str(Path(sys.executable).parent / "dvc")
+    sh(dvc, "repro", "prepare@synthetic", cwd=repo)
+
+    checkpoint = repo / ".resume/pretrain/linear-0/checkpoint.pt"
+    proc = subprocess.Popen(
+        [dvc, "repro", "pretrain@linear-0"],
+        cwd=repo,
+        env=_env(repo),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # dvc and the training process it started
+    assert proc.wait() == -signal.SIGKILL, "dvc repro finished before it could be killed"
+    assert checkpoint.exists() and not (repo / "results/pretrain/linear-0/metrics.json").exists()
+
+    sh(dvc, "repro", "pretrain@linear-0", cwd=repo)
+    resumed = {n: (repo / "results/pretrain/linear-0" / n).read_bytes() for n in ("metrics.json", "curves.csv")}
+    sh(dvc, "repro", "--force", "pretrain@linear-0", cwd=repo)  # uninterrupted, from scratch
+    for name, content in resumed.items():
+        assert (repo / "results/pretrain/linear-0" / name).read_bytes() == content, name
