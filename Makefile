@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: venv repro test lint report-check audit lock
+.PHONY: venv repro test lint report-check audit profile lock
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test: lint
 report-check: $(STAMP)
 	dvc repro --single-item --force report
 	git diff --exit-code --stat -- reports
+
+# Make profiles/$(PROFILE).yaml the active params.yaml (validated first): embedded, cifar or paper.
+profile: $(STAMP)
+	@test -n "$(PROFILE)" || { echo "usage: make profile PROFILE=<embedded|cifar|paper>"; exit 2; }
+	python -m pipeline.profile "$(PROFILE)"
 
 # Re-run one stage instance in a scratch copy and compare it with dvc.lock and the committed metrics.
 audit: $(STAMP)

@@ -59,6 +59,17 @@ def _read_curves(path: Path) -> list[dict]:
         raise ValueError(f"{path}: malformed curves file ({exc})") from None
 
 
+def check_params(section) -> float:
+    """The ``report`` section; returns the confidence level."""
+    confidence = section.get("confidence") if isinstance(section, dict) else None
+    if not isinstance(confidence, float) or not 0 < confidence < 1:
+        raise ParamsError(f"report.confidence: expected a number in (0, 1), got {confidence!r}")
+    unknown = sorted(set(section) - {"confidence"})
+    if unknown:
+        raise ParamsError(f"report: unknown key(s) {', '.join(unknown)}; expected: confidence")
+    return confidence
+
+
 def _reference(path: Path, keys: tuple[str, ...] | None):
     """A checked-in reference file: a mapping with ``keys``, or (``keys=None``) a list of register entries."""
     if not path.is_file():
@@ -98,9 +109,7 @@ def build(args: argparse.Namespace) -> dict[str, bytes]:
     """Everything the report writes, as ``relative path -> bytes``."""
     raw = load_sections(args.params, PARAMS)
     profile = profile_name(raw["profile"])
-    confidence = raw["report"]["confidence"] if isinstance(raw["report"], dict) else None
-    if not isinstance(confidence, float) or not 0 < confidence < 1:
-        raise ParamsError(f"report.confidence: expected a number in (0, 1), got {confidence!r}")
+    confidence = check_params(raw["report"])
     seeds = raw["seeds"]
     pre, fine, model = raw["pretrain"], raw["finetune"], raw["model"]
     published = _reference(Path(args.published), ("claims", "xcit"))
