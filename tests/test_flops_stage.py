@@ -15,8 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def small_params(tmp_path: Path, **overrides) -> Path:
-    """The repository's params.yaml with the flops and forensics sections shrunk to a few configurations."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    """The embedded profile with the flops and forensics sections shrunk to a few configurations."""
+    params = yaml.safe_load((ROOT / "profiles" / "embedded.yaml").read_text())
     params["flops"].update(models=["qkv_xcit_nano_12_p16"], variants=["linear", "fsne"], img_size=64, num_classes=[10])
     readings = params["forensics"]["readings"]
     params["forensics"].update(

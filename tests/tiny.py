@@ -1,4 +1,4 @@
-"""A tiny profile of the real params.yaml: the same sections and keys, sized to run in seconds."""
+"""A tiny profile built from the embedded one: the same sections and keys, sized to run in seconds."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_params(**section_updates) -> dict:
-    """The repository's params.yaml shrunk: synthetic source, digits target, a depth-1 model, 2 epochs.
+    """The embedded profile shrunk: synthetic source, digits target, a depth-1 model, 2 epochs.
 
     ``section_updates`` maps a section name to a dict merged into it (``pretrain={"epochs": 3}``).
     """
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load((ROOT / "profiles" / "embedded.yaml").read_text())
     params["flops"].update(models=["qkv_xcit_nano_12_p16"], img_size=32, num_classes=[10])
     readings = params["forensics"]["readings"]
     params["forensics"].update(img_size=32, num_classes=[10], readings={k: readings[k] for k in list(readings)[:3]})
