@@ -234,3 +234,10 @@ def test_broken_reference_file_names_it(tmp_path):
         build(tmp_path, results, params, published=bad)
     bad.write_text("claims: []\nxcit: {models: []}\n")
     assert (build(tmp_path, results, params, published=bad) / "index.html").is_file()  # no claims still builds
+
+
+def test_missing_reference_file_names_it(tmp_path):
+    results, params = fake_results(tmp_path / "results"), params_file(tmp_path)
+    with pytest.raises(SystemExit, match="nowhere.yaml: reference file not found"):
+        build(tmp_path, results, params, published=tmp_path / "nowhere.yaml")
+    assert not (tmp_path / "reports").exists()

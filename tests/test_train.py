@@ -212,6 +212,12 @@ def test_finetune_from_pretrained(tmp_path, prepared):
         (dict(pretrain={"lr": 0.0}), "pretrain.lr: expected a positive number, got 0.0"),
         (dict(pretrain={"epochs": -1}), "pretrain.epochs: expected a positive integer, got -1"),
         (dict(pretrain={"epochs": "2"}), "pretrain.epochs: expected an integer, got '2'"),
+        (dict(pretrain={"batch_size": 0}), "pretrain.batch_size: expected a positive integer, got 0"),
+        (dict(model={"embed_dim": 30}), "embed_dim=30 is not divisible by num_heads=4"),
+        (
+            dict(variants={"linear": {"qkv_embed": "linear"}, "fsne": {"qkv_embed": "fsne", "qkv_hidden": 0}}),
+            "pretrain.variants.fsne: qkv_hidden must be a positive integer, got 0",
+        ),
         (dict(pretrain={"variants": ["linear", "mlp"]}), "pretrain.variants: unknown variant 'mlp'"),
         (dict(pretrain={"dataset": "cifar"}), "pretrain.dataset: 'cifar' is not an entry of the datasets section"),
         (dict(finetune={"variants": ["psne"]}), None),  # pretrain ignores the finetune section
