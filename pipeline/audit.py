@@ -12,6 +12,11 @@ there with ``dvc repro --single-item --force``. Then:
 
 Verdict: ``identical`` (all hashes equal), ``equal within tolerance`` (hashes differ, every metric within
 the tolerance) or ``differs`` (files and values listed). Exit status 0 for the first two, 1 otherwise.
+
+Measurement stages (``bench``: its metrics file says ``"measured": true``) cannot be identical — their
+timings depend on the machine and its load. For them the hashes are not compared, the absolute timings are
+shown but not judged, and only the dimensionless ratios (step-time and FLOP ratios, fraction of the matmul
+ceiling, loader over training rate) must agree within ``audit.ratio_rel_tol`` (relative).
 """
 
 from __future__ import annotations
@@ -59,6 +64,27 @@ def compare_metrics(old: dict, new: dict, abs_tol: float) -> tuple[list[str], li
     return beyond, within
 
 
+RATIO_KEYS = ("flop_ratio", "step_time_ratio", "step_over_flop_ratio", "train_ceiling_fraction", "over_train")
+
+
+def compare_measured(old: dict, new: dict, rel_tol: float) -> tuple[list[str], list[str]]:
+    """For a measurement: (ratios that differ beyond ``rel_tol`` or are missing, every ratio compared)."""
+    a, b = _flatten(old), _flatten(new)
+    keys = sorted(k for k in set(a) | set(b) if k.rsplit(".", 1)[-1] in RATIO_KEYS)
+    beyond, compared = [], []
+    for key in keys:
+        x, y = a.get(key), b.get(key)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (x, y)):
+            beyond.append(f"{key}: {x!r} -> {y!r}")
+            continue
+        rel = abs(y - x) / max(abs(x), 1e-12)
+        line = f"{key}: {x:g} -> {y:g} ({rel:+.1%})"
+        compared.append(line)
+        if rel > rel_tol:
+            beyond.append(line)
+    return beyond, compared
+
+
 def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
@@ -94,7 +120,7 @@ def _scratch_copy(repo: Path, stage: dict, scratch: Path) -> None:
         subprocess.run([*git, *args], cwd=scratch, check=True, capture_output=True)
 
 
-def audit(repo: Path, name: str, abs_tol: float) -> tuple[str, list[str]]:
+def audit(repo: Path, name: str, abs_tol: float, ratio_rel_tol: float = 0.25) -> tuple[str, list[str]]:
     """Re-run stage instance ``name`` in a scratch copy of ``repo``; returns (verdict, details)."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     if name not in lock.get("stages", {}):
@@ -111,15 +137,24 @@ def audit(repo: Path, name: str, abs_tol: float) -> tuple[str, list[str]]:
         new_lock = yaml.safe_load((scratch / "dvc.lock").read_text())
         old, new = _outs(lock, name), _outs(new_lock, name)
         changed = sorted(p for p in old if not p.endswith("provenance.json") and old[p] != new.get(p))
-        beyond, within = [], []
+        beyond, within, measured = [], [], False
         for path in sorted(metrics_paths):
             committed, rerun = repo / path, scratch / path
             if not committed.is_file():
                 beyond.append(f"{path}: not in the working tree to compare with")
                 continue
-            b, w = compare_metrics(json.loads(committed.read_text()), json.loads(rerun.read_text()), abs_tol)
+            old_metrics, new_metrics = json.loads(committed.read_text()), json.loads(rerun.read_text())
+            if old_metrics.get("measured") is True:
+                measured = True
+                b, w = compare_measured(old_metrics, new_metrics, ratio_rel_tol)
+            else:
+                b, w = compare_metrics(old_metrics, new_metrics, abs_tol)
             beyond += [f"{path}: {line}" for line in b]
             within += [f"{path}: {line}" for line in w]
+    if measured:
+        if beyond:
+            return "differs", [f"ratios beyond rel {ratio_rel_tol:g}:", *beyond, "all ratios:", *within]
+        return f"equal within tolerance (measurement: ratios within rel {ratio_rel_tol:g})", within
     if not changed and not beyond and not within:
         compared = [p for p in old if not p.endswith("provenance.json")]
         return "identical", [f"{len(compared)} output(s) match dvc.lock: {', '.join(compared)}"]
@@ -143,7 +178,10 @@ def _main(args: argparse.Namespace) -> None:
     abs_tol = parse(float, raw.get("abs_tol") if isinstance(raw, dict) else None, "audit.abs_tol")
     if abs_tol < 0:
         raise ParamsError(f"audit.abs_tol: must not be negative, got {abs_tol}")
-    verdict, details = audit(Path(args.repo).resolve(), args.stage, abs_tol)
+    ratio_rel_tol = parse(float, raw.get("ratio_rel_tol"), "audit.ratio_rel_tol")
+    if ratio_rel_tol < 0:
+        raise ParamsError(f"audit.ratio_rel_tol: must not be negative, got {ratio_rel_tol}")
+    verdict, details = audit(Path(args.repo).resolve(), args.stage, abs_tol, ratio_rel_tol)
     print(f"audit {args.stage}: {verdict}")
     for line in details[:50]:
         print(f"  {line}")

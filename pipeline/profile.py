@@ -25,7 +25,7 @@ def known(folder: Path) -> list[str]:
 
 def validate(path: Path) -> str:
     """Check a params file with every stage's loader; returns its profile name."""
-    from pipeline import finetune, flops, prepare, pretrain, report
+    from pipeline import bench, finetune, flops, prepare, pretrain, report
     from pipeline.datasets import validate as validate_dataset
     from pipeline.train import TrainParams
 
@@ -45,12 +45,15 @@ def validate(path: Path) -> str:
         for dataset in fine.get("datasets", []):
             params = finetune.load(str(path), variant, dataset)[3]
             TrainParams.recipe_of(params).check("finetune")
+    bench.load(str(path))
     report.check_params(load_sections(path, ("report",))["report"])
     raw = load_sections(path, ("launcher", "seeds", "audit"))
     parse(str, raw["launcher"], "launcher")
     if not parse(tuple[int, ...], raw["seeds"], "seeds"):
         raise ParamsError("seeds: expected at least one seed")
-    parse(float, raw["audit"].get("abs_tol") if isinstance(raw["audit"], dict) else None, "audit.abs_tol")
+    audit = raw["audit"] if isinstance(raw["audit"], dict) else {}
+    for key in ("abs_tol", "ratio_rel_tol"):
+        parse(float, audit.get(key), f"audit.{key}")
     return profile
 
 

@@ -4,7 +4,7 @@ Every number on the page is read from a result file another stage declared, or c
 ``references/published.yaml``; the page says which. Nothing is recomputed and torch is never imported.
 
 Reads:  params.yaml ``profile``, ``variants``, ``model``, ``seeds``, ``datasets``, ``pretrain``, ``finetune``,
-        ``report``; the flops, prepare, pretrain and finetune result files (paths given as patterns);
+        ``report``; the flops, bench, prepare, pretrain and finetune result files (paths given as patterns);
         references/published.yaml and references/assumptions.yaml.
 Writes: --out/index.html (figures inlined, no network), --out/tables/*.{csv,md,tex},
         --out/figures/*.{png,svg}. Byte-identical when re-run on the same inputs.
@@ -260,6 +260,62 @@ def build(args: argparse.Namespace) -> dict[str, bytes]:
         )
     )
 
+    # Cost in time (the bench stage).
+    bench = load_json(Path(args.bench), profile)
+    if bench is None:
+        bench_rows = [["not run", *[""] * 9]]
+        bench_note = "The bench stage has not run."
+    else:
+        bench_rows = [
+            [
+                name + (f" ({bench['reference'] or ''}, timm's own)" if name == "timm" else ""),
+                _fmt(m["train_step_ms"], 1),
+                f"{m['train_img_per_s']:.0f}",
+                f"{m['eval_img_per_s']:.0f}",
+                _fmt(m["flop_ratio"], 3),
+                _fmt(m["step_time_ratio"], 3),
+                _fmt(m["step_over_flop_ratio"], 3),
+                _fmt(m["train_gflop_per_s"], 1),
+                f"{m['train_ceiling_fraction']:.0%}",
+                f"{m['train_step_ms_min']:.1f}–{m['train_step_ms_max']:.1f}",
+            ]
+            for name, m in ((n, bench["models"][n]) for n in bench["order"])
+        ]
+        c, loader, targets = bench["ceiling"], bench["loader"], bench["targets"]
+        met = "; ".join(f"{k} ({t['limit']}): {'met' if t['met'] else 'NOT met'}" for k, t in targets.items())
+        bench_note = (
+            f"Measured by the bench stage on {bench['device']} ({bench['threads']} threads, {bench['dtype']}), batch "
+            f"{bench['batch_size']} at {bench['img_size']} px, median of {bench['rounds']} interleaved rounds; machine-"
+            f"dependent measurements, not reproducible results. Ceiling: {c['gflop_per_s']:.1f} GFLOP/s, a "
+            f"{c['shape'][0]}x{c['shape'][1]} @ {c['shape'][1]}x{c['shape'][2]} matrix product timed in the same "
+            f"rounds; the device's matrix rate (square {bench['peak']['shape'][0]} product): "
+            f"{bench['peak']['gflop_per_s']:.1f} GFLOP/s, of which the baseline reaches "
+            f"{bench['models'][bench['baseline']]['train_peak_fraction']:.0%} in training. Loader: "
+            f"{loader['img_per_s']:,.0f} training img/s ({loader['mode']}), "
+            f"{loader['over_train']:.0f}x the baseline's training rate. FLOPs: closed-form counts (2 flops per "
+            f"multiply-add, a training step = 3x the forward). Targets: {met}."
+        )
+    tables.append(
+        _table(
+            "bench",
+            "Cost in time: training step and eval pass per variant",
+            [
+                "model",
+                "train step (ms)",
+                "train img/s",
+                "eval img/s",
+                "FLOP ratio",
+                "step-time ratio",
+                "step / FLOP ratio",
+                "train GFLOP/s",
+                "of matmul ceiling",
+                "step ms range",
+            ],
+            bench_rows,
+            bench_note,
+        )
+    )
+
     # Assumption register.
     register = []
     for item in assumptions:
@@ -303,6 +359,7 @@ def build(args: argparse.Namespace) -> dict[str, bytes]:
     prov_rows = []
     stages = (
         [("flops", Path(args.flops).with_name("provenance.json"), None)]
+        + [("bench", Path(args.bench).with_name("provenance.json"), None)]
         + [
             (f"prepare@{d}", Path(str(instance(args.prepare, dataset=d)).replace(".json", ".provenance.json")), d)
             for d in raw["datasets"]
@@ -419,6 +476,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--published", required=True)
     parser.add_argument("--assumptions", required=True)
     parser.add_argument("--flops", required=True, help="flops metrics JSON")
+    parser.add_argument("--bench", required=True, help="bench metrics JSON")
     parser.add_argument("--prepare", required=True, help="pattern of prepare metrics, with {dataset}")
     parser.add_argument("--pretrain", required=True, help="pattern of pretrain result folders, {variant} {seed}")
     parser.add_argument("--finetune", required=True, help="pattern of finetune folders, {variant} {dataset} {seed}")

@@ -15,6 +15,7 @@ metrics as an uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -39,8 +40,13 @@ __all__ = [
     "TrainingDiverged",
     "add_output_arguments",
     "build_model",
+    "configure_torch",
     "fit",
+    "forward_flops",
+    "loss_recipe",
+    "make_optimizer",
     "train_and_write",
+    "train_step",
 ]
 
 
@@ -195,6 +201,18 @@ def _init_distributed() -> Dist:
     return Dist(rank, world_size, device)
 
 
+def configure_torch(device: torch.device, threads: int) -> None:
+    """Thread count (0: torch's default) and, on CPU, deterministic algorithms: how every training step runs,
+    in the stages and in the benchmark."""
+    if threads:
+        torch.set_num_threads(threads)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+        # Deterministic mode also fills every new tensor with NaN, to expose reads of uninitialised memory; the
+        # results do not depend on it, and it cost 6 % of a training step (docs/performance.md).
+        torch.utils.deterministic.fill_uninitialized_memory = False
+
+
 def _set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -220,12 +238,74 @@ def _set_rng_state(state: dict) -> None:
 # ----------------------------------------------------------------------------------------------------
 
 
-def _optimizer(model: torch.nn.Module, train: TrainParams, lr: float):
+def loss_recipe(train: TrainParams, num_classes: int):
+    """``(mixup or None, criterion)`` of a recipe: timm's Mixup/CutMix with soft-target cross-entropy, else
+    label-smoothed (or plain) cross-entropy."""
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if train.mixup > 0 or train.cutmix > 0:
+        mixup = Mixup(
+            mixup_alpha=train.mixup,
+            cutmix_alpha=train.cutmix,
+            label_smoothing=train.label_smoothing,
+            num_classes=num_classes,
+        )
+        return mixup, SoftTargetCrossEntropy()
+    if train.label_smoothing > 0:
+        return None, LabelSmoothingCrossEntropy(train.label_smoothing)
+    return None, torch.nn.CrossEntropyLoss()
+
+
+def _stop_if_diverged(loss: torch.Tensor, *, where: str, position: str, lr: float, last_finite) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(
+            f"{where}: non-finite loss ({loss.item()}) at {position}, lr {lr:.3g}; last finite loss {last_finite}. "
+            "Lower the learning rate or enable clip_grad; no metrics were written."
+        )
+
+
+def train_step(
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    optimizer: torch.optim.Optimizer,
+    criterion,
+    mixup=None,
+    amp: bool = False,
+    clip_grad: float | None = None,
+    check_loss=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One update of the recipe: Mixup/CutMix, forward (bf16 autocast if ``amp``), loss, backward, optional
+    gradient clipping, optimizer step. ``check_loss(loss)`` runs before the update (to stop on a non-finite
+    loss). Returns ``(loss, logits)``. :func:`fit` trains with it and ``pipeline.bench`` times it, so the
+    benchmark measures exactly the step the pipeline runs."""
+    targets = labels
+    if mixup is not None:
+        images, targets = mixup(images, labels)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = net(images)
+        loss = criterion(logits.float(), targets)
+    if check_loss is not None:
+        check_loss(loss)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_grad is not None:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), clip_grad)
+    optimizer.step()
+    return loss, logits
+
+
+def make_optimizer(model: torch.nn.Module, train: TrainParams, lr: float):
     from timm.optim import create_optimizer_v2, param_groups_weight_decay
 
     no_decay = {"*temperature", "cls_token", "pos_embed.*", "*.codes", *getattr(model, "no_weight_decay", set)()}
     groups = param_groups_weight_decay(model, train.weight_decay, no_weight_decay_list=sorted(no_decay))
-    return create_optimizer_v2(groups, opt=train.opt, lr=lr, weight_decay=train.weight_decay)
+    # torch's fused Adam/AdamW kernel: one pass over all parameters instead of a loop of small ops (a third of
+    # the optimizer's time on CPU, docs/performance.md); the same update rule.
+    fused = {"fused": True} if train.opt.lower() in ("adam", "adamw") else {}
+    return create_optimizer_v2(groups, opt=train.opt, lr=lr, weight_decay=train.weight_decay, **fused)
 
 
 @torch.no_grad()
@@ -274,8 +354,6 @@ def fit(run: Run, *, progress: bool = False) -> dict:
     metrics file), ``curves`` (per-epoch rows), ``timing`` (throughput, for provenance) and ``dist``.
     Raises :class:`TrainingDiverged` on a non-finite loss.
     """
-    from timm.data import Mixup
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
     from timm.scheduler import create_scheduler_v2
     from timm.utils import ModelEmaV3
     from tqdm import tqdm
@@ -285,10 +363,7 @@ def fit(run: Run, *, progress: bool = False) -> dict:
     train = run.train
     train.check(run.stage)
     env = _init_distributed()
-    if train.threads:
-        torch.set_num_threads(train.threads)
-    if env.device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
+    configure_torch(env.device, train.threads)
     if train.batch_size % env.world_size:
         raise ParamsError(f"{run.stage}.batch_size: {train.batch_size} is not divisible by {env.world_size} processes")
     _set_seed(run.seed)
@@ -309,7 +384,7 @@ def fit(run: Run, *, progress: bool = False) -> dict:
     if env.world_size > 1 and env.device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     lr = train.lr * train.batch_size / train.lr_base_batch
-    optimizer = _optimizer(model, train, lr)
+    optimizer = make_optimizer(model, train, lr)
     updates_per_epoch = len(loaders.train)
     scheduler, _ = create_scheduler_v2(
         optimizer,
@@ -321,19 +396,7 @@ def fit(run: Run, *, progress: bool = False) -> dict:
         step_on_epochs=False,
         updates_per_epoch=updates_per_epoch,
     )
-    mixup = None
-    if train.mixup > 0 or train.cutmix > 0:
-        mixup = Mixup(
-            mixup_alpha=train.mixup,
-            cutmix_alpha=train.cutmix,
-            label_smoothing=train.label_smoothing,
-            num_classes=num_classes,
-        )
-        criterion = SoftTargetCrossEntropy()
-    elif train.label_smoothing > 0:
-        criterion = LabelSmoothingCrossEntropy(train.label_smoothing)
-    else:
-        criterion = torch.nn.CrossEntropyLoss()
+    mixup, criterion = loss_recipe(train, num_classes)
     ema = ModelEmaV3(model, decay=train.ema_decay) if train.ema_decay else None
     net = torch.nn.parallel.DistributedDataParallel(model) if env.world_size > 1 else model
 
@@ -366,25 +429,25 @@ def fit(run: Run, *, progress: bool = False) -> dict:
         )
         for step, (images, labels) in enumerate(bar):
             images, labels = images.to(env.device), labels.to(env.device)
-            targets = labels
-            if mixup is not None:
-                images, targets = mixup(images, labels)
-            with torch.autocast(env.device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = net(images)
-                loss = criterion(logits.float(), targets)
-            if not torch.isfinite(loss):
-                lr_now = optimizer.param_groups[0]["lr"]
-                raise TrainingDiverged(
-                    f"{run.stage} {run.variant}-{run.seed}: non-finite loss ({loss.item()}) at epoch {epoch + 1}, "
-                    f"step {step + 1} (update {epoch * updates_per_epoch + step + 1}), lr {lr_now:.3g}; last finite "
-                    f"loss {last_finite}. Lower the learning rate or enable clip_grad; no metrics were written."
-                )
+            check_loss = functools.partial(
+                _stop_if_diverged,
+                where=f"{run.stage} {run.variant}-{run.seed}",
+                position=f"epoch {epoch + 1}, step {step + 1} (update {epoch * updates_per_epoch + step + 1})",
+                lr=optimizer.param_groups[0]["lr"],
+                last_finite=last_finite,
+            )
+            loss, logits = train_step(
+                net,
+                images,
+                labels,
+                optimizer=optimizer,
+                criterion=criterion,
+                mixup=mixup,
+                amp=amp,
+                clip_grad=train.clip_grad,
+                check_loss=check_loss,
+            )
             last_finite = loss.item()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if train.clip_grad is not None:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), train.clip_grad)
-            optimizer.step()
             scheduler.step_update(epoch * updates_per_epoch + step + 1)
             if ema is not None:
                 ema.update(model, step=epoch * updates_per_epoch + step + 1)
@@ -477,19 +540,26 @@ def fit(run: Run, *, progress: bool = False) -> dict:
     return result
 
 
-def _gflops(run: Run, num_classes: int) -> float:
-    """Closed-form flops of one forward pass (fvcore convention) of the trained configuration, in G."""
+def model_arch(model: ModelParams):
+    """The :class:`qkv.XcitArch` the ``model`` section builds."""
     import qkv
 
-    overrides = {
-        k: v
-        for k, v in asdict(run.model).items()
-        if k in ("depth", "embed_dim", "num_heads", "patch_size") and v is not None
-    }
-    arch = qkv.model_arch(run.model.name, **overrides)
-    cfg, class_attn = qkv.split_model_options(run.options)
-    flops = qkv.xcit_flops(arch, cfg, img_size=run.model.img_size, num_classes=num_classes, class_attn=class_attn)
-    return flops.total / 1e9
+    keys = ("depth", "embed_dim", "num_heads", "patch_size")
+    return qkv.model_arch(model.name, **{k: v for k, v in asdict(model).items() if k in keys and v is not None})
+
+
+def forward_flops(model: ModelParams, options: dict, num_classes: int) -> int:
+    """Closed-form flops of one forward pass of one image (fvcore convention: a multiply-add is one flop)."""
+    import qkv
+
+    cfg, class_attn = qkv.split_model_options(options)
+    arch = model_arch(model)
+    return qkv.xcit_flops(arch, cfg, img_size=model.img_size, num_classes=num_classes, class_attn=class_attn).total
+
+
+def _gflops(run: Run, num_classes: int) -> float:
+    """Closed-form flops of one forward pass (fvcore convention) of the trained configuration, in G."""
+    return forward_flops(run.model, run.options, num_classes) / 1e9
 
 
 def _take(loader, n: int):

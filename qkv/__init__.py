@@ -7,12 +7,13 @@ from .convert import ClassAttnQKV, convert, embed_modules
 from .counts import FlopCount, embed_flops, embed_params, xcit_flops, xcit_params
 from .diagnostics import qkv_similarity
 from .embed import EMBED_KINDS, EmbedConfig, QKVEmbed
-from .xcit import ARCHS, ConvPatchEmbed4, XcitArch, create_qkv_xcit, model_arch, split_model_options
+from .xcit import ARCHS, ContiguousXCA, ConvPatchEmbed4, XcitArch, create_qkv_xcit, model_arch, split_model_options
 
 __all__ = [
     "ARCHS",
     "EMBED_KINDS",
     "ClassAttnQKV",
+    "ContiguousXCA",
     "ConvPatchEmbed4",
     "EmbedConfig",
     "FlopCount",

@@ -22,13 +22,22 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models.xcit import Xcit, checkpoint_filter_fn, conv3x3
+from timm.models.xcit import XCA, Xcit, checkpoint_filter_fn, conv3x3
 from torch import nn
+from torch.nn import functional as F
 
 from .convert import convert
 from .embed import EmbedConfig
 
-__all__ = ["ARCHS", "ConvPatchEmbed4", "XcitArch", "create_qkv_xcit", "model_arch", "split_model_options"]
+__all__ = [
+    "ARCHS",
+    "ContiguousXCA",
+    "ConvPatchEmbed4",
+    "XcitArch",
+    "create_qkv_xcit",
+    "model_arch",
+    "split_model_options",
+]
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,28 @@ class ConvPatchEmbed4(nn.Module):
         return x.flatten(2).transpose(1, 2), (Hp, Wp)  # (B, N, C)
 
 
+class ContiguousXCA(XCA):
+    """timm's cross-covariance attention, same parameters and same math, with the ``(3, B, heads, C/heads, N)``
+    q/k/v tensor made contiguous before the l2-normalisation over tokens. timm normalises a strided view of the
+    ``(B, N, 3C)`` projection; on a CPU that one reduction took 3 ms per call, 16 % of a training step of
+    XCiT-N12 at 32 px, and the copy removes it (docs/performance.md). Installed on every XCA of the
+    ``qkv_xcit_*`` models (the linear baseline included) by :func:`create_qkv_xcit`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 4, 1)
+        q, k, v = qkv.contiguous().unbind(0)  # (B, heads, C/heads, N) each
+        q = F.normalize(q, dim=-1)
+        k = F.normalize(k, dim=-1)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q * self.temperature, k, v, scale=1.0)
+        else:
+            attn = (q @ k.transpose(-2, -1)) * self.temperature
+            x = self.attn_drop(attn.softmax(dim=-1)) @ v
+        x = x.permute(0, 3, 1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(x))
+
+
 def split_model_options(options: dict) -> tuple[EmbedConfig, bool]:
     """``(embedding config, qkv_class_attn)`` from model options ``qkv_embed``, ``qkv_*`` and ``qkv_class_attn``;
     a key without the ``qkv_`` prefix is an error."""
@@ -129,6 +160,9 @@ def create_qkv_xcit(variant: str, pretrained: bool = False, **kwargs) -> Xcit:
         model.patch_embed = ConvPatchEmbed4(kwargs.get("img_size", 224), kwargs.get("in_chans", 3), embed_dim)
         for info in model.feature_info:
             info["reduction"] = 4
+    for module in model.modules():
+        if type(module) is XCA:
+            module.__class__ = ContiguousXCA  # a subclass with the same parameters: only forward differs
     convert(model, qkv_embed, qkv_class_attn=qkv_class_attn, **options)
     return model
 

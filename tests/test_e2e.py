@@ -67,6 +67,7 @@ def test_dvc_repro_then_nothing_to_do(tmp_path):
     first = sh(dvc, "repro", cwd=repo)
     for stage in (
         "flops",
+        "bench",
         "prepare@synthetic",
         "prepare@digits",
         "pretrain@linear-0",
@@ -112,6 +113,16 @@ def test_dvc_repro_then_nothing_to_do(tmp_path):
     assert audit.returncode == 1 and "differs" in audit.stdout
     assert "results/prepare/synthetic.json: counts.train:" in audit.stdout
     sh(dvc, "repro", cwd=repo)  # restore
+
+    # The bench stage is a measurement: its audit compares ratios, never hashes or absolute timings.
+    bench = json.loads((repo / "results/bench/metrics.json").read_text())
+    assert bench["measured"] is True and set(bench["models"]) == {"linear", "fsne"}
+    audit = subprocess.run(
+        [sys.executable, "-m", "pipeline.audit", "bench"], cwd=repo, capture_output=True, text=True, env=_env(repo)
+    )
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "audit bench: equal within tolerance (measurement: ratios within rel 10)" in audit.stdout
+    assert "models.fsne.step_time_ratio:" in audit.stdout
 
     # Changing one transfer dataset's params re-runs that dataset's instance alone.
     params["datasets"]["digits"]["seed"] = 1

@@ -38,6 +38,7 @@ def fake_results(root: Path, *, profile: str = "embedded", skip: tuple = ()) -> 
         },
     )
     write_json(root / "flops/provenance.json", {"params": {"profile": profile}, "git_commit": "abc"})
+    write_json(root / "bench/metrics.json", fake_bench(profile))
     for d in ("synthetic", "digits"):
         write_json(root / f"prepare/{d}.json", {"profile": profile, "content_hash": "sha256:" + d * 4})
     for v, accs in ACC.items():
@@ -63,6 +64,47 @@ def fake_results(root: Path, *, profile: str = "embedded", skip: tuple = ()) -> 
             ft = root / f"finetune/{v}-digits-{s}"
             write_json(ft / "metrics.json", {"profile": profile, "test_top1": a - 5, "synthetic": False})
     return root
+
+
+def fake_bench(profile: str) -> dict:
+    """A bench metrics file as pipeline.bench writes it, with round numbers."""
+
+    def model(ms: float, flop_ratio: float) -> dict:
+        return {
+            "train_step_ms": ms,
+            "train_step_ms_min": ms - 1,
+            "train_step_ms_max": ms + 2,
+            "train_img_per_s": 128 / ms * 1e3,
+            "eval_img_per_s": 1000.0,
+            "flop_ratio": flop_ratio,
+            "step_time_ratio": ms / 200.0,
+            "step_over_flop_ratio": ms / 200.0 / flop_ratio,
+            "train_gflop_per_s": 120.0 * 200.0 / ms,
+            "train_ceiling_fraction": 0.6 * 200.0 / ms,
+            "train_peak_fraction": 0.4 * 200.0 / ms,
+        }
+
+    return {
+        "profile": profile,
+        "measured": True,
+        "device": "cpu",
+        "dtype": "float32",
+        "threads": 2,
+        "batch_size": 128,
+        "img_size": 32,
+        "rounds": 15,
+        "reference": "xcit_nano_12_p8_224",
+        "order": ["linear", "sne", "timm"],
+        "models": {"linear": model(200.0, 1.0), "sne": model(230.0, 1.05), "timm": model(250.0, 1.0)},
+        "ceiling": {"shape": [2048, 128, 512], "gflop_per_s": 200.0},
+        "peak": {"shape": [1024, 1024, 1024], "gflop_per_s": 300.0},
+        "baseline": "linear",
+        "loader": {"img_per_s": 30000.0, "over_train": 46.9, "mode": "batched"},
+        "targets": {
+            "step_over_flops": {"limit": 1.1, "met": False},
+            "ceiling_fraction": {"limit": 0.6, "met": True},
+        },
+    }
 
 
 def params_file(tmp_path: Path, **variants_extra) -> Path:
@@ -91,6 +133,8 @@ def build(
             str(ROOT / "references/assumptions.yaml"),
             "--flops",
             str(results / "flops/metrics.json"),
+            "--bench",
+            str(results / "bench/metrics.json"),
             "--prepare",
             str(results / "prepare/{dataset}.json"),
             "--pretrain",
@@ -106,6 +150,27 @@ def build(
 
 def rows(out: Path, table: str) -> list[dict]:
     return list(csv.DictReader((out / f"tables/{table}.csv").read_text().splitlines()))
+
+
+def test_bench_table_shows_ratios_ceiling_and_targets(tmp_path):
+    out = build(tmp_path, fake_results(tmp_path / "results"), params_file(tmp_path))
+    bench = {r["model"]: r for r in rows(out, "bench")}
+    assert list(bench) == ["linear", "sne", "timm (xcit_nano_12_p8_224, timm's own)"]
+    assert bench["sne"]["step-time ratio"] == "1.150" and bench["sne"]["FLOP ratio"] == "1.050"
+    assert bench["sne"]["step / FLOP ratio"] == f"{230 / 200 / 1.05:.3f}"
+    assert bench["linear"]["of matmul ceiling"] == "60%" and bench["linear"]["train img/s"] == "640"
+    html = (out / "index.html").read_text()
+    assert "Ceiling: 200.0 GFLOP/s, a 2048x128 @ 128x512 matrix product" in html
+    assert "(square 1024 product): 300.0 GFLOP/s, of which the baseline reaches 40% in training" in html
+    assert "step_over_flops (1.1): NOT met; ceiling_fraction (0.6): met" in html
+
+
+def test_report_without_bench_says_not_run(tmp_path):
+    results = fake_results(tmp_path / "results")
+    (results / "bench/metrics.json").unlink()
+    out = build(tmp_path, results, params_file(tmp_path))
+    assert rows(out, "bench")[0]["model"] == "not run"
+    assert "The bench stage has not run." in (out / "index.html").read_text()
 
 
 def test_tables_rows_means_stds_and_intervals(tmp_path):

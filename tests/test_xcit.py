@@ -20,7 +20,14 @@ def test_linear_model_is_timm_xcit(patch):
     model.load_state_dict(reference.state_dict(), strict=True)
     image = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
-        torch.testing.assert_close(model(image), reference(image), rtol=0, atol=0)
+        expected = reference(image)
+        # ContiguousXCA normalises a contiguous copy: the same math, summed in another order.
+        torch.testing.assert_close(model(image), expected, rtol=1e-5, atol=1e-6)
+        from timm.models.xcit import XCA
+
+        for block in model.blocks:
+            block.attn.__class__ = XCA  # timm's own forward: then bit for bit
+        torch.testing.assert_close(model(image), expected, rtol=0, atol=0)
 
 
 def test_baseline_nano_counts_match_published():
@@ -119,3 +126,29 @@ def test_similarity_diagnostic_reads_timm_models_and_leaves_mode():
     assert model.training
     with pytest.raises(ValueError, match="no Q/K/V embedding"):
         qkv.qkv_similarity(torch.nn.Linear(3, 3), torch.rand(1, 3))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_contiguous_xca_matches_timms_xca(fused):
+    """Every XCA of a qkv_xcit model is a ContiguousXCA: same parameters, same outputs and gradients as timm's."""
+    from timm.models.xcit import XCA
+
+    model = timm.create_model("qkv_xcit_nano_12_p8", img_size=32, num_classes=10)
+    assert {type(b.attn) for b in model.blocks} == {qkv.ContiguousXCA}
+    torch.manual_seed(0)
+    fast = qkv.ContiguousXCA(dim=64, num_heads=4, qkv_bias=True)
+    with torch.no_grad():
+        fast.temperature.uniform_(0.5, 2.0)
+    reference = XCA(dim=64, num_heads=4, qkv_bias=True)
+    reference.load_state_dict(fast.state_dict(), strict=True)
+    fast.fused_attn = reference.fused_attn = fused
+    x = torch.randn(3, 10, 64, requires_grad=True)
+    y_fast = fast(x)
+    (grad_fast,) = torch.autograd.grad(y_fast.square().sum(), x, retain_graph=True)
+    y_ref = reference(x)
+    (grad_ref,) = torch.autograd.grad(y_ref.square().sum(), x)
+    torch.testing.assert_close(y_fast, y_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_fast, grad_ref, rtol=1e-5, atol=1e-5)
+    fast.temperature.grad = None
+    y_fast.sum().backward()
+    assert fast.temperature.grad is not None and fast.temperature.grad.abs().sum() > 0

@@ -35,6 +35,19 @@ def tiny_params(**section_updates) -> dict:
         params[section]["augment"] = {**params[section]["augment"], "input_size": 16}
     params["pretrain"].update(dataset="synthetic", lr=3.2e-2)  # effective 1e-3 at batch 16
     params["finetune"].update(datasets=["digits"])
+    params["bench"] = {
+        **params["bench"],
+        "variants": ["linear", "fsne"],
+        "reference": None,  # the tiny model's patch-4 stem has no timm counterpart
+        "threads": 1,
+        "batch_size": 16,
+        "eval_batch_size": 32,
+        "warmup": 1,
+        "rounds": 2,
+        "loader_batches": 2,
+    }
+    # Two timing rounds of a depth-1 model are noise: the audit of the tiny bench checks the machinery only.
+    params["audit"] = {**params["audit"], "ratio_rel_tol": 10.0}
     for section, values in section_updates.items():
         params[section] = {**params[section], **values} if isinstance(values, dict) else values
     return params

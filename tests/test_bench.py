@@ -1,0 +1,180 @@
+"""The bench stage on a tiny profile: what it measures and how, its table, its params, the audit's ratios."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline import audit, bench
+from pipeline.datasets import DatasetParams
+from pipeline.io import write_outputs
+
+from .tiny import tiny_params, write_params
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    from pipeline import prepare
+
+    entry = tiny_params()["datasets"]["synthetic"]
+    files, _ = prepare.run("synthetic", DatasetParams(**entry))
+    out = tmp_path_factory.mktemp("prepared") / "synthetic"
+    write_outputs({out / k: v for k, v in files.items()})
+    return out
+
+
+def run_bench(tmp_path: Path, prepared: Path, **bench_updates) -> tuple[dict, list[dict], str]:
+    params = tiny_params(bench=bench_updates)
+    path = write_params(tmp_path / "params.yaml", params)
+    out = tmp_path / "bench"
+    bench.main(
+        [
+            "--params",
+            str(path),
+            "--data",
+            str(prepared),
+            "--metrics",
+            str(out / "metrics.json"),
+            "--times",
+            str(out / "times.csv"),
+            "--provenance",
+            str(out / "provenance.json"),
+        ]
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = list(csv.DictReader((out / "times.csv").read_text().splitlines()))
+    return metrics, rows, (out / "provenance.json").read_text()
+
+
+def test_bench_measures_every_model_interleaved(tmp_path, prepared, capsys):
+    metrics, rows, prov = run_bench(tmp_path, prepared, variants=["linear", "sne", "fsne"], rounds=3)
+    assert metrics["profile"] == "embedded" and metrics["measured"] is True
+    assert metrics["order"] == ["linear", "sne", "fsne"] and set(metrics["models"]) == set(metrics["order"])
+    # Interleaved: every round times every model once, each round starting at a different model.
+    trains = [r for r in rows if r["kind"] == "train"]
+    assert len(trains) == 3 * 3 and len([r for r in rows if r["kind"] == "ceiling"]) == 3
+    firsts = [next(r["model"] for r in trains if r["round"] == str(i)) for i in range(3)]
+    assert firsts == ["linear", "sne", "fsne"]
+    # Ratios are consistent with the timings and with the closed-form FLOP counts.
+    import qkv
+    from pipeline.train import ModelParams, forward_flops
+
+    params = tiny_params()
+    model = ModelParams(**params["model"])
+    base_flops = forward_flops(model, params["variants"]["linear"], 3)
+    for name, m in metrics["models"].items():
+        median = sorted(float(r["seconds"]) for r in trains if r["model"] == name)[1]
+        assert m["train_step_ms"] == pytest.approx(1e3 * median, rel=1e-3)
+        assert m["train_img_per_s"] == pytest.approx(16 / median, rel=1e-3)
+        flops = forward_flops(model, params["variants"][name], 3)
+        assert m["flop_ratio"] == pytest.approx(flops / base_flops, rel=1e-3)
+        assert m["step_over_flop_ratio"] == pytest.approx(m["step_time_ratio"] / m["flop_ratio"], rel=2e-3)
+        assert m["train_gflop_per_s"] == pytest.approx(6 * flops * m["train_img_per_s"] / 1e9, rel=2e-3)
+        assert (
+            0
+            < m["train_ceiling_fraction"]
+            == pytest.approx(m["train_gflop_per_s"] / metrics["ceiling"]["gflop_per_s"], rel=2e-3)
+        )
+    assert metrics["models"]["linear"]["step_time_ratio"] == 1.0
+    assert qkv.model_arch("qkv_xcit_nano_12_p8", embed_dim=32).embed_dim == 32
+    # The ceiling's shape is the MLP's first layer over the batch's tokens: 16 images x (16/4)^2 tokens, 32 -> 128.
+    assert metrics["ceiling"]["shape"] == [16 * 16, 32, 128]
+    assert metrics["loader"]["img_per_s"] > 0 and metrics["loader"]["mode"] == "batched"
+    assert set(metrics["targets"]) == {"step_over_flops", "ceiling_fraction", "loader_over_train"}
+    assert all(isinstance(t["met"], bool) for t in metrics["targets"].values())
+    assert '"stage": "bench"' in prov
+    out = capsys.readouterr().out
+    assert "step/FLOP" in out and "ceiling:" in out and "target ceiling_fraction (0.6):" in out
+
+
+def test_bench_runs_timms_own_xcit_beside_the_baseline(tmp_path, prepared):
+    params = tiny_params(
+        model={"patch_size": 8, "img_size": 16},
+        bench={"variants": ["linear"], "reference": "xcit_nano_12_p8_224", "rounds": 1, "warmup": 0},
+    )
+    path = write_params(tmp_path / "params.yaml", params)
+    profile, variants, model, pretrain, dataset, settings = bench.load(str(path))
+    metrics, rows = bench.measure(variants, model, pretrain, dataset, settings, prepared)
+    assert metrics["order"] == ["linear", "timm"]
+    assert metrics["models"]["timm"]["flop_ratio"] == 1.0
+    assert "not_slower_than_timm" in metrics["targets"]
+    assert {r["model"] for r in rows} == {"linear", "timm", "matmul"}
+
+
+@pytest.mark.parametrize(
+    "updates, message",
+    [
+        ({"baseline": "psne"}, "bench.baseline: 'psne' is not in bench.variants"),
+        ({"variants": ["linear", "nope"]}, "bench.variants: unknown variant 'nope'"),
+        ({"device": "tpu"}, "bench.device: 'tpu' is not one of: cpu, cuda"),
+        ({"rounds": 0}, "bench.rounds: expected a positive integer, got 0"),
+        ({"warmup": -1}, "bench.warmup: must not be negative"),
+        ({"batch_size": "16"}, "bench.batch_size: expected an integer, got '16'"),
+        ({"targets": {"step_over_flops": 0.0, "ceiling_fraction": 0.6, "loader_over_train": 5.0}}, "bench.targets"),
+        ({"speed": 1}, "bench: unknown key(s) speed"),
+    ],
+)
+def test_bench_bad_params(tmp_path, prepared, updates, message):
+    with pytest.raises(SystemExit) as exc:
+        run_bench(tmp_path, prepared, **updates)
+    assert message in str(exc.value)
+    assert not (tmp_path / "bench").exists()  # nothing half-written
+
+
+def test_bench_reference_without_the_models_stem_is_refused(tmp_path, prepared):
+    with pytest.raises(SystemExit) as exc:
+        run_bench(tmp_path, prepared, variants=["linear"], reference="xcit_nano_12_p8_224", rounds=1)
+    assert "bench.reference: timm's XCiT has no patch-4 stem (model.patch_size)" in str(exc.value)
+    assert not (tmp_path / "bench").exists()
+
+
+def test_bench_reference_that_is_not_the_baseline_is_refused(tmp_path, prepared):
+    params = tiny_params(
+        model={"patch_size": 8, "img_size": 16},
+        bench={"variants": ["linear"], "reference": "deit_tiny_patch16_224", "rounds": 1},
+    )
+    path = write_params(tmp_path / "params.yaml", params)
+    profile, variants, model, pretrain, dataset, settings = bench.load(str(path))
+    expected = r"bench.reference: deit_tiny_patch16_224 is not the architecture of the baseline 'linear' \(Error"
+    with pytest.raises(ValueError, match=expected):
+        bench.measure(variants, model, pretrain, dataset, settings, prepared)
+
+
+def test_bench_unknown_reference_is_refused(tmp_path, prepared):
+    params = tiny_params(
+        model={"patch_size": 8, "img_size": 16}, bench={"variants": ["linear"], "reference": "no_such_model"}
+    )
+    path = write_params(tmp_path / "params.yaml", params)
+    profile, variants, model, pretrain, dataset, settings = bench.load(str(path))
+    with pytest.raises(ValueError, match="bench.reference: Unknown model \\(no_such_model\\)"):
+        bench.measure(variants, model, pretrain, dataset, settings, prepared)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_bench_cuda_without_a_gpu_is_a_clear_error(tmp_path, prepared):
+    with pytest.raises(SystemExit) as exc:
+        run_bench(tmp_path, prepared, device="cuda")
+    assert "bench.device: 'cuda' asked for, but torch sees no CUDA device here" in str(exc.value)
+
+
+def test_audit_compares_a_measurement_by_its_ratios():
+    old = {
+        "measured": True,
+        "models": {"linear": {"train_step_ms": 100.0, "step_time_ratio": 1.0}, "sne": {"step_time_ratio": 1.2}},
+        "loader": {"over_train": 40.0},
+    }
+    slower_machine = json.loads(json.dumps(old))
+    slower_machine["models"]["linear"]["train_step_ms"] = 250.0  # absolute timings are not judged
+    slower_machine["models"]["sne"]["step_time_ratio"] = 1.3
+    beyond, compared = audit.compare_measured(old, slower_machine, 0.25)
+    assert beyond == [] and len(compared) == 3
+    slower_machine["models"]["sne"]["step_time_ratio"] = 2.0
+    beyond, _ = audit.compare_measured(old, slower_machine, 0.25)
+    assert beyond == ["models.sne.step_time_ratio: 1.2 -> 2 (+66.7%)"]
+    del slower_machine["loader"]
+    beyond, _ = audit.compare_measured(old, slower_machine, 0.25)
+    assert "loader.over_train: 40.0 -> None" in beyond
