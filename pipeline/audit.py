@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -36,6 +37,20 @@ from pipeline.cli import run_stage
 from pipeline.params import ParamsError, load_sections, parse
 
 PARAMS = ("audit",)
+
+
+@dataclass(frozen=True)
+class AuditParams:
+    abs_tol: float  # metrics within this of the committed ones are "equal within tolerance"
+    ratio_rel_tol: float  # measurements (bench): ratios within this relative difference
+
+
+def load(path: str | Path) -> AuditParams:
+    params = parse(AuditParams, load_sections(path, PARAMS)["audit"], "audit")
+    for key in ("abs_tol", "ratio_rel_tol"):
+        if getattr(params, key) < 0:
+            raise ParamsError(f"audit.{key}: must not be negative, got {getattr(params, key)}")
+    return params
 
 
 def _outs(lock: dict, stage: str) -> dict[str, str]:
@@ -120,7 +135,7 @@ def _scratch_copy(repo: Path, stage: dict, scratch: Path) -> None:
         subprocess.run([*git, *args], cwd=scratch, check=True, capture_output=True)
 
 
-def audit(repo: Path, name: str, abs_tol: float, ratio_rel_tol: float = 0.25) -> tuple[str, list[str]]:
+def audit(repo: Path, name: str, abs_tol: float, ratio_rel_tol: float) -> tuple[str, list[str]]:
     """Re-run stage instance ``name`` in a scratch copy of ``repo``; returns (verdict, details)."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     if name not in lock.get("stages", {}):
@@ -174,14 +189,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(args: argparse.Namespace) -> None:
-    raw = load_sections(Path(args.repo) / args.params, PARAMS)["audit"]
-    abs_tol = parse(float, raw.get("abs_tol") if isinstance(raw, dict) else None, "audit.abs_tol")
-    if abs_tol < 0:
-        raise ParamsError(f"audit.abs_tol: must not be negative, got {abs_tol}")
-    ratio_rel_tol = parse(float, raw.get("ratio_rel_tol"), "audit.ratio_rel_tol")
-    if ratio_rel_tol < 0:
-        raise ParamsError(f"audit.ratio_rel_tol: must not be negative, got {ratio_rel_tol}")
-    verdict, details = audit(Path(args.repo).resolve(), args.stage, abs_tol, ratio_rel_tol)
+    params = load(Path(args.repo) / args.params)
+    verdict, details = audit(Path(args.repo).resolve(), args.stage, params.abs_tol, params.ratio_rel_tol)
     print(f"audit {args.stage}: {verdict}")
     for line in details[:50]:
         print(f"  {line}")

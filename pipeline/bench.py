@@ -42,11 +42,10 @@ from pathlib import Path
 
 from pipeline.cli import run_stage
 from pipeline.io import json_bytes, provenance, write_outputs
-from pipeline.params import ParamsError, load_sections, parse, profile_name, variant_options
+from pipeline.params import ParamsError, load_sections, parse, variant_options
 
 PARAMS = ("profile", "variants", "model", "pretrain", "datasets", "bench")
 REFERENCE = "timm"  # the row of timm's own XCiT
-_ARCH_KEYS = ("patch_size", "depth", "embed_dim", "num_heads")  # model-section overrides timm's Xcit takes too
 
 
 @dataclass(frozen=True)
@@ -58,9 +57,9 @@ class Targets:
 
 @dataclass(frozen=True)
 class BenchParams:
-    variants: tuple[str, ...]  # keys of the variants section; the first must be the baseline
-    baseline: str  # the variant ratios are taken against
-    reference: str | None  # timm model timed beside the variants (same recipe), e.g. xcit_nano_12_p8
+    variants: tuple[str, ...]  # keys of the variants section
+    baseline: str  # the variant (one of ``variants``) the ratios are taken against
+    reference: str | None  # timm model timed beside the variants (same recipe), e.g. xcit_nano_12_p8_224
     device: str  # "cpu" or "cuda"
     amp: bool  # bf16 autocast (what the training stages do on GPU)
     threads: int  # torch CPU threads (0: torch's default)
@@ -88,24 +87,15 @@ class BenchParams:
 
 
 def load(path: str):
-    from pipeline.datasets import DatasetParams
-    from pipeline.pretrain import PretrainParams
-    from pipeline.train import ModelParams
+    """The pretraining sections (as ``pipeline.pretrain`` reads them) and the ``bench`` section, validated."""
+    from pipeline import pretrain as pretrain_stage
 
-    raw = load_sections(path, PARAMS)
-    profile = profile_name(raw["profile"])
-    variants = parse(dict[str, dict], raw["variants"], "variants")
-    bench = parse(BenchParams, raw["bench"], "bench")
+    bench = parse(BenchParams, load_sections(path, ("bench",))["bench"], "bench")
     bench.check()
+    profile, variants, model, pretrain, dataset = pretrain_stage.load(path)
     for name in bench.variants:
         variant_options(variants, name, "bench.variants")
-    model = parse(ModelParams, raw["model"], "model")
-    pretrain = parse(PretrainParams, raw["pretrain"], "pretrain")
     pretrain.check("pretrain")
-    datasets = raw["datasets"]
-    if not isinstance(datasets, dict) or pretrain.dataset not in datasets:
-        raise ParamsError(f"pretrain.dataset: {pretrain.dataset!r} is not an entry of the datasets section")
-    dataset = parse(DatasetParams, datasets[pretrain.dataset], f"datasets.{pretrain.dataset}")
     return profile, variants, model, pretrain, dataset, bench
 
 
@@ -133,6 +123,7 @@ class _Subject:
     """One timed model: how to run its training step and its eval pass."""
 
     name: str
+    net: object  # the torch module
     flops: int  # forward flops per image (multiply-adds)
     train: object  # () -> None
     evaluate: object  # () -> None
@@ -142,10 +133,18 @@ def _subjects(variants, model, pretrain, bench, device, num_classes: int) -> lis
     import timm
     import torch
 
-    from pipeline.train import TrainParams, build_model, forward_flops, loss_recipe, make_optimizer, train_step
+    from pipeline.train import (
+        TrainParams,
+        arch_overrides,
+        build_model,
+        forward_flops,
+        loss_recipe,
+        make_optimizer,
+        train_step,
+    )
 
     recipe = TrainParams.recipe_of(pretrain)
-    lr = recipe.lr * recipe.batch_size / recipe.lr_base_batch
+    lr = recipe.lr_effective
     amp = bench.amp and device.type == "cuda"
     size = model.img_size
     g = torch.Generator().manual_seed(0)
@@ -168,7 +167,7 @@ def _subjects(variants, model, pretrain, bench, device, num_classes: int) -> lis
                 net(eval_images)
             net.train()
 
-        return _Subject(name, flops, step, evaluate)
+        return _Subject(name, net, flops, step, evaluate)
 
     out = []
     for name in bench.variants:
@@ -183,18 +182,17 @@ def _subjects(variants, model, pretrain, bench, device, num_classes: int) -> lis
             )
         torch.manual_seed(0)
         try:
-            overrides = {k: v for k, v in asdict(model).items() if k in _ARCH_KEYS and v is not None}
             net = timm.create_model(
                 bench.reference,
                 num_classes=num_classes,
                 img_size=size,
                 drop_path_rate=model.drop_path_rate,
-                **overrides,
+                **arch_overrides(model),
             )
         except (RuntimeError, ValueError) as exc:  # timm: "Unknown model (...)"
             raise ParamsError(f"bench.reference: {exc}") from None
         baseline = out[bench.variants.index(bench.baseline)]
-        _check_reference(bench, net, build_model(model, variants[bench.baseline], num_classes), eval_images[:2])
+        _check_reference(bench, net.to(device), baseline.net, eval_images[:2])
         out.append(subject(REFERENCE, net, baseline.flops))
     return out
 
@@ -211,10 +209,11 @@ def _check_reference(bench, reference, baseline, images) -> None:
         problem = str(exc).splitlines()[0]
     else:
         with torch.no_grad():
-            ref_out, base_out = reference.eval()(images.cpu()), baseline.eval()(images.cpu())
+            ref_out, base_out = reference.eval()(images), baseline.eval()(images)
         if not torch.allclose(ref_out, base_out, rtol=1e-4, atol=1e-5):
             problem = f"its logits differ from the baseline's by up to {(ref_out - base_out).abs().max():.3g}"
-        reference.train()
+    reference.train()
+    baseline.train()
     if problem:
         raise ParamsError(
             f"bench.reference: {bench.reference} is not the architecture of the baseline {bench.baseline!r} ({problem})"
@@ -261,14 +260,13 @@ def measure(variants, model, pretrain, dataset, bench, prepared: Path, *, progre
     import torch
     from tqdm import tqdm
 
-    if bench.device == "cuda" and not torch.cuda.is_available():
-        raise ParamsError("bench.device: 'cuda' asked for, but torch sees no CUDA device here")
+    from pipeline.data import read_meta
     from pipeline.train import configure_torch
 
+    if bench.device == "cuda" and not torch.cuda.is_available():
+        raise ParamsError("bench.device: 'cuda' asked for, but torch sees no CUDA device here")
     device = torch.device(bench.device)
     configure_torch(device, bench.threads)  # as the training stages run
-    from pipeline.data import read_meta
-
     timer = _Timer(device)
     num_classes = read_meta(prepared)["num_classes"]  # the source dataset's classifier width
     subjects = _subjects(variants, model, pretrain, bench, device, num_classes)

@@ -32,13 +32,15 @@ class PretrainParams(TrainParams):
     variants: tuple[str, ...]  # the variants pretrained (keys of the variants section)
 
 
-def load(path: str, variant: str) -> tuple[str, dict, ModelParams, PretrainParams, DatasetParams]:
+def load(path: str, variant: str | None = None) -> tuple[str, dict, ModelParams, PretrainParams, DatasetParams]:
+    """The sections a pretraining run reads, validated; ``variant`` (if given) must be listed in
+    ``pretrain.variants``. The bench stage reads the same sections (without a variant)."""
     raw = load_sections(path, PARAMS)
     variants = parse(dict[str, dict], raw["variants"], "variants")
     pretrain = parse(PretrainParams, raw["pretrain"], "pretrain")
     for name in pretrain.variants:
         variant_options(variants, name, "pretrain.variants")
-    if variant not in pretrain.variants:
+    if variant is not None and variant not in pretrain.variants:
         raise ParamsError(f"pretrain.variants: {variant!r} is not listed; listed: {', '.join(pretrain.variants)}")
     datasets = raw["datasets"]
     if not isinstance(datasets, dict) or pretrain.dataset not in datasets:

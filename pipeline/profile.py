@@ -25,7 +25,7 @@ def known(folder: Path) -> list[str]:
 
 def validate(path: Path) -> str:
     """Check a params file with every stage's loader; returns its profile name."""
-    from pipeline import bench, finetune, flops, prepare, pretrain, report
+    from pipeline import audit, bench, finetune, flops, prepare, pretrain, report
     from pipeline.datasets import validate as validate_dataset
     from pipeline.train import TrainParams
 
@@ -36,10 +36,7 @@ def validate(path: Path) -> str:
         raise ParamsError(f"{path}: datasets: expected at least one entry")
     for name in datasets:
         validate_dataset(name, prepare.load_params(str(path), name)[1])
-    pre = load_sections(path, ("pretrain",))["pretrain"]
-    for variant in pre.get("variants", []):
-        params = pretrain.load(str(path), variant)[3]
-        TrainParams.recipe_of(params).check("pretrain")
+    TrainParams.recipe_of(pretrain.load(str(path))[3]).check("pretrain")
     fine = load_sections(path, ("finetune",))["finetune"]
     for variant in fine.get("variants", []):
         for dataset in fine.get("datasets", []):
@@ -47,13 +44,11 @@ def validate(path: Path) -> str:
             TrainParams.recipe_of(params).check("finetune")
     bench.load(str(path))
     report.check_params(load_sections(path, ("report",))["report"])
-    raw = load_sections(path, ("launcher", "seeds", "audit"))
+    audit.load(path)
+    raw = load_sections(path, ("launcher", "seeds"))
     parse(str, raw["launcher"], "launcher")
     if not parse(tuple[int, ...], raw["seeds"], "seeds"):
         raise ParamsError("seeds: expected at least one seed")
-    audit = raw["audit"] if isinstance(raw["audit"], dict) else {}
-    for key in ("abs_tol", "ratio_rel_tol"):
-        parse(float, audit.get(key), f"audit.{key}")
     return profile
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from pipeline import figures
+from pipeline.bench import REFERENCE as BENCH_REFERENCE
 from pipeline.cli import run_stage
 from pipeline.io import write_outputs
 from pipeline.params import ParamsError, load_sections, profile_name
@@ -268,7 +269,7 @@ def build(args: argparse.Namespace) -> dict[str, bytes]:
     else:
         bench_rows = [
             [
-                name + (f" ({bench['reference'] or ''}, timm's own)" if name == "timm" else ""),
+                name + (f" ({bench['reference']}, timm's own)" if name == BENCH_REFERENCE else ""),
                 _fmt(m["train_step_ms"], 1),
                 f"{m['train_img_per_s']:.0f}",
                 f"{m['eval_img_per_s']:.0f}",

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Results", "load_json", "paired", "summary", "verdict"]
+__all__ = ["load_json", "paired", "summary", "verdict"]
 
 
 def load_json(path: Path, profile: str) -> dict | None:
@@ -100,15 +100,3 @@ def verdict(claim: dict, *, tested: bool, differences: dict[str, dict]) -> Verdi
         or "fewer than two paired seeds"
     )
     return Verdict(claim["id"], "not reproduced", f"published +{published:.1f} pp; measured {shown}")
-
-
-@dataclass
-class Results:
-    """Every result file the report reads, keyed by stage instance; ``None`` where an instance has not run."""
-
-    flops: dict | None
-    prepare: dict[str, dict | None]
-    pretrain: dict[tuple[str, int], dict | None]
-    finetune: dict[tuple[str, str, int], dict | None]
-    curves: dict[tuple[str, int], list[dict]]
-    provenance: dict[str, dict | None]

@@ -39,6 +39,7 @@ __all__ = [
     "TrainParams",
     "TrainingDiverged",
     "add_output_arguments",
+    "arch_overrides",
     "build_model",
     "configure_torch",
     "fit",
@@ -67,6 +68,15 @@ class ModelParams:
     num_heads: int | None = None
 
 
+ARCH_KEYS = ("patch_size", "depth", "embed_dim", "num_heads")  # model-section keys that shape the backbone
+
+
+def arch_overrides(model: ModelParams) -> dict:
+    """The backbone arguments the ``model`` section sets (None: the registered model's own), as timm's ``Xcit``
+    and :func:`qkv.model_arch` take them."""
+    return {k: v for k, v in asdict(model).items() if k in ARCH_KEYS and v is not None}
+
+
 @dataclass(frozen=True)
 class TrainParams:
     """A training recipe (the ``pretrain`` and ``finetune`` sections share these keys)."""
@@ -91,6 +101,11 @@ class TrainParams:
     amp: bool  # bf16 autocast (GPU only)
     diagnostic_images: int  # held-out images for the Q/K/V similarity diagnostic
     augment: AugmentParams
+
+    @property
+    def lr_effective(self) -> float:
+        """The learning rate used: ``lr`` scaled by ``batch_size / lr_base_batch``."""
+        return self.lr * self.batch_size / self.lr_base_batch
 
     @classmethod
     def recipe_of(cls, params: TrainParams) -> TrainParams:
@@ -162,14 +177,12 @@ def build_model(model: ModelParams, options: dict, num_classes: int) -> torch.nn
 
     import qkv  # noqa: F401  (registers the qkv_xcit_* models)
 
-    overrides = {k: v for k, v in asdict(model).items() if k in ("depth", "embed_dim", "num_heads") and v is not None}
     return timm.create_model(
         model.name,
         num_classes=num_classes,
         img_size=model.img_size,
-        patch_size=model.patch_size,
         drop_path_rate=model.drop_path_rate,
-        **overrides,
+        **arch_overrides(model),
         **options,
     )
 
@@ -257,11 +270,12 @@ def loss_recipe(train: TrainParams, num_classes: int):
     return None, torch.nn.CrossEntropyLoss()
 
 
-def _stop_if_diverged(loss: torch.Tensor, *, where: str, position: str, lr: float, last_finite) -> None:
+def _stop_if_diverged(loss: torch.Tensor, *, run: Run, epoch: int, step: int, update: int, lr: float, last) -> None:
     if not torch.isfinite(loss):
         raise TrainingDiverged(
-            f"{where}: non-finite loss ({loss.item()}) at {position}, lr {lr:.3g}; last finite loss {last_finite}. "
-            "Lower the learning rate or enable clip_grad; no metrics were written."
+            f"{run.stage} {run.variant}-{run.seed}: non-finite loss ({loss.item()}) at epoch {epoch + 1}, step "
+            f"{step + 1} (update {update}), lr {lr:.3g}; last finite loss {last}. Lower the learning rate or "
+            "enable clip_grad; no metrics were written."
         )
 
 
@@ -383,7 +397,7 @@ def fit(run: Run, *, progress: bool = False) -> dict:
     model.to(env.device)
     if env.world_size > 1 and env.device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    lr = train.lr * train.batch_size / train.lr_base_batch
+    lr = train.lr_effective
     optimizer = make_optimizer(model, train, lr)
     updates_per_epoch = len(loaders.train)
     scheduler, _ = create_scheduler_v2(
@@ -431,10 +445,12 @@ def fit(run: Run, *, progress: bool = False) -> dict:
             images, labels = images.to(env.device), labels.to(env.device)
             check_loss = functools.partial(
                 _stop_if_diverged,
-                where=f"{run.stage} {run.variant}-{run.seed}",
-                position=f"epoch {epoch + 1}, step {step + 1} (update {epoch * updates_per_epoch + step + 1})",
+                run=run,
+                epoch=epoch,
+                step=step,
+                update=epoch * updates_per_epoch + step + 1,
                 lr=optimizer.param_groups[0]["lr"],
-                last_finite=last_finite,
+                last=last_finite,
             )
             loss, logits = train_step(
                 net,
@@ -518,7 +534,7 @@ def fit(run: Run, *, progress: bool = False) -> dict:
                 "synthetic": loaders.meta["synthetic"],
                 "epochs": train.epochs,
                 "params": n_params,
-                "gflops": round(_gflops(run, num_classes), 6),
+                "gflops": round(forward_flops(run.model, run.options, num_classes) / 1e9, 6),
                 "num_classes": num_classes,
                 "global_batch": train.batch_size,
                 "world_size": env.world_size,
@@ -544,8 +560,7 @@ def model_arch(model: ModelParams):
     """The :class:`qkv.XcitArch` the ``model`` section builds."""
     import qkv
 
-    keys = ("depth", "embed_dim", "num_heads", "patch_size")
-    return qkv.model_arch(model.name, **{k: v for k, v in asdict(model).items() if k in keys and v is not None})
+    return qkv.model_arch(model.name, **arch_overrides(model))
 
 
 def forward_flops(model: ModelParams, options: dict, num_classes: int) -> int:
@@ -555,11 +570,6 @@ def forward_flops(model: ModelParams, options: dict, num_classes: int) -> int:
     cfg, class_attn = qkv.split_model_options(options)
     arch = model_arch(model)
     return qkv.xcit_flops(arch, cfg, img_size=model.img_size, num_classes=num_classes, class_attn=class_attn).total
-
-
-def _gflops(run: Run, num_classes: int) -> float:
-    """Closed-form flops of one forward pass (fvcore convention) of the trained configuration, in G."""
-    return forward_flops(run.model, run.options, num_classes) / 1e9
 
 
 def _take(loader, n: int):

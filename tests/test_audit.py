@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
+import yaml
+
 from pipeline.audit import compare_metrics
 
 
@@ -13,3 +18,22 @@ def test_compare_metrics_splits_by_tolerance():
     assert within == ["per.b0.1: 0.2 -> 0.2000001", "top1: 95.0 -> 95.0000004"]
     assert compare_metrics(old, {**old, "name": "b", "extra": 1}, 1.0)[0] == ["extra: None -> 1", "name: 'a' -> 'b'"]
     assert compare_metrics(old, old, 0.0) == ([], [])
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ({"abs_tol": 0.01}, "audit: missing key(s) ratio_rel_tol"),
+        ({"abs_tol": 0.01, "ratio_rel_tol": -0.1}, "audit.ratio_rel_tol: must not be negative, got -0.1"),
+        ({"abs_tol": "0.01", "ratio_rel_tol": 0.25}, "audit.abs_tol: expected a number, got '0.01'"),
+        ({"abs_tol": 0.01, "ratio_rel_tol": 0.25, "rel_tol": 1.0}, "audit: unknown key(s) rel_tol"),
+    ],
+)
+def test_audit_params_are_checked(tmp_path, section, message):
+    from pipeline.audit import load
+    from pipeline.params import ParamsError
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"audit": section}))
+    with pytest.raises(ParamsError, match=re.escape(message)):
+        load(path)

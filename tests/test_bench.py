@@ -60,7 +60,6 @@ def test_bench_measures_every_model_interleaved(tmp_path, prepared, capsys):
     firsts = [next(r["model"] for r in trains if r["round"] == str(i)) for i in range(3)]
     assert firsts == ["linear", "sne", "fsne"]
     # Ratios are consistent with the timings and with the closed-form FLOP counts.
-    import qkv
     from pipeline.train import ModelParams, forward_flops
 
     params = tiny_params()
@@ -80,7 +79,6 @@ def test_bench_measures_every_model_interleaved(tmp_path, prepared, capsys):
             == pytest.approx(m["train_gflop_per_s"] / metrics["ceiling"]["gflop_per_s"], rel=2e-3)
         )
     assert metrics["models"]["linear"]["step_time_ratio"] == 1.0
-    assert qkv.model_arch("qkv_xcit_nano_12_p8", embed_dim=32).embed_dim == 32
     # The ceiling's shape is the MLP's first layer over the batch's tokens: 16 images x (16/4)^2 tokens, 32 -> 128.
     assert metrics["ceiling"]["shape"] == [16 * 16, 32, 128]
     assert metrics["loader"]["img_per_s"] > 0 and metrics["loader"]["mode"] == "batched"

@@ -47,6 +47,12 @@ def sh(*args: str, cwd: Path) -> str:
     return done.stdout
 
 
+def run_audit(stage: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.audit", stage], cwd=cwd, capture_output=True, text=True, env=_env(cwd)
+    )
+
+
 @pytest.mark.e2e
 def test_dvc_repro_then_nothing_to_do(tmp_path):
     repo = tmp_path / "repo"
@@ -91,25 +97,13 @@ def test_dvc_repro_then_nothing_to_do(tmp_path):
     assert "results/flops/metrics.json" in json.dumps(shown)
 
     # Audit one instance: identical to what dvc.lock records; a tampered metrics file is caught.
-    audit = subprocess.run(
-        [sys.executable, "-m", "pipeline.audit", "prepare@synthetic"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        env=_env(repo),
-    )
+    audit = run_audit("prepare@synthetic", repo)
     assert audit.returncode == 0 and "audit prepare@synthetic: identical" in audit.stdout, audit.stdout + audit.stderr
     metrics_file = repo / "results/prepare/synthetic.json"
     tampered = json.loads(metrics_file.read_text())
     tampered["counts"]["train"] += 1
     metrics_file.write_text(json.dumps(tampered))
-    audit = subprocess.run(
-        [sys.executable, "-m", "pipeline.audit", "prepare@synthetic"],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        env=_env(repo),
-    )
+    audit = run_audit("prepare@synthetic", repo)
     assert audit.returncode == 1 and "differs" in audit.stdout
     assert "results/prepare/synthetic.json: counts.train:" in audit.stdout
     sh(dvc, "repro", cwd=repo)  # restore
@@ -117,9 +111,7 @@ def test_dvc_repro_then_nothing_to_do(tmp_path):
     # The bench stage is a measurement: its audit compares ratios, never hashes or absolute timings.
     bench = json.loads((repo / "results/bench/metrics.json").read_text())
     assert bench["measured"] is True and set(bench["models"]) == {"linear", "fsne"}
-    audit = subprocess.run(
-        [sys.executable, "-m", "pipeline.audit", "bench"], cwd=repo, capture_output=True, text=True, env=_env(repo)
-    )
+    audit = run_audit("bench", repo)
     assert audit.returncode == 0, audit.stdout + audit.stderr
     assert "audit bench: equal within tolerance (measurement: ratios within rel 10)" in audit.stdout
     assert "models.fsne.step_time_ratio:" in audit.stdout
