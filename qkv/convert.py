@@ -8,13 +8,15 @@ output as ``(B, N, 3, heads, d/heads)`` takes a :class:`~qkv.embed.QKVEmbed` in 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from timm.models.cait import ClassAttn
 from torch import nn
 
 from .embed import EmbedConfig, QKVEmbed
 
-__all__ = ["ClassAttnQKV", "convert", "embed_modules"]
+__all__ = ["ClassAttnQKV", "convert", "embed_modules", "install"]
 
 
 class ClassAttnQKV(ClassAttn):
@@ -76,31 +78,41 @@ def convert(model: nn.Module, qkv_embed: str = "linear", *, qkv_class_attn: bool
     the same function (unless ``qkv_bias=False`` drops a bias). Other embeddings start from a fresh
     initialisation.
     """
-    if not isinstance(qkv_class_attn, bool):
-        raise ValueError(f"qkv_class_attn must be true or false, got {qkv_class_attn!r}")
-    EmbedConfig.from_options(qkv_embed, **options)  # validate before touching the model
+    cfg = EmbedConfig.from_options(qkv_embed, **options)  # validated once, before touching the model
+    return install(model, cfg, class_attn=qkv_class_attn, bias_from_layer="qkv_bias" not in options)
+
+
+def install(
+    model: nn.Module, cfg: EmbedConfig, *, class_attn: bool = False, bias_from_layer: bool = False
+) -> nn.Module:
+    """:func:`convert` with a ready :class:`EmbedConfig`: every fused ``qkv`` (and with ``class_attn`` every
+    class attention's q, k, v) becomes ``QKVEmbed(dim, cfg)``. ``bias_from_layer`` gives each embedding a bias
+    exactly where the layer it replaces has one, instead of ``cfg.bias``."""
+    if not isinstance(class_attn, bool):
+        raise ValueError(f"qkv_class_attn must be true or false, got {class_attn!r}")
     targets = [m for m in model.modules() if _fused_qkv(m) is not None]
     class_targets = [
         (parent, name, child)
         for parent in model.modules()
         for name, child in parent.named_children()
-        if qkv_class_attn and type(child) is ClassAttn
+        if class_attn and type(child) is ClassAttn
     ]
     if not targets and not class_targets:
         raise ValueError(
             f"{type(model).__name__} has no attention with a fused qkv = nn.Linear(d, 3d) to convert "
             "(supported: timm XCiT's XCA, ViT/DeiT's Attention, and with qkv_class_attn=True CaiT/XCiT's ClassAttn)"
         )
+    with_bias = {cfg.bias: cfg, not cfg.bias: replace(cfg, bias=not cfg.bias)} if bias_from_layer else None
     shared_codes: dict[int, nn.Parameter] = {}
 
     def build(dim: int, bias: bool, like: torch.Tensor) -> QKVEmbed:
-        cfg = EmbedConfig.from_options(qkv_embed, **{"qkv_bias": bias, **options})
+        layer_cfg = with_bias[bias] if with_bias else cfg
         codes = None
-        if cfg.kind == "fsne" and cfg.resolved_code_scope == "global":
+        if layer_cfg.kind == "fsne" and layer_cfg.resolved_code_scope == "global":
             if dim not in shared_codes:
-                shared_codes[dim] = QKVEmbed.new_codes(dim, cfg)
+                shared_codes[dim] = QKVEmbed.new_codes(dim, layer_cfg)
             codes = shared_codes[dim]
-        return QKVEmbed(dim, cfg, codes=codes).to(device=like.device, dtype=like.dtype)
+        return QKVEmbed(dim, layer_cfg, codes=codes).to(device=like.device, dtype=like.dtype)
 
     for module in targets:
         old = module.qkv

@@ -7,7 +7,7 @@ fused ``Linear(C, 3C)`` it replaces in XCiT's XCA and ViT's Attention, so the at
 unchanged.
 
 Only the abstracts of the paper are available, so every structural detail they leave open is an option of
-:class:`EmbedConfig` (see the assumption register in ../shared/PAPER.md):
+:class:`EmbedConfig` (see the assumption register in docs/paper.md):
 
 ``linear``  the baseline: one ``Linear(C, 3C)`` with timm's parameter names (``weight``, ``bias``).
 ``sne``     separate non-linear embedding: ``fc2_i(relu(fc1_i(x)))`` for i in q, k, v. The three first
@@ -29,7 +29,7 @@ Defaults and why:
 - fsne: concat of a 3-dim one-hot code with the norm of a LayerNorm-ed token, ``sqrt(C)``. NOTE deliberate
   deviation from the "small random code" reading: a code drawn with std 0.02 shifts the pre-activation by
   ~0.02 * |c| against ~0.02 * sqrt(C) from the token, so Q, K and V come out identical (cosine >= 0.999
-  in every block, before and after training, ENV.md). A one-hot code as large as the token starts the three
+  in every block, before and after training, docs/paper.md). A one-hot code as large as the token starts the three
   branches apart (XCiT-N12, 32 px: cosine <= 0.8 at initialisation); ``code_init='normal', code_scale=0.02``
   reproduces the collapsing reading.
 - codes per block, biases on (XCiT's ``qkv_bias=True``), no normalisation inside the embedding, ReLU between

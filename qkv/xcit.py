@@ -26,7 +26,7 @@ from timm.models.xcit import XCA, Xcit, checkpoint_filter_fn, conv3x3
 from torch import nn
 from torch.nn import functional as F
 
-from .convert import convert
+from .convert import install
 from .embed import EmbedConfig
 
 __all__ = [
@@ -126,16 +126,27 @@ def split_model_options(options: dict) -> tuple[EmbedConfig, bool]:
     return EmbedConfig.from_options(**options), class_attn
 
 
-def create_qkv_xcit(variant: str, pretrained: bool = False, **kwargs) -> Xcit:
-    """Build timm's ``Xcit`` from ``kwargs`` and install the Q/K/V embedding they choose."""
+def create_qkv_xcit(
+    variant: str,
+    pretrained: bool = False,
+    *,
+    qkv_config: EmbedConfig | None = None,
+    qkv_class_attn: bool = False,
+    **kwargs,
+) -> Xcit:
+    """Build timm's ``Xcit`` from ``kwargs`` and install the Q/K/V embedding they choose: either a ready
+    ``qkv_config`` (as the pipeline passes it, validated once) or ``qkv_embed`` and the other ``qkv_*`` options."""
     if pretrained:
         raise ValueError(
             f"{variant}: no pretrained weights exist for the qkv_ models; train them with the pipeline, or load "
             "a timm XCiT state_dict into the linear baseline with model.load_state_dict(..., strict=True)"
         )
-    options = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("qkv_") and k != "qkv_bias"}
-    qkv_embed = options.pop("qkv_embed", "linear")
-    qkv_class_attn = options.pop("qkv_class_attn", False)
+    options = {k: kwargs.pop(k) for k in list(kwargs) if k.startswith("qkv_")}
+    if qkv_config is None:
+        qkv_config = EmbedConfig.from_options(**options)
+    elif options:
+        raise ValueError(f"give qkv_config or qkv_* options, not both (got {', '.join(sorted(options))})")
+    kwargs["qkv_bias"] = qkv_config.bias  # timm's layers are built as the embedding that replaces them
     embed_dim, num_heads = kwargs["embed_dim"], kwargs["num_heads"]
     for name in ("embed_dim", "num_heads"):
         value = kwargs[name]
@@ -163,8 +174,7 @@ def create_qkv_xcit(variant: str, pretrained: bool = False, **kwargs) -> Xcit:
     for module in model.modules():
         if type(module) is XCA:
             module.__class__ = ContiguousXCA  # a subclass with the same parameters: only forward differs
-    convert(model, qkv_embed, qkv_class_attn=qkv_class_attn, **options)
-    return model
+    return install(model, qkv_config, class_attn=qkv_class_attn)
 
 
 def model_arch(model_name: str, **overrides) -> XcitArch:
