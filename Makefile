@@ -20,7 +20,10 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
+# The params are checked (every stage's loader, every instance) before DVC runs anything: a bad file fails here
+# in seconds, and DVC never deletes a stage's outputs only to fail on it.
 repro: $(STAMP)
+	python -m pipeline.profile --check params.yaml
 	dvc repro
 
 lint: $(STAMP)

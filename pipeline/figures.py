@@ -24,6 +24,17 @@ def _color(variant: str, i: int) -> str:
     return _COLORS.get(variant, plt.rcParams["axes.prop_cycle"].by_key()["color"][i % 10])
 
 
+def _finish(fig, ax, *, xlabel: str, ylabel: str, title: str, legend: bool):
+    """Labels, title, a light grid and (when something was drawn) the legend of a single-panel figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=7)
+    return fig
+
+
 def save(fig) -> dict[str, bytes]:
     """PNG and SVG bytes of ``fig``, with no metadata that changes between runs."""
     out = {}
@@ -88,13 +99,7 @@ def training_curves(curves: dict[str, list[dict]], *, title: str):
             color=_color(variant, i),
             label=variant,
         )
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val top-1 (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if curves:
-        ax.legend(fontsize=7)
-    return fig
+    return _finish(fig, ax, xlabel="epoch", ylabel="val top-1 (%)", title=title, legend=bool(curves))
 
 
 def transfer_bars(rows: list[dict], datasets: list[str], variants: list[str]):
@@ -127,10 +132,6 @@ def similarity(per_variant: dict[str, list[float]], *, title: str):
     ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
     ax.text(0, 0.97, "collapse: Q = K = V", fontsize=7, va="top")
     ax.set_ylim(-0.2, 1.05)
-    ax.set_xlabel("XCA block")
-    ax.set_ylabel("max cosine(Q,K | Q,V | K,V)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if per_variant:
-        ax.legend(fontsize=7)
-    return fig
+    return _finish(
+        fig, ax, xlabel="XCA block", ylabel="max cosine(Q,K | Q,V | K,V)", title=title, legend=bool(per_variant)
+    )

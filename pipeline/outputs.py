@@ -1,33 +1,73 @@
-"""Writing stage outputs: all-or-nothing, deterministic bytes, provenance kept apart from results.
+"""Writing stage outputs: all-or-nothing, deterministic bytes, one rounding rule per kind of number.
 
 A stage computes everything first and then calls :func:`write_outputs` once, which writes every file to a
 temporary name beside its target and renames them into place only when all were written; a failure leaves
 no half-written output behind. Metrics are serialised with sorted keys and no timestamps, so an unchanged
-result is byte-identical and DVC sees it as unchanged; wall-clock times, hosts and versions go to a
-separate provenance record.
+result is byte-identical and DVC sees it as unchanged; wall-clock times, hosts and versions go to the
+separate provenance record (:mod:`pipeline.provenance`).
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
+import io
 import json
+import math
 import os
-import platform
-import subprocess
-import sys
 import tempfile
-import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["json_bytes", "provenance", "write_outputs"]
-
-_VERSIONED = ("torch", "torchvision", "timm", "fvcore", "numpy", "pandas", "matplotlib", "jinja2", "dvc", "pyyaml")
+__all__ = ["csv_bytes", "json_bytes", "jsonable", "round_measurement", "round_result", "write_outputs"]
 
 
 def json_bytes(obj: Any) -> bytes:
     """Canonical JSON: sorted keys, two-space indent, trailing newline."""
     return (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def csv_bytes(rows: list[dict], columns: list[str] | tuple[str, ...] | None = None) -> bytes:
+    """CSV with a header (``columns``, or the first row's keys) and ``\\n`` line ends."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns or rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue().encode()
+
+
+def _round(obj: Any, rule) -> Any:
+    if isinstance(obj, float):
+        return rule(obj) if math.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _round(v, rule) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_round(v, rule) for v in obj]
+    return obj
+
+
+def round_result(obj: Any) -> Any:
+    """Results (accuracies, losses, cosines, learning rates): every float to 6 decimals, so the text is stable
+    and diffs show no last-digit noise."""
+    return _round(obj, lambda x: round(x, 6))
+
+
+def round_measurement(obj: Any) -> Any:
+    """Measurements (timings, rates, ratios): every float to 4 significant digits, all they can carry."""
+    return _round(obj, lambda x: float(f"{x:.4g}") if x else 0.0)
+
+
+def jsonable(obj: Any) -> Any:
+    """Dataclasses, tuples and paths as plain JSON values (for provenance records of typed configs)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
 
 
 def write_outputs(files: dict[str | Path, bytes]) -> None:
@@ -61,56 +101,3 @@ def write_outputs(files: dict[str | Path, bytes]) -> None:
             for folder in reversed(created):
                 if folder.is_dir() and not any(folder.iterdir()):
                     folder.rmdir()
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, check=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def provenance(stage: str, params: dict[str, Any], *, started: float, extra: dict | None = None) -> dict:
-    """Where a result came from: stage, resolved params, code version, software, hardware and wall time.
-
-    ``started`` is a ``time.time()`` taken when the stage began.
-    """
-    versions = {}
-    for name in _VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    threads = None
-    if "torch" in sys.modules:
-        threads = sys.modules["torch"].get_num_threads()
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "stage": stage,
-        "argv": sys.argv,
-        "params": params,
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": None if dirty is None else bool(dirty),
-        "python": platform.python_version(),
-        "packages": versions,
-        "hardware": {
-            "machine": platform.machine(),
-            "cpu": _cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": threads,
-        },
-        "host": platform.node(),
-        "wall_time_s": round(time.time() - started, 3),
-        **(extra or {}),
-    }

@@ -27,28 +27,19 @@ import hashlib
 import io
 import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from pipeline import cli, config, provenance
 from pipeline.cli import run_stage
-from pipeline.datasets import DatasetParams, Loaded, load, read_image, split_indices
-from pipeline.io import json_bytes, provenance, write_outputs
-from pipeline.params import ParamsError, load_sections, parse, profile_name
+from pipeline.config import Dataset
+from pipeline.datasets import Loaded, load, read_image, split_indices
+from pipeline.outputs import json_bytes, write_outputs
 
-PARAMS = ("profile", "datasets")
+PARAMS = ("profile", "datasets.{dataset}")
 SPLITS = ("train", "val", "test")
 _RESIZE_CHUNK = 1024  # images resized at a time (bounds memory)
-
-
-def load_params(path: str, name: str) -> tuple[str, DatasetParams]:
-    raw = load_sections(path, PARAMS)
-    datasets = raw["datasets"]
-    if not isinstance(datasets, dict) or name not in datasets:
-        known = ", ".join(datasets) if isinstance(datasets, dict) else "none"
-        raise ParamsError(f"datasets: no entry {name!r}; entries: {known}")
-    return profile_name(raw["profile"]), parse(DatasetParams, datasets[name], f"datasets.{name}")
 
 
 def to_rgb_resized(images: np.ndarray, size: int) -> np.ndarray:
@@ -78,15 +69,17 @@ def balance(labels: np.ndarray, num_classes: int) -> dict:
     return {"min": int(counts.min()), "max": int(counts.max())} if len(labels) else {"min": 0, "max": 0}
 
 
-def run(name: str, params: DatasetParams, profile: str = "") -> tuple[dict[str, bytes], dict]:
+def run(name: str, params: Dataset, profile: str = "") -> tuple[dict[str, bytes], dict]:
     """Prepare dataset ``name``; returns (files to write into the output folder, metrics)."""
-    source, loaded = load(name, params)
+    source = params.info
+    loaded = load(name, params)
     splits = split_indices(
         loaded.labels,
         loaded.is_test,
         val_fraction=params.val_fraction,
         test_fraction=params.test_fraction,
         seed=params.seed,
+        where=f"datasets.{name}",
     )
     if source.storage == "tensor":
         files, mean, std = _tensor_files(loaded, splits, params.img_size)
@@ -98,7 +91,7 @@ def run(name: str, params: DatasetParams, profile: str = "") -> tuple[dict[str, 
     metrics = {
         "profile": profile,
         "dataset": name,
-        "source": source.name,
+        "source": params.source,
         "kind": source.kind,
         "synthetic": loaded.synthetic,
         "storage": source.storage,
@@ -127,7 +120,7 @@ def _tensor_files(loaded: Loaded, splits: dict, size: int) -> tuple[dict[str, by
     return {"data.safetensors": save(tensors)}, mean, std
 
 
-def _index_files(name: str, loaded: Loaded, splits: dict, params: DatasetParams) -> tuple[dict[str, bytes], list, list]:
+def _index_files(name: str, loaded: Loaded, splits: dict, params: Dataset) -> tuple[dict[str, bytes], list, list]:
     root = Path(params.root).expanduser()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -144,22 +137,28 @@ def _index_files(name: str, loaded: Loaded, splits: dict, params: DatasetParams)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.prepare", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", required=True, help="params.yaml")
-    parser.add_argument("--dataset", required=True, help="entry of the datasets section")
-    parser.add_argument("--out", required=True, help="folder for the prepared dataset")
-    parser.add_argument("--metrics", required=True, help="metrics JSON to write")
-    parser.add_argument("--provenance", required=True, help="provenance JSON to write")
+    parser = cli.parser(
+        "pipeline.prepare",
+        __doc__,
+        {
+            "--params": "params.yaml",
+            "--dataset": "entry of the datasets section",
+            "--out": "folder for the prepared dataset",
+            "--metrics": "metrics JSON to write",
+            "--provenance": "provenance JSON to write",
+        },
+    )
     args = parser.parse_args(argv)
     run_stage("prepare", lambda: _main(args))
 
 
 def _main(args: argparse.Namespace) -> None:
     started = time.time()
-    profile, params = load_params(args.params, args.dataset)
-    files, metrics = run(args.dataset, params, profile)
+    prep = config.load_prepare(args.params, args.dataset)
+    params = prep.dataset
+    files, metrics = run(prep.name, params, prep.profile)
     out = Path(args.out)
-    record = provenance("prepare", {"profile": profile, "datasets": {args.dataset: asdict(params)}}, started=started)
+    record = provenance.record("prepare", prep, started=started)
     write_outputs(
         {
             **{out / k: v for k, v in files.items()},

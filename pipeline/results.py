@@ -5,32 +5,71 @@ No torch here: the report stage reads JSON and CSV only and never recomputes a r
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["load_json", "paired", "summary", "verdict"]
+from pipeline.config import Claim, Published, ReportConfig
+
+__all__ = [
+    "RULE",
+    "Inputs",
+    "Paths",
+    "Verdict",
+    "load_json",
+    "paired",
+    "pretraining",
+    "read_curves",
+    "read_inputs",
+    "read_record",
+    "summary",
+    "transfer",
+    "verdict",
+    "verdicts",
+]
 
 
-def load_json(path: Path, profile: str) -> dict | None:
-    """A result file, or None when its stage instance has not run. A malformed file, or one written under
-    another profile, is an error naming the file."""
+def _read_object(path: Path, what: str) -> dict | None:
+    """The JSON object at ``path``, or None when its stage instance has not run; a malformed one is an error
+    naming the file."""
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: malformed or truncated result file ({exc})") from None
+        raise ValueError(f"{path}: malformed or truncated {what} ({exc})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object")
-    found = data.get("profile")
-    if found != profile:
+    return data
+
+
+def load_json(path: Path, profile: str) -> dict | None:
+    """A result file, or None when its stage instance has not run. A malformed file, or one written under
+    another profile, is an error naming the file."""
+    data = _read_object(path, "result file")
+    if data is not None and data.get("profile") != profile:
         raise ValueError(
-            f"{path} was written by profile {found!r}, but params.yaml is profile {profile!r}: results "
+            f"{path} was written by profile {data.get('profile')!r}, but params.yaml is profile {profile!r}: results "
             "of two profiles are never mixed (re-run the stage, or restore its results)"
         )
     return data
+
+
+def read_record(path: Path) -> dict | None:
+    """A provenance record, or None when its stage instance has not run."""
+    return _read_object(path, "provenance file")
+
+
+def read_curves(path: Path) -> list[dict]:
+    """The per-epoch rows of a curves CSV as floats ([] when its instance has not run)."""
+    if not path.is_file():
+        return []
+    try:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(path.read_text().splitlines())]
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: malformed curves file ({exc})") from None
 
 
 def _t_quantile(confidence: float, dof: int) -> float:
@@ -66,21 +105,19 @@ class Verdict:
 
 
 RULE = (
-    "A claim is tested only when the profile trains on the claim's datasets with the claim's backbone; otherwise "
-    "it is 'not run at this profile'. A tested claim is 'reproduced' when, for at least one proposed variant, the "
-    "{confidence:.0%} confidence interval of the seed-paired difference to the linear baseline lies above zero and "
-    "contains the published difference; otherwise 'not reproduced'."
+    "A claim is tested only when the profile trains on the claim's datasets with the claim's backbone, resolution "
+    "and patch size; otherwise it is 'not run at this profile'. A tested claim is 'reproduced' when, for at least "
+    "one proposed variant, the {confidence:.0%} confidence interval of the seed-paired difference to the "
+    "{baseline} baseline lies above zero and contains the published difference; otherwise 'not reproduced'."
 )
 
 
-def verdict(claim: dict, *, tested: bool, differences: dict[str, dict]) -> Verdict:
+def verdict(claim: Claim, *, tested: bool, differences: dict[str, dict]) -> Verdict:
     """The verdict on one published claim from the paired differences (variant -> summary) of this run."""
-    published = claim["proposed"] - claim["baseline"]
+    published = claim.difference
     if not tested:
         return Verdict(
-            claim["id"],
-            "not run at this profile",
-            f"needs {claim['backbone']} trained on {', '.join(claim['datasets'])}",
+            claim.id, "not run at this profile", f"needs {claim.backbone} trained on {', '.join(claim.datasets)}"
         )
     matching = [
         v
@@ -89,7 +126,7 @@ def verdict(claim: dict, *, tested: bool, differences: dict[str, dict]) -> Verdi
     ]
     if matching:
         return Verdict(
-            claim["id"], "reproduced", f"published +{published:.1f} pp inside the interval of {', '.join(matching)}"
+            claim.id, "reproduced", f"published +{published:.1f} pp inside the interval of {', '.join(matching)}"
         )
     shown = (
         "; ".join(
@@ -99,4 +136,124 @@ def verdict(claim: dict, *, tested: bool, differences: dict[str, dict]) -> Verdi
         )
         or "fewer than two paired seeds"
     )
-    return Verdict(claim["id"], "not reproduced", f"published +{published:.1f} pp; measured {shown}")
+    return Verdict(claim.id, "not reproduced", f"published +{published:.1f} pp; measured {shown}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The report's inputs, and the statistics of one study.
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where the report reads (patterns with ``{dataset}``, ``{variant}``, ``{seed}``) and writes."""
+
+    published: Path
+    assumptions: Path
+    flops: Path
+    bench: Path
+    prepare: str  # metrics JSON of a prepare instance
+    pretrain: str  # folder of a pretrain instance
+    finetune: str  # folder of a finetune instance
+    out: Path
+
+    def pretrain_dir(self, variant: str, seed: int) -> Path:
+        return Path(self.pretrain.format(variant=variant, seed=seed))
+
+    def finetune_dir(self, variant: str, dataset: str, seed: int) -> Path:
+        return Path(self.finetune.format(variant=variant, dataset=dataset, seed=seed))
+
+    def prepare_metrics(self, dataset: str) -> Path:
+        return Path(self.prepare.format(dataset=dataset))
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Every result file the report reads (None or absent: that instance has not run)."""
+
+    flops: dict | None
+    bench: dict | None
+    prepare: dict[str, dict | None]
+    pretrain: dict[tuple[str, int], dict | None]  # (variant, seed) -> metrics
+    finetune: dict[tuple[str, str, int], dict | None]  # (variant, dataset, seed) -> metrics
+
+
+def read_inputs(cfg: ReportConfig, paths: Paths) -> Inputs:
+    profile = cfg.profile
+    return Inputs(
+        load_json(paths.flops, profile),
+        load_json(paths.bench, profile),
+        {d: load_json(paths.prepare_metrics(d), profile) for d in cfg.datasets},
+        {
+            (v, s): load_json(paths.pretrain_dir(v, s) / "metrics.json", profile)
+            for v in cfg.pretrained
+            for s in cfg.seeds
+        },
+        {
+            (v, d, s): load_json(paths.finetune_dir(v, d, s) / "metrics.json", profile)
+            for v in cfg.transferred
+            for d in cfg.targets
+            for s in cfg.seeds
+        },
+    )
+
+
+def _accuracies(runs: dict, key: tuple) -> dict[int, float]:
+    """Test top-1 per seed of the instances whose key starts with ``key``."""
+    return {k[-1]: m["test_top1"] for k, m in runs.items() if k[:-1] == key and m is not None}
+
+
+def pretraining(cfg: ReportConfig, inputs: Inputs) -> tuple[list[dict], dict[str, dict]]:
+    """Per variant: the summary over seeds, the paired difference to the baseline, a run's size; and the
+    differences alone (for the verdicts)."""
+    confidence, baseline = cfg.report.confidence, cfg.report.baseline
+    base = _accuracies(inputs.pretrain, (baseline,))
+    rows, differences = [], {}
+    for v in cfg.pretrained:
+        acc = _accuracies(inputs.pretrain, (v,))
+        run = next((m for (vv, _), m in inputs.pretrain.items() if vv == v and m), None)
+        diff = paired(acc, base, confidence) if v != baseline else None
+        if diff is not None:
+            differences[v] = diff
+        rows.append(
+            {
+                "variant": v,
+                "embedding": cfg.variants[v].get("qkv_embed", v),
+                "backbone": cfg.model.backbone,
+                "params": run["params"] if run else None,
+                "gflops": run["gflops"] if run else None,
+                "summary": summary(list(acc.values()), confidence),
+                "diff": diff,
+            }
+        )
+    return rows, differences
+
+
+def transfer(cfg: ReportConfig, inputs: Inputs) -> list[dict]:
+    """Per variant: a summary per target dataset, and of the per-seed averages over the targets."""
+    confidence, rows = cfg.report.confidence, []
+    for v in cfg.transferred:
+        cells, per_seed = [], {}
+        for d in cfg.targets:
+            acc = _accuracies(inputs.finetune, (v, d))
+            cells.append(summary(list(acc.values()), confidence))
+            for seed, a in acc.items():
+                per_seed.setdefault(seed, []).append(a)
+        complete = [sum(a) / len(a) for a in per_seed.values() if len(a) == len(cfg.targets)]
+        rows.append({"variant": v, "cells": cells, "average": summary(complete, confidence)})
+    return rows
+
+
+def verdicts(cfg: ReportConfig, published: Published, differences: dict[str, dict]) -> list:
+    source, model = cfg.datasets[cfg.source].source, cfg.model
+    return [
+        verdict(
+            claim,
+            tested=claim.kind == "pretrain"
+            and source in claim.datasets
+            and model.backbone == claim.backbone
+            and claim.img_size in (None, model.img_size)
+            and claim.patch in (None, model.patch_size),
+            differences=differences,
+        )
+        for claim in published.claims
+    ]

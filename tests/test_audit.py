@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-import yaml
 
 from pipeline.audit import compare_metrics
+
+from .tiny import tiny_params, write_params
 
 
 def test_compare_metrics_splits_by_tolerance():
@@ -25,15 +26,15 @@ def test_compare_metrics_splits_by_tolerance():
     [
         ({"abs_tol": 0.01}, "audit: missing key(s) ratio_rel_tol"),
         ({"abs_tol": 0.01, "ratio_rel_tol": -0.1}, "audit.ratio_rel_tol: must not be negative, got -0.1"),
-        ({"abs_tol": "0.01", "ratio_rel_tol": 0.25}, "audit.abs_tol: expected a number, got '0.01'"),
+        ({"abs_tol": "0.01", "ratio_rel_tol": 0.25}, "audit.abs_tol: expected a finite number, got '0.01'"),
         ({"abs_tol": 0.01, "ratio_rel_tol": 0.25, "rel_tol": 1.0}, "audit: unknown key(s) rel_tol"),
     ],
 )
 def test_audit_params_are_checked(tmp_path, section, message):
-    from pipeline.audit import load
-    from pipeline.params import ParamsError
+    from pipeline.config import ParamsError, load_audit
 
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"audit": section}))
+    params = tiny_params()
+    params["audit"] = section
+    path = write_params(tmp_path / "params.yaml", params)
     with pytest.raises(ParamsError, match=re.escape(message)):
-        load(path)
+        load_audit(path)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import audit, bench
-from pipeline.datasets import DatasetParams
-from pipeline.io import write_outputs
+from pipeline import audit, bench, config
+from pipeline.config import Dataset
+from pipeline.outputs import write_outputs
 
 from .tiny import tiny_params, write_params
 
@@ -21,7 +21,7 @@ def prepared(tmp_path_factory) -> Path:
     from pipeline import prepare
 
     entry = tiny_params()["datasets"]["synthetic"]
-    files, _ = prepare.run("synthetic", DatasetParams(**entry))
+    files, _ = prepare.run("synthetic", Dataset(**entry))
     out = tmp_path_factory.mktemp("prepared") / "synthetic"
     write_outputs({out / k: v for k, v in files.items()})
     return out
@@ -60,16 +60,15 @@ def test_bench_measures_every_model_interleaved(tmp_path, prepared, capsys):
     firsts = [next(r["model"] for r in trains if r["round"] == str(i)) for i in range(3)]
     assert firsts == ["linear", "sne", "fsne"]
     # Ratios are consistent with the timings and with the closed-form FLOP counts.
-    from pipeline.train import ModelParams, forward_flops
+    from pipeline.model import forward_flops
 
-    params = tiny_params()
-    model = ModelParams(**params["model"])
-    base_flops = forward_flops(model, params["variants"]["linear"], 3)
+    nets = {n.variant: n for n in config.load_bench(tmp_path / "params.yaml").nets}  # as run_bench wrote it
+    base_flops = forward_flops(nets["linear"], 3)
     for name, m in metrics["models"].items():
         median = sorted(float(r["seconds"]) for r in trains if r["model"] == name)[1]
         assert m["train_step_ms"] == pytest.approx(1e3 * median, rel=1e-3)
         assert m["train_img_per_s"] == pytest.approx(16 / median, rel=1e-3)
-        flops = forward_flops(model, params["variants"][name], 3)
+        flops = forward_flops(nets[name], 3)
         assert m["flop_ratio"] == pytest.approx(flops / base_flops, rel=1e-3)
         assert m["step_over_flop_ratio"] == pytest.approx(m["step_time_ratio"] / m["flop_ratio"], rel=2e-3)
         assert m["train_gflop_per_s"] == pytest.approx(6 * flops * m["train_img_per_s"] / 1e9, rel=2e-3)
@@ -86,7 +85,7 @@ def test_bench_measures_every_model_interleaved(tmp_path, prepared, capsys):
     assert all(isinstance(t["met"], bool) for t in metrics["targets"].values())
     assert '"stage": "bench"' in prov
     out = capsys.readouterr().out
-    assert "step/FLOP" in out and "ceiling:" in out and "target ceiling_fraction (0.6):" in out
+    assert "step / FLOP ratio" in out and "Ceiling:" in out and "ceiling_fraction (0.6):" in out
 
 
 def test_bench_runs_timms_own_xcit_beside_the_baseline(tmp_path, prepared):
@@ -95,12 +94,11 @@ def test_bench_runs_timms_own_xcit_beside_the_baseline(tmp_path, prepared):
         bench={"variants": ["linear"], "reference": "xcit_nano_12_p8_224", "rounds": 1, "warmup": 0},
     )
     path = write_params(tmp_path / "params.yaml", params)
-    profile, variants, model, pretrain, dataset, settings = bench.load(str(path))
-    metrics, rows = bench.measure(variants, model, pretrain, dataset, settings, prepared)
-    assert metrics["order"] == ["linear", "timm"]
-    assert metrics["models"]["timm"]["flop_ratio"] == 1.0
+    metrics, rows = bench.measure(config.load_bench(path), prepared)
+    assert metrics["order"] == ["linear", "xcit_nano_12_p8_224"]
+    assert metrics["models"]["xcit_nano_12_p8_224"]["flop_ratio"] == 1.0
     assert "not_slower_than_timm" in metrics["targets"]
-    assert {r["model"] for r in rows} == {"linear", "timm", "matmul"}
+    assert {r["model"] for r in rows} == {"linear", "xcit_nano_12_p8_224", "matmul"}
 
 
 @pytest.mark.parametrize(
@@ -112,6 +110,7 @@ def test_bench_runs_timms_own_xcit_beside_the_baseline(tmp_path, prepared):
         ({"rounds": 0}, "bench.rounds: expected a positive integer, got 0"),
         ({"warmup": -1}, "bench.warmup: must not be negative"),
         ({"batch_size": "16"}, "bench.batch_size: expected an integer, got '16'"),
+        ({"loader_workers": -1}, "bench.loader_workers: must not be negative, got -1"),
         ({"targets": {"step_over_flops": 0.0, "ceiling_fraction": 0.6, "loader_over_train": 5.0}}, "bench.targets"),
         ({"speed": 1}, "bench: unknown key(s) speed"),
     ],
@@ -136,10 +135,9 @@ def test_bench_reference_that_is_not_the_baseline_is_refused(tmp_path, prepared)
         bench={"variants": ["linear"], "reference": "deit_tiny_patch16_224", "rounds": 1},
     )
     path = write_params(tmp_path / "params.yaml", params)
-    profile, variants, model, pretrain, dataset, settings = bench.load(str(path))
     expected = r"bench.reference: deit_tiny_patch16_224 is not the architecture of the baseline 'linear' \(Error"
     with pytest.raises(ValueError, match=expected):
-        bench.measure(variants, model, pretrain, dataset, settings, prepared)
+        bench.measure(config.load_bench(path), prepared)
 
 
 def test_bench_unknown_reference_is_refused(tmp_path, prepared):
@@ -147,9 +145,8 @@ def test_bench_unknown_reference_is_refused(tmp_path, prepared):
         model={"patch_size": 8, "img_size": 16}, bench={"variants": ["linear"], "reference": "no_such_model"}
     )
     path = write_params(tmp_path / "params.yaml", params)
-    profile, variants, model, pretrain, dataset, settings = bench.load(str(path))
     with pytest.raises(ValueError, match="bench.reference: Unknown model \\(no_such_model\\)"):
-        bench.measure(variants, model, pretrain, dataset, settings, prepared)
+        bench.measure(config.load_bench(path), prepared)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")

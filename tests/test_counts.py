@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import qkv
-from pipeline.flops import Config, check, count
+from pipeline.config import Count, network
+from pipeline.flops import check, count
 
 from .conftest import tiny_xcit
 
@@ -49,7 +50,8 @@ def test_flop_formula_per_stem_and_tokens_norm(patch_size):
 
 
 def test_stage_count_row_for_published_baseline():
-    row = count(Config("main", "qkv_xcit_nano_12_p16", "linear", {"qkv_embed": "linear"}, 224, 1000))
+    net = network("qkv_xcit_nano_12_p16", "linear", {"qkv_embed": "linear"}, img_size=224, where="variants.linear")
+    row = count(Count("main", net, 1000))
     assert row["params"] == row["params_formula"] == 3_053_224
     assert row["flops_fvcore"] == row["flops_formula"]
     assert row["matmul_fvcore"] == row["matmul_flop_counter"]

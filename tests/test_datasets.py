@@ -4,25 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import load as load_safetensors
 
 from pipeline import prepare
-from pipeline.datasets import SOURCES, DatasetError, DatasetParams, split_indices
-from pipeline.params import ParamsError
+from pipeline.config import SOURCES, Dataset, ParamsError
+from pipeline.config.schema import parse
+from pipeline.datasets import READERS, DatasetError, split_indices
 
 from . import fakes
+from .tiny import tiny_params, write_params
 
 
-def params(source: str, **kwargs) -> DatasetParams:
+def params(source: str, **kwargs) -> Dataset:
     defaults = dict(source=source, img_size=16, val_fraction=0.25, seed=0)
     if not SOURCES[source].official_test:
         defaults["test_fraction"] = 0.25
     if SOURCES[source].storage == "files":
         defaults["stats_max_images"] = 5
-    return DatasetParams(**{**defaults, **kwargs})
+    return Dataset(**{**defaults, **kwargs})
 
 
 def prepared(files: dict[str, bytes]) -> dict[str, np.ndarray]:
@@ -109,7 +112,7 @@ def test_cifar_files(tmp_path, monkeypatch, hundred):
 
 def test_stl10_files(tmp_path, monkeypatch):
     fakes.write_stl10(tmp_path, monkeypatch)
-    files, metrics = prepare.run("stl10", params("stl10", root=str(tmp_path), img_size=24))
+    files, metrics = prepare.run("stl10", params("stl10", root=str(tmp_path), img_size=24, val_fraction=0.5))
     assert metrics["counts"]["test"] == 20 and metrics["num_classes"] == 10
     assert prepared(files)["train_images"].shape[1:] == (3, 24, 24)
 
@@ -201,6 +204,11 @@ def test_empty_class(tmp_path, monkeypatch):
         prepare.run("cifar10", params("cifar10", root=str(tmp_path)))
 
 
+def checked(entry: Dataset, name: str = "d") -> Dataset:
+    """``entry`` through pipeline.config's parser, as a stage loads it."""
+    return parse(Dataset, {k: v for k, v in dataclasses.asdict(entry).items() if v is not None}, f"datasets.{name}")
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -214,70 +222,81 @@ def test_empty_class(tmp_path, monkeypatch):
         ),
         (dict(root="/data"), "datasets.d.root: does not apply to bundled dataset digits"),
         (dict(num_classes=3), "datasets.d.num_classes: applies to the synthetic dataset only"),
-        (dict(img_size=0), "datasets.d.img_size: expected a positive integer, got 0"),
+        (dict(img_size=0), "datasets.d.img_size: expected a positive number, got 0"),
     ],
 )
 def test_bad_dataset_params(change, message):
     with pytest.raises(ParamsError) as excinfo:
-        prepare.run("d", dataclasses.replace(params("digits"), **change))
+        checked(dataclasses.replace(params("digits"), **change))
     assert message in str(excinfo.value)
 
 
 def test_user_dataset_needs_root_and_no_test_fraction():
-    with pytest.raises(ParamsError, match="datasets.c.root: cifar10 is read from your files"):
-        prepare.run("c", params("cifar10"))
+    with pytest.raises(ParamsError, match="datasets.d.root: cifar10 is read from your files"):
+        checked(params("cifar10"))
     with pytest.raises(ParamsError, match="cifar10 has an official test split; remove the key"):
-        prepare.run("c", params("cifar10", root="/x", test_fraction=0.1))
+        checked(params("cifar10", root="/x", test_fraction=0.1))
 
 
-def test_stage_failure_leaves_no_outputs(tmp_path):
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(
-        "profile: test\ndatasets:\n  d:\n    source: digits\n    img_size: 8\n    val_fraction: 2.0\n"
-        "    test_fraction: 0.2\n    seed: 0\n"
+def test_every_source_has_a_reader():
+    assert set(READERS) == set(SOURCES)
+
+
+def test_a_fraction_that_leaves_a_split_empty_is_refused():
+    """lfw_faces has 100 images per class: 0.004 of them rounds to 0 in every class."""
+    with pytest.raises(DatasetError) as excinfo:
+        prepare.run("faces", params("lfw_faces", val_fraction=0.004), "embedded")
+    assert str(excinfo.value) == (
+        "datasets.faces.val_fraction: 0.004 of at most 100 images per class rounds to 0 images in every class, so "
+        "the val split would be empty; raise it above 0.005"
     )
+    with pytest.raises(DatasetError, match=r"datasets.faces.test_fraction: 0.001 of at most 100 images per class"):
+        prepare.run("faces", params("lfw_faces", test_fraction=0.001), "embedded")
+
+
+def stage_argv(tmp_path: Path, params_file: Path, dataset: str = "d") -> list[str]:
     out = tmp_path / "out"
-    argv = [
+    return [
         "--params",
         str(params_file),
         "--dataset",
-        "d",
+        dataset,
         "--out",
-        str(out / "d"),
+        str(out / dataset),
         "--metrics",
-        str(out / "d.json"),
+        str(out / f"{dataset}.json"),
         "--provenance",
-        str(out / "d.provenance.json"),
+        str(out / f"{dataset}.provenance.json"),
     ]
+
+
+def with_dataset(tmp_path: Path, entry: dict) -> Path:
+    params = tiny_params()
+    params["datasets"]["d"] = entry
+    return write_params(tmp_path / "params.yaml", params)
+
+
+def test_stage_failure_leaves_no_outputs(tmp_path):
+    entry = dict(source="digits", img_size=8, val_fraction=2.0, test_fraction=0.2, seed=0)
+    argv = stage_argv(tmp_path, with_dataset(tmp_path, entry))
     with pytest.raises(SystemExit) as excinfo:
         prepare.main(argv)
     assert "prepare: error: datasets.d.val_fraction: expected a fraction in (0, 1), got 2.0" in str(excinfo.value.code)
-    assert not out.exists()
-    with pytest.raises(SystemExit, match="datasets: no entry 'e'; entries: d"):
+    assert not (tmp_path / "out").exists()
+    entry["val_fraction"] = 0.001  # valid as a fraction, empty as a split
+    with pytest.raises(SystemExit, match=r"datasets.d.val_fraction: 0.001 of at most 183 images per class"):
+        prepare.main(stage_argv(tmp_path, with_dataset(tmp_path, entry)))
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit, match="datasets: 'e' is not listed; listed: synthetic, digits, d"):
         prepare.main([*argv[:3], "e", *argv[4:]])
 
 
 def test_stage_writes_documented_files(tmp_path):
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(
-        "profile: test\ndatasets:\n  d:\n    source: synthetic\n    img_size: 8\n    val_fraction: 0.25\n"
-        "    test_fraction: 0.25\n    seed: 0\n    num_classes: 2\n    per_class: 8\n"
+    entry = dict(
+        source="synthetic", img_size=8, val_fraction=0.25, test_fraction=0.25, seed=0, num_classes=2, per_class=8
     )
+    prepare.main(stage_argv(tmp_path, with_dataset(tmp_path, entry)))
     out = tmp_path / "out"
-    prepare.main(
-        [
-            "--params",
-            str(params_file),
-            "--dataset",
-            "d",
-            "--out",
-            str(out / "d"),
-            "--metrics",
-            str(out / "d.json"),
-            "--provenance",
-            str(out / "d.provenance.json"),
-        ]
-    )
     assert sorted(p.name for p in (out / "d").iterdir()) == ["data.safetensors", "meta.json"]
     metrics = json.loads((out / "d.json").read_text())
     assert metrics["counts"] == {"train": 8, "val": 4, "test": 4} and metrics["synthetic"] is True

@@ -123,6 +123,51 @@ def test_dvc_repro_then_nothing_to_do(tmp_path):
     ran = sorted(line.split("'")[1] for line in third.splitlines() if line.startswith("Running stage"))
     assert ran == ["finetune@fsne-digits-0", "finetune@linear-digits-0", "prepare@digits", "report"]
 
+    # A setting that cannot change a result changes nothing DVC tracks: no stage is stale.
+    for key, value in (("threads", 2), ("checkpoint_every", 5), ("workers", 2), ("eval_batch_size", 7)):
+        write_params(repo / "params.yaml", {**params, "runtime": {**params["runtime"], key: value}})
+        assert stale(repo) == set(), f"runtime.{key} made stages stale"
+
+    # Adding a transfer dataset adds its instances and touches no existing one.
+    grown = {
+        **params,
+        "datasets": {**params["datasets"], "faces": dict(params["datasets"]["digits"], source="lfw_faces")},
+    }
+    grown["finetune"] = {**params["finetune"], "datasets": ["digits", "faces"]}
+    write_params(repo / "params.yaml", grown)
+    assert stale(repo) == {"prepare@faces", "finetune@linear-faces-0", "finetune@fsne-faces-0", "report"}
+    write_params(repo / "params.yaml", params)
+
+    # A name pasted into a shell command cannot run anything: `make repro` checks the params before DVC runs
+    # (nothing is touched), and under a plain `dvc repro` dvc.yaml's quotes keep it one word, which the first
+    # stage's loader refuses.
+    hostile = f"x;touch {tmp_path / 'pwned'};"
+    bad = {**params, "variants": {**params["variants"], hostile: {"qkv_embed": "linear"}}}
+    bad["pretrain"] = {**params["pretrain"], "variants": ["linear", "fsne", hostile]}
+    write_params(repo / "params.yaml", bad)
+    message = f"variants: {hostile!r} is not a valid name"
+    check = subprocess.run(
+        [sys.executable, "-m", "pipeline.profile", "--check", "params.yaml"], cwd=repo, capture_output=True, text=True
+    )
+    assert (
+        check.returncode == 1
+        and check.stderr.strip()
+        == f"profile: error: {message}: use letters, digits and "
+        "underscores, starting with a letter (it becomes part of DVC stage names, paths and commands)"
+    )
+    done = subprocess.run([dvc, "repro"], cwd=repo, env=_env(repo), capture_output=True, text=True)
+    assert done.returncode != 0 and message in done.stdout + done.stderr
+    assert not (tmp_path / "pwned").exists(), "the shell ran a command pasted in a name"
+    write_params(repo / "params.yaml", params)
+    sh(dvc, "repro", cwd=repo)  # DVC removed the outputs of the stage it tried; rebuilt
+    assert stale(repo) == set()
+
+
+def stale(repo: Path) -> set[str]:
+    """The stage instances `dvc status` reports as changed."""
+    dvc = str(Path(sys.executable).parent / "dvc")
+    return set(json.loads(sh(dvc, "status", "--json", cwd=repo)))
+
 
 @pytest.mark.e2e
 def test_kill_during_dvc_repro_then_repro_gives_the_same_result(tmp_path):

@@ -53,7 +53,7 @@ def test_linear_has_timm_parameter_names():
 
 @pytest.mark.parametrize(
     ("kind", "dim", "params"),
-    [  # Hand arithmetic from PAPER.md: 3(2Ch+h+C) with the default widths.
+    [  # Hand arithmetic from docs/paper.md: 3(2Ch+h+C) with the default widths.
         ("linear", 128, 3 * 128 * 128 + 3 * 128),
         ("sne", 128, 3 * (2 * 128 * 64 + 64 + 128)),
         ("psne", 128, (128 * 96 + 96) + 3 * (96 * 128 + 128)),

@@ -63,7 +63,7 @@ def test_stage_writes_documented_files(tmp_path):
     assert tuple(rows[0]) == flops.TABLE_COLUMNS
     assert all(r["params"] == r["params_formula"] for r in rows)
     provenance = json.loads(files["provenance"].read_text())
-    assert provenance["stage"] == "flops" and provenance["params"]["flops"]["img_size"] == 64
+    assert provenance["stage"] == "flops" and provenance["params"]["counts"][0]["net"]["img_size"] == 64
     assert "wall_time_s" in provenance and "wall_time_s" not in files["metrics"].read_text()
     first = files["metrics"].read_bytes()
     run_stage(small_params(tmp_path), files)
@@ -74,12 +74,20 @@ def test_stage_writes_documented_files(tmp_path):
     ("overrides", "message"),
     [
         ({"flops__variants": ["linear", "snee"]}, "flops.variants: unknown variant 'snee'; known: linear, sne, psne"),
-        ({"flops__models": ["xcit_nano"]}, "unknown model 'xcit_nano'; known: qkv_xcit_nano_12_p16"),
+        ({"flops__models": ["xcit_nano"]}, "flops.models: unknown model 'xcit_nano'; known: qkv_xcit_{nano,tiny,"),
         ({"flops__img_size": "224"}, "flops.img_size: expected an integer, got '224'"),
         ({"flops__num_classes": [0]}, "flops.num_classes: expected positive integers, got [0]"),
         ({"flops__rel_tol": 2.0}, "flops.rel_tol: expected a number in [0, 1), got 2.0"),
         ({"flops__extra": 1}, "flops: unknown key(s) extra"),
-        ({"flops__img_size": 60}, "img_size 60 is not a multiple of qkv_xcit_nano_12_p16's patch size"),
+        (
+            {"flops__img_size": 60},
+            "flops.img_size: 60 is not a positive multiple of qkv_xcit_nano_12_p16's patch size 16",
+        ),
+        (
+            {"forensics__readings": {"x": {"qkv_embed": "sne", "qkv_shared": "first"}}},
+            "forensics.readings.x: qkv_shared",
+        ),
+        ({"forensics__readings": {"x": {"embed": "sne"}}}, "forensics.readings.x: 'embed' is not a qkv_* model option"),
         ({"variants__fsne": {"qkv_embed": "fsne", "qkv_hidden": 0}}, "variants.fsne: qkv_hidden must be a positive"),
     ],
 )

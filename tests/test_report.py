@@ -12,6 +12,7 @@ import pytest
 from scipy import stats
 
 from pipeline import report
+from pipeline.config import Claim
 from pipeline.results import paired, summary, verdict
 
 from .tiny import ROOT, tiny_params, write_params
@@ -94,8 +95,8 @@ def fake_bench(profile: str) -> dict:
         "img_size": 32,
         "rounds": 15,
         "reference": "xcit_nano_12_p8_224",
-        "order": ["linear", "sne", "timm"],
-        "models": {"linear": model(200.0, 1.0), "sne": model(230.0, 1.05), "timm": model(250.0, 1.0)},
+        "order": ["linear", "sne", "xcit_nano_12_p8_224"],
+        "models": {"linear": model(200.0, 1.0), "sne": model(230.0, 1.05), "xcit_nano_12_p8_224": model(250.0, 1.0)},
         "ceiling": {"shape": [2048, 128, 512], "gflop_per_s": 200.0},
         "peak": {"shape": [1024, 1024, 1024], "gflop_per_s": 300.0},
         "baseline": "linear",
@@ -155,7 +156,7 @@ def rows(out: Path, table: str) -> list[dict]:
 def test_bench_table_shows_ratios_ceiling_and_targets(tmp_path):
     out = build(tmp_path, fake_results(tmp_path / "results"), params_file(tmp_path))
     bench = {r["model"]: r for r in rows(out, "bench")}
-    assert list(bench) == ["linear", "sne", "timm (xcit_nano_12_p8_224, timm's own)"]
+    assert list(bench) == ["linear", "sne", "xcit_nano_12_p8_224 (timm's own)"]
     assert bench["sne"]["step-time ratio"] == "1.150" and bench["sne"]["FLOP ratio"] == "1.050"
     assert bench["sne"]["step / FLOP ratio"] == f"{230 / 200 / 1.05:.3f}"
     assert bench["linear"]["of matmul ceiling"] == "60%" and bench["linear"]["train img/s"] == "640"
@@ -224,7 +225,7 @@ def test_statistics_against_scipy():
     assert d["n"] == 2 and d["mean"] == pytest.approx(2.5)
 
 
-CLAIM = {"id": "c", "baseline": 69.9, "proposed": 71.4, "backbone": "N12", "datasets": ["imagenet"]}
+CLAIM = Claim("c", "claim", "source", "pretrain", ("imagenet",), "N12", 69.9, 71.4, None, 224, 16)
 
 
 @pytest.mark.parametrize(
@@ -295,9 +296,12 @@ def test_broken_reference_file_names_it(tmp_path):
     results, params = fake_results(tmp_path / "results"), params_file(tmp_path)
     bad = tmp_path / "published.yaml"
     bad.write_text("claims:\n  - id: x\n")
-    with pytest.raises(SystemExit, match="published.yaml: expected a mapping with keys claims, xcit"):
+    with pytest.raises(SystemExit, match=r"published.yaml: missing key\(s\) xcit"):
         build(tmp_path, results, params, published=bad)
-    bad.write_text("claims: []\nxcit: {models: []}\n")
+    bad.write_text("claims:\n  - id: x\nxcit: {source: s, models: []}\n")
+    with pytest.raises(SystemExit, match=r"published.yaml.claims\[0\]: missing key\(s\) claim, source, kind"):
+        build(tmp_path, results, params, published=bad)
+    bad.write_text("claims: []\nxcit: {source: s, models: []}\n")
     assert (build(tmp_path, results, params, published=bad) / "index.html").is_file()  # no claims still builds
 
 

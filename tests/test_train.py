@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from pipeline import finetune, pretrain
-from pipeline.datasets import DatasetParams
-from pipeline.io import write_outputs
+from pipeline.config import Dataset
+from pipeline.outputs import write_outputs
 
 from .tiny import ROOT, tiny_params, write_params
 
@@ -27,7 +27,7 @@ def prepared(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("prepared")
     out = {}
     for name, entry in tiny_params()["datasets"].items():
-        files, _ = prepare.run(name, DatasetParams(**entry))
+        files, _ = prepare.run(name, Dataset(**entry))
         write_outputs({base / name / k: v for k, v in files.items()})
         out[name] = base / name
     return out
@@ -81,12 +81,63 @@ def test_pretrain_learns_and_writes_outputs(tmp_path, prepared):
 
 
 def test_same_seed_gives_identical_bytes(tmp_path, prepared):
-    params = write_params(tmp_path / "params.yaml", tiny_params())
+    params = write_params(tmp_path / "params.yaml", tiny_params(seeds=[0, 1]))
     pretrain.main(pretrain_argv(tmp_path / "a", params, prepared["synthetic"]))
     pretrain.main(pretrain_argv(tmp_path / "b", params, prepared["synthetic"]))
     assert outputs(tmp_path / "a") == outputs(tmp_path / "b")
     pretrain.main(pretrain_argv(tmp_path / "c", params, prepared["synthetic"], seed=1))
     assert outputs(tmp_path / "c", seed=1)["metrics.json"] != outputs(tmp_path / "a")["metrics.json"]
+
+
+TIMM_AUGMENT = {"mode": "timm", "auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25, "scale_min": 0.5, "hflip": 0.5}
+
+
+def _run(tmp: Path, prepared: dict, name: str, **updates) -> dict[str, bytes]:
+    params = write_params(tmp / f"{name}.yaml", tiny_params(**updates))
+    pretrain.main(pretrain_argv(tmp / name, params, prepared["synthetic"], "fsne"))
+    return outputs(tmp / name, "fsne")
+
+
+def test_runtime_settings_do_not_change_the_result(tmp_path, prepared):
+    """The `runtime` section is listed by no stage in dvc.yaml, because it cannot change what is computed: the
+    checkpoint interval and the number of loader workers (timm path, with RandAugment and random erasing) leave
+    every byte alike; threads and the evaluation batch reorder float sums, so their metrics stay within
+    audit.abs_tol (and here identical)."""
+    from pipeline.audit import compare_metrics
+
+    timm = {"augment": {**tiny_params()["pretrain"]["recipe"]["augment"], **TIMM_AUGMENT}, "epochs": 3}
+    base = _run(tmp_path, prepared, "base", pretrain=timm)
+    for name, runtime in (("every2", {"checkpoint_every": 2}), ("workers2", {"workers": 2})):
+        assert _run(tmp_path, prepared, name, pretrain=timm, runtime=runtime) == base, f"runtime {runtime}"
+    abs_tol = tiny_params()["audit"]["abs_tol"]
+    for name, runtime in (("threads2", {"threads": 2}), ("eval7", {"eval_batch_size": 7})):
+        other = _run(tmp_path, prepared, name, pretrain=timm, runtime=runtime)
+        beyond, _ = compare_metrics(json.loads(base["metrics.json"]), json.loads(other["metrics.json"]), abs_tol)
+        assert beyond == [], f"runtime {runtime}: {beyond}"
+
+
+def test_the_model_trains_at_its_own_resolution(tmp_path, prepared):
+    """model.img_size is the one statement of the resolution: data prepared at 16 px is resized by the loader to
+    the model's 32 px, so the metrics' GFLOPs are those of what was trained."""
+    from pipeline import config
+    from pipeline.model import forward_flops
+
+    params = write_params(tmp_path / "params.yaml", tiny_params(model={"img_size": 32}))
+    pretrain.main(pretrain_argv(tmp_path, params, prepared["synthetic"]))
+    metrics = json.loads((tmp_path / "linear-0" / "metrics.json").read_text())
+    net = config.load_pretrain(params, "linear", 0).net
+    assert net.img_size == 32 and metrics["gflops"] == round(forward_flops(net, 3) / 1e9, 6)
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    seen = set()  # the input sizes every forward pass of the model received
+    hook = register_module_forward_pre_hook(
+        lambda module, args: seen.add(tuple(args[0].shape[-2:])) if type(module).__name__ == "Xcit" else None
+    )
+    try:
+        pretrain.main(pretrain_argv(tmp_path / "again", params, prepared["synthetic"]))
+    finally:
+        hook.remove()
+    assert seen == {(32, 32)}
 
 
 def _env() -> dict:
@@ -199,7 +250,7 @@ def test_finetune_from_pretrained(tmp_path, prepared):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_classes"] == 10 and metrics["dataset"] == "digits" and metrics["stage"] == "finetune"
     missing = [*argv[:11], str(tmp_path / "nowhere.safetensors"), *argv[12:]]
-    with pytest.raises(SystemExit, match="no pretrained weights for variant 'fsne' seed 0 at .*nowhere"):
+    with pytest.raises(SystemExit, match="no pretrained weights for variant 'fsne' at .*nowhere"):
         finetune.main(missing)
 
 
@@ -208,19 +259,25 @@ def test_finetune_from_pretrained(tmp_path, prepared):
     [
         (dict(pretrain={"lr": 1.0e6, "epochs": 3}), "non-finite loss"),
         (dict(pretrain={"batch_size": 4096}), "batch size 4096 x 1 process(es) is larger than the training split"),
-        (dict(pretrain={"warmup_epochs": 2}), "pretrain.warmup_epochs: 2 must be below epochs (2)"),
-        (dict(pretrain={"lr": 0.0}), "pretrain.lr: expected a positive number, got 0.0"),
-        (dict(pretrain={"epochs": -1}), "pretrain.epochs: expected a positive integer, got -1"),
-        (dict(pretrain={"epochs": "2"}), "pretrain.epochs: expected an integer, got '2'"),
-        (dict(pretrain={"batch_size": 0}), "pretrain.batch_size: expected a positive integer, got 0"),
-        (dict(model={"embed_dim": 30}), "embed_dim=30 is not divisible by num_heads=4"),
+        (dict(pretrain={"warmup_epochs": 2}), "pretrain.recipe.warmup_epochs: 2 must be below epochs (2)"),
+        (dict(pretrain={"lr": 0.0}), "pretrain.recipe.lr: expected a positive number, got 0.0"),
+        (dict(pretrain={"epochs": -1}), "pretrain.recipe.epochs: expected a positive integer, got -1"),
+        (dict(pretrain={"epochs": "2"}), "pretrain.recipe.epochs: expected an integer, got '2'"),
+        (dict(pretrain={"batch_size": 0}), "pretrain.recipe.batch_size: expected a positive integer, got 0"),
+        (dict(model={"embed_dim": 30}), "model: embed_dim=30 is not divisible by num_heads=4"),
         (
             dict(variants={"linear": {"qkv_embed": "linear"}, "fsne": {"qkv_embed": "fsne", "qkv_hidden": 0}}),
-            "pretrain.variants.fsne: qkv_hidden must be a positive integer, got 0",
+            "variants.fsne: qkv_hidden must be a positive integer, got 0",
         ),
         (dict(pretrain={"variants": ["linear", "mlp"]}), "pretrain.variants: unknown variant 'mlp'"),
         (dict(pretrain={"dataset": "cifar"}), "pretrain.dataset: 'cifar' is not an entry of the datasets section"),
-        (dict(finetune={"variants": ["psne"]}), None),  # pretrain ignores the finetune section
+        # every stage checks the whole file, so the first stage dvc runs refuses it
+        (dict(finetune={"variants": ["psne"]}), "finetune.variants: 'psne' has no pretrained weights"),
+        (dict(variants={"linear": {"qkv_embed": "linear"}, "x;touch": {}}), "variants: 'x;touch' is not a valid name"),
+        (dict(model={"img_size": 18}), "model.img_size: 18 is not a positive multiple of patch_size 4"),
+        (dict(model={"img_size": 2}), "model.img_size: 2 is not a positive multiple of patch_size 4"),
+        (dict(seeds=[]), "seeds: expected at least one seed"),
+        (dict(runtime={"checkpoint_every": 0}), "runtime.checkpoint_every: expected a positive integer, got 0"),
     ],
 )
 def test_pretrain_bad_input(tmp_path, prepared, updates, message):

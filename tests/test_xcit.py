@@ -98,7 +98,7 @@ def _min_similarity(records) -> float:
 
 
 def test_similarity_diagnostic_shows_collapse_and_default_does_not():
-    """ENV.md's measurement: concatenated 16-d codes drawn with std 0.02 give Q = K = V in every block.
+    """docs/paper.md's measurement: concatenated 16-d codes drawn with std 0.02 give Q = K = V in every block.
     The fsne defaults (one-hot codes scaled to a token's norm) start the branches apart."""
     torch.manual_seed(0)
     images = torch.rand(8, 3, 32, 32)

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_params(**section_updates) -> dict:
     """The embedded profile shrunk: synthetic source, digits target, a depth-1 model, 2 epochs.
 
-    ``section_updates`` maps a section name to a dict merged into it (``pretrain={"epochs": 3}``).
+    ``section_updates`` maps a section name to a dict merged into it (``runtime={"threads": 2}``); for
+    ``pretrain`` and ``finetune`` the keys of the recipe may be given directly (``pretrain={"epochs": 3}``).
     """
     params = yaml.safe_load((ROOT / "profiles" / "embedded.yaml").read_text())
     params["flops"].update(models=["qkv_xcit_nano_12_p16"], img_size=32, num_classes=[10])
@@ -27,14 +28,14 @@ def tiny_params(**section_updates) -> dict:
     }
     params["model"].update(img_size=16, patch_size=4, depth=1, embed_dim=32, num_heads=4)
     params["seeds"] = [0]
+    params["runtime"].update(threads=1, eval_batch_size=64)
     for section in ("pretrain", "finetune"):
         params[section] = copy.deepcopy(params[section])  # undo the YAML alias before editing
-        params[section].update(
-            variants=["linear", "fsne"], epochs=2, batch_size=16, threads=1, eval_batch_size=64, diagnostic_images=8
-        )
-        params[section]["augment"] = {**params[section]["augment"], "input_size": 16}
-    params["pretrain"].update(dataset="synthetic", lr=3.2e-2)  # effective 1e-3 at batch 16
-    params["finetune"].update(datasets=["digits"])
+        params[section]["variants"] = ["linear", "fsne"]
+        params[section]["recipe"].update(epochs=2, batch_size=16, diagnostic_images=8)
+    params["pretrain"]["dataset"] = "synthetic"
+    params["pretrain"]["recipe"]["lr"] = 3.2e-2  # effective 1e-3 at batch 16
+    params["finetune"]["datasets"] = ["digits"]
     params["bench"] = {
         **params["bench"],
         "variants": ["linear", "fsne"],
@@ -49,7 +50,14 @@ def tiny_params(**section_updates) -> dict:
     # Two timing rounds of a depth-1 model are noise: the audit of the tiny bench checks the machinery only.
     params["audit"] = {**params["audit"], "ratio_rel_tol": 10.0}
     for section, values in section_updates.items():
-        params[section] = {**params[section], **values} if isinstance(values, dict) else values
+        if section in ("pretrain", "finetune") and isinstance(values, dict):
+            recipe = {k: v for k, v in values.items() if k in params[section]["recipe"]}
+            params[section]["recipe"].update(recipe)
+            params[section].update({k: v for k, v in values.items() if k not in recipe})
+        elif isinstance(values, dict) and isinstance(params.get(section), dict):
+            params[section] = {**params[section], **values}
+        else:
+            params[section] = values
     return params
 
 

@@ -1,13 +1,14 @@
-"""Load sections of ``params.yaml`` into frozen dataclasses, rejecting unknown keys and wrong types.
+"""Typed parsing of YAML mappings into frozen dataclasses: unknown keys, missing keys and wrong types are named
+with the key's full dotted path, so a typo fails at load time instead of deep inside a run.
 
-Every stage names the sections it reads in its ``PARAMS`` tuple (the same list as its ``params:`` in
-``dvc.yaml``) and turns each into a typed, immutable config here, so a typo or a wrong type fails at load time
-with the key's full dotted name instead of deep inside a run.
+Generic machinery only; what the sections of ``params.yaml`` hold is :mod:`pipeline.config.params`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -15,28 +16,83 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ParamsError", "load_sections", "parse", "profile_name", "variant_options"]
+__all__ = [
+    "NAME_PATTERN",
+    "ParamsError",
+    "check_name",
+    "fraction",
+    "names_in",
+    "non_negative",
+    "parse",
+    "positive",
+    "read_yaml",
+]
+
+# Variant and dataset names become DVC stage names, output paths and command-line words: letters, digits and
+# underscores, starting with a letter (no space, quote, dash, slash or shell character).
+NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 
 
 class ParamsError(ValueError):
     """A params file, section or value that is missing, unknown or of the wrong type."""
 
 
-def load_sections(path: str | Path, sections: tuple[str, ...]) -> dict[str, Any]:
-    """The raw values of ``sections`` from the YAML file at ``path``; every section must be present."""
+def read_yaml(path: str | Path, what: str = "params file") -> dict[str, Any]:
+    """The mapping at the top of the YAML file ``path``."""
     path = Path(path)
     if not path.is_file():
-        raise ParamsError(f"{path}: params file not found")
+        raise ParamsError(f"{path}: {what} not found")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+        raise ParamsError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
-        raise ParamsError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
-    missing = [s for s in sections if s not in data]
-    if missing:
-        raise ParamsError(f"{path}: missing section(s) {', '.join(missing)}")
-    return {s: data[s] for s in sections}
+        raise ParamsError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def check_name(where: str, value: Any) -> str:
+    """``value`` if it is a safe name (:data:`NAME_PATTERN`), else a ParamsError naming ``where``."""
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise ParamsError(
+            f"{where}: {value!r} is not a valid name: use letters, digits and underscores, starting with a letter "
+            "(it becomes part of DVC stage names, paths and commands)"
+        )
+    return value
+
+
+def positive(where: str, **values) -> None:
+    """Each ``key=value`` must be above zero."""
+    for key, value in values.items():
+        if not value > 0:
+            raise ParamsError(f"{where}.{key}: expected a positive number, got {value}")
+
+
+def non_negative(where: str, **values) -> None:
+    """Each ``key=value`` must be zero or more."""
+    for key, value in values.items():
+        if value < 0:
+            raise ParamsError(f"{where}.{key}: must not be negative, got {value}")
+
+
+def fraction(where: str, value: float | None, *, closed: bool = False) -> None:
+    """``value`` (unless None) in (0, 1), or with ``closed`` in [0, 1]."""
+    if value is not None and not (0 <= value <= 1 if closed else 0 < value < 1):
+        raise ParamsError(
+            f"{where}: expected a {'probability in [0, 1]' if closed else 'fraction in (0, 1)'}, got {value}"
+        )
+
+
+def names_in(where: str, names: tuple[str, ...], *, known: dict | tuple | None = None, what: str = "") -> None:
+    """A non-empty list of distinct safe names, each one of ``known`` (if given)."""
+    if not names:
+        raise ParamsError(f"{where}: expected at least one entry")
+    for i, name in enumerate(names):
+        check_name(f"{where}[{i}]", name)
+        if known is not None and name not in known:
+            raise ParamsError(f"{where}: unknown {what} {name!r}; known: {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise ParamsError(f"{where}: {', '.join(sorted({n for n in names if names.count(n) > 1}))} listed twice")
 
 
 def _type_name(tp) -> str:
@@ -49,22 +105,7 @@ def parse(tp, value: Any, where: str):
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ParamsError(f"{where}: expected a mapping, got {value!r}")
-        hints = typing.get_type_hints(tp)
-        names = [f.name for f in dataclasses.fields(tp)]
-        unknown = sorted(set(value) - set(names))
-        if unknown:
-            raise ParamsError(f"{where}: unknown key(s) {', '.join(unknown)}; expected: {', '.join(names)}")
-        required = [
-            f.name
-            for f in dataclasses.fields(tp)
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        ]
-        missing = [n for n in required if n not in value]
-        if missing:
-            raise ParamsError(f"{where}: missing key(s) {', '.join(missing)}")
-        return tp(**{k: parse(hints[k], v, f"{where}.{k}") for k, v in value.items()})
+        return _parse_dataclass(tp, value, where)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -91,9 +132,9 @@ def parse(tp, value: Any, where: str):
         return {parse(key_t, k, f"{where} key"): parse(val_t, v, f"{where}.{k}") for k, v in value.items()}
     if tp is float:
         # YAML reads "1e-3" (no dot) as a string: say so rather than failing obscurely.
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             hint = " (write floats with a dot, e.g. 1.0e-3)" if isinstance(value, str) else ""
-            raise ParamsError(f"{where}: expected a number, got {value!r}{hint}")
+            raise ParamsError(f"{where}: expected a finite number, got {value!r}{hint}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -106,24 +147,21 @@ def parse(tp, value: Any, where: str):
     raise TypeError(f"{where}: unsupported type hint {tp!r}")
 
 
-def profile_name(value: Any) -> str:
-    """The ``profile`` entry: the name every result file carries, so results of two profiles never mix."""
-    if not isinstance(value, str) or not value.strip():
-        raise ParamsError(f"profile: expected a non-empty name, got {value!r}")
-    return value
-
-
-def variant_options(variants: dict[str, Any], name: str, where: str = "variants") -> dict[str, Any]:
-    """The ``qkv_*`` model options of variant ``name``, validated by building their embedding config."""
-    from qkv.xcit import split_model_options
-
-    if name not in variants:
-        raise ParamsError(f"{where}: unknown variant {name!r}; known: {', '.join(variants)}")
-    options = variants[name]
-    if not isinstance(options, dict):
-        raise ParamsError(f"{where}.{name}: expected a mapping of qkv_* options, got {options!r}")
-    try:
-        split_model_options(options)
-    except ValueError as exc:
-        raise ParamsError(f"{where}.{name}: {exc}") from None
-    return dict(options)
+def _parse_dataclass(tp, value: Any, where: str):
+    if not isinstance(value, dict):
+        raise ParamsError(f"{where}: expected a mapping, got {value!r}")
+    hints = typing.get_type_hints(tp)
+    fields = [f for f in dataclasses.fields(tp) if f.init]
+    names = [f.name for f in fields]
+    unknown = sorted(set(value) - set(names), key=str)
+    if unknown:
+        raise ParamsError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; expected: {', '.join(names)}")
+    required = [f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in required if n not in value]
+    if missing:
+        raise ParamsError(f"{where}: missing key(s) {', '.join(missing)}")
+    obj = tp(**{k: parse(hints[k], v, f"{where}.{k}") for k, v in value.items()})
+    check = getattr(obj, "check", None)
+    if check is not None:
+        check(where)  # the section's own range and cross-field rules
+    return obj

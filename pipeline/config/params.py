@@ -1,0 +1,185 @@
+"""The whole of ``params.yaml``: :func:`load` parses every section (unknown or missing sections, unknown keys,
+wrong types and impossible values are errors naming the key) and then the rules that span sections (a listed
+variant or dataset must exist, a fine-tuned variant must be pretrained, ...). Every stage loader in
+:mod:`.stages` starts here, so the first stage ``dvc repro`` runs refuses a bad file before any training.
+Torch-free: the report and ``make profile`` load params without importing torch.
+
+This module also holds the sections only the counting, timing, report and audit steps read.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .datasets import Dataset
+from .schema import ParamsError, check_name, fraction, names_in, non_negative, parse, positive, read_yaml
+from .sections import Finetune, Model, Pretrain, Runtime, check_options, registered
+
+__all__ = ["Audit", "Bench", "Flops", "Forensics", "Params", "Report", "Targets", "load"]
+
+
+def _sized(where: str, key: str, models: tuple[str, ...], img_size: int) -> None:
+    """Registered model names (at ``where.key``), each with an ``img_size`` its patches tile."""
+    for name in models:
+        _, patch = registered(name, f"{where}.{key}")
+        if img_size < patch or img_size % patch:
+            raise ParamsError(f"{where}.img_size: {img_size} is not a positive multiple of {name}'s patch size {patch}")
+
+
+@dataclass(frozen=True)
+class Flops:
+    models: tuple[str, ...]  # registered qkv_xcit_* names
+    variants: tuple[str, ...]  # keys of `variants`
+    img_size: int
+    num_classes: tuple[int, ...]
+    rel_tol: float  # largest relative disagreement allowed between the flop counters and the formula
+
+    def check(self, where: str) -> None:
+        _sized(where, "models", self.models, self.img_size)
+        if not 0 <= self.rel_tol < 1:
+            raise ParamsError(f"{where}.rel_tol: expected a number in [0, 1), got {self.rel_tol}")
+        if not self.num_classes or any(k <= 0 for k in self.num_classes):
+            raise ParamsError(f"{where}.num_classes: expected positive integers, got {list(self.num_classes)}")
+
+
+@dataclass(frozen=True)
+class Forensics:
+    model: str
+    img_size: int
+    num_classes: tuple[int, ...]
+    readings: dict[str, dict[str, Any]]  # reading name -> qkv_* model options
+
+    def check(self, where: str) -> None:
+        _sized(where, "model", (self.model,), self.img_size)
+        if not self.num_classes or any(k <= 0 for k in self.num_classes):
+            raise ParamsError(f"{where}.num_classes: expected positive integers, got {list(self.num_classes)}")
+        for name, options in self.readings.items():
+            check_options(f"{where}.readings.{name}", options)
+
+
+@dataclass(frozen=True)
+class Targets:
+    step_over_flops: float  # a variant's step-time ratio may be at most this times its FLOP ratio
+    ceiling_fraction: float  # the baseline's training GFLOP/s at least this fraction of the ceiling
+    loader_over_train: float  # the loader at least this many times the baseline's training img/s
+
+    def check(self, where: str) -> None:
+        positive(where, **{k: getattr(self, k) for k in ("step_over_flops", "ceiling_fraction", "loader_over_train")})
+
+
+@dataclass(frozen=True)
+class Bench:
+    variants: tuple[str, ...]  # keys of `variants`
+    baseline: str  # the variant (one of ``variants``) the ratios are taken against
+    reference: str | None  # timm model timed beside the variants (same recipe), e.g. xcit_nano_12_p8_224
+    device: str  # "cpu" or "cuda"
+    amp: bool  # bf16 autocast (what the training stages do on GPU)
+    threads: int  # torch CPU threads (0: torch's default)
+    batch_size: int  # training batch per process
+    eval_batch_size: int
+    warmup: int  # untimed steps per model before the rounds
+    rounds: int  # timed rounds; each times one train step and one eval pass of every model
+    loader_batches: int  # training batches drawn to time the loader
+    loader_workers: int  # DataLoader worker processes while timing the loader (timm path)
+    targets: Targets
+
+    def check(self, where: str) -> None:
+        for key in ("batch_size", "eval_batch_size", "rounds", "loader_batches"):
+            if getattr(self, key) <= 0:
+                raise ParamsError(f"{where}.{key}: expected a positive integer, got {getattr(self, key)}")
+        non_negative(where, warmup=self.warmup, threads=self.threads, loader_workers=self.loader_workers)
+        if self.device not in ("cpu", "cuda"):
+            raise ParamsError(f"{where}.device: {self.device!r} is not one of: cpu, cuda")
+        if self.baseline not in self.variants:
+            raise ParamsError(f"{where}.baseline: {self.baseline!r} is not in bench.variants")
+
+
+@dataclass(frozen=True)
+class Report:
+    confidence: float  # two-sided t intervals of means and of seed-paired differences
+    baseline: str  # the variant every difference is taken against (one of pretrain.variants)
+
+    def check(self, where: str) -> None:
+        fraction(f"{where}.confidence", self.confidence)
+
+
+@dataclass(frozen=True)
+class Audit:
+    abs_tol: float  # metrics within this of the committed ones are "equal within tolerance"
+    ratio_rel_tol: float  # measurements (bench): ratios within this relative difference
+
+    def check(self, where: str) -> None:
+        non_negative(where, abs_tol=self.abs_tol, ratio_rel_tol=self.ratio_rel_tol)
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of ``params.yaml``, parsed and cross-checked."""
+
+    profile: str  # the name every result file carries (profiles/<profile>.yaml)
+    variants: dict[str, dict[str, Any]]  # name -> qkv_* options
+    flops: Flops
+    forensics: Forensics
+    datasets: dict[str, Dataset]
+    model: Model
+    launcher: str  # how training stages start: python, or torchrun ... (part of their command)
+    seeds: tuple[int, ...]
+    pretrain: Pretrain
+    finetune: Finetune
+    runtime: Runtime
+    bench: Bench
+    report: Report
+    audit: Audit
+    path: Path = field(default=Path("params.yaml"), compare=False)
+
+    def check(self, where: str) -> None:
+        check_name("profile", self.profile)
+        for name, options in self.variants.items():
+            check_name("variants", name)
+            check_options(f"variants.{name}", options)
+        for name in self.datasets:
+            check_name("datasets", name)
+        if not self.launcher.strip():
+            raise ParamsError("launcher: expected a command (python, or torchrun ...), got an empty string")
+        if not self.seeds:
+            raise ParamsError("seeds: expected at least one seed (every training stage runs once per seed)")
+        if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise ParamsError(f"seeds: expected distinct non-negative integers, got {list(self.seeds)}")
+        if self.pretrain.dataset not in self.datasets:
+            raise ParamsError(f"pretrain.dataset: {self.pretrain.dataset!r} is not an entry of the datasets section")
+        names_in("pretrain.variants", self.pretrain.variants, known=self.variants, what="variant")
+        names_in("finetune.datasets", self.finetune.datasets, known=self.datasets, what="dataset")
+        names_in("finetune.variants", self.finetune.variants, known=self.variants, what="variant")
+        for name in self.finetune.variants:
+            if name not in self.pretrain.variants:
+                raise ParamsError(
+                    f"finetune.variants: {name!r} has no pretrained weights: it is not in pretrain.variants "
+                    f"({', '.join(self.pretrain.variants)})"
+                )
+        names_in("flops.variants", self.flops.variants, known=self.variants, what="variant")
+        names_in("bench.variants", self.bench.variants, known=self.variants, what="variant")
+        if self.report.baseline not in self.pretrain.variants:
+            raise ParamsError(f"report.baseline: {self.report.baseline!r} is not in pretrain.variants")
+
+
+def load(path: str | Path) -> Params:
+    """Parse and check the whole params file at ``path``."""
+    data = read_yaml(path)
+    names = [f for f in Params.__dataclass_fields__ if f != "path"]
+    unknown = sorted(set(data) - set(names), key=str)
+    if unknown:
+        raise ParamsError(f"{path}: unknown section(s) {', '.join(map(str, unknown))}; expected: {', '.join(names)}")
+    missing = [s for s in names if s not in data]
+    if missing:
+        raise ParamsError(f"{path}: missing section(s) {', '.join(missing)}")
+    hints = typing.get_type_hints(Params)
+    sections = {name: parse(hints[name], data[name], name) for name in names}
+    params = Params(**sections, path=Path(path))
+    params.check(str(path))
+    return params

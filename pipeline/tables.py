@@ -1,0 +1,264 @@
+"""The report's tables: one function per table, each taking plain data (result dicts, summaries computed by
+:mod:`pipeline.results`, entries of the reference files) and returning a :class:`Table`; :func:`files` renders
+any table as CSV, Markdown and LaTeX, :func:`text` for a terminal. The bench stage prints its table through
+the same function the report uses. Published numbers come from ``references/published.yaml`` only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.config import Assumption, Claim, backbone_label
+
+__all__ = [
+    "Table",
+    "assumptions",
+    "bench",
+    "files",
+    "forensics",
+    "main",
+    "provenance",
+    "text",
+    "transfer",
+    "verdicts",
+]
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str  # file stem under reports/tables/
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+
+def _frame(table: Table):
+    import pandas as pd
+
+    return pd.DataFrame(table.rows, columns=table.columns)
+
+
+def files(table: Table) -> dict[str, bytes]:
+    """``tables/<name>.{csv,md,tex}`` of ``table``."""
+    frame = _frame(table)
+    return {
+        f"tables/{table.name}.csv": frame.to_csv(index=False, lineterminator="\n").encode(),
+        f"tables/{table.name}.md": (frame.to_markdown(index=False) + "\n").encode(),
+        f"tables/{table.name}.tex": frame.to_latex(index=False).encode(),
+    }
+
+
+def text(table: Table) -> str:
+    """The table for a terminal: title, Markdown grid, note."""
+    return "\n".join(filter(None, [table.title, _frame(table).to_markdown(index=False), table.note]))
+
+
+# Cell formats: one rule per kind of number on the page.
+def fmt(value: float | None, digits: int = 2, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def mean_std(s: dict) -> str:
+    if not s["n"]:
+        return "not run"
+    return f"{fmt(s['mean'])} ± {fmt(s['std'])} (n={s['n']})" if s["std"] is not None else f"{fmt(s['mean'])} (n=1)"
+
+
+def interval(s: dict, signed: bool = False) -> str:
+    return "n/a" if s["ci_low"] is None else f"[{fmt(s['ci_low'], signed=signed)}, {fmt(s['ci_high'], signed=signed)}]"
+
+
+def _published(claim: Claim | None, baseline: bool) -> str:
+    if claim is None:
+        return "not published"
+    return f"{claim.baseline:g}" if baseline else f"{claim.proposed:g} (structure not stated)"
+
+
+# ----------------------------------------------------------------------------------------------------
+
+
+def main(
+    rows: list[dict], *, claim: Claim | None, baseline: str, run_label: str, source: str, confidence: float
+) -> Table:
+    """The ImageNet claim's columns beside this run's pretraining. ``rows``: per variant ``variant``,
+    ``embedding``, ``backbone``, ``params`` and ``gflops`` (of a run, or None), ``summary`` and ``diff`` (None for
+    the baseline)."""
+    body = []
+    for r in rows:
+        diff = r["diff"]
+        if diff is None:
+            delta = "baseline"
+        else:
+            delta = f"{fmt(diff['mean'], signed=True)} {interval(diff, signed=True)}" if diff["n"] else "not run"
+        body.append(
+            [
+                r["variant"],
+                r["embedding"],
+                r["backbone"],
+                fmt(r["params"] / 1e6, 3) if r["params"] is not None else "not run",
+                fmt(r["gflops"], 4) if r["gflops"] is not None else "not run",
+                _published(claim, r["variant"] == baseline),
+                mean_std(r["summary"]),
+                interval(r["summary"]),
+                delta,
+            ]
+        )
+    where = f"ImageNet-1k {claim.backbone}" if claim else "ImageNet-1k"
+    return Table(
+        "main",
+        "Main table: the ImageNet claim (published) and this run (reproduced)",
+        [
+            "variant",
+            "embedding",
+            "backbone",
+            "params (M, this run)",
+            "GFLOPs (this run)",
+            f"published top-1, {where}",
+            f"reproduced top-1 ({run_label}), mean ± std",
+            f"{confidence:.0%} CI",
+            f"Δ vs {baseline}, paired by seed [CI]",
+        ],
+        body,
+        (f"Published: {claim.source} (which structure gave {claim.proposed:g} is not stated). " if claim else "")
+        + f"Reproduced: test top-1 of this profile's runs on {source}",
+    )
+
+
+def transfer(rows: list[dict], *, datasets: tuple[str, ...], claim: Claim | None, baseline: str) -> Table:
+    """Transfer accuracy per target. ``rows``: per variant ``variant``, ``cells`` (a summary per dataset) and
+    ``average`` (the summary of per-seed averages over the datasets)."""
+    body = [
+        [r["variant"], *map(mean_std, r["cells"]), mean_std(r["average"]), _published(claim, r["variant"] == baseline)]
+        for r in rows
+    ]
+    published = f"published average ({claim.backbone}, {len(claim.datasets)} datasets)" if claim else "published"
+    return Table(
+        "transfer",
+        "Transfer: test top-1 per target dataset",
+        ["variant", *datasets, "average (per seed, then over seeds)", published],
+        body,
+        (f"Published: {claim.source}, over {', '.join(claim.datasets)}; " if claim else "")
+        + f"reproduced: this profile's targets ({', '.join(datasets)}).",
+    )
+
+
+def forensics(flops: dict | None, claims: tuple[Claim, ...], *, model: str, img_size: int) -> Table:
+    """Which readings of the structures give the parameter counts the paper states for ``model``'s backbone
+    (``claims`` with ``params_m``), counted by the flops stage at 1000 and 10 classes."""
+    claims = [c for c in claims if c.params_m is not None and c.backbone == backbone_label(model)]
+    targets = [(f"{c.params_m:g}M", c.params_m) for c in claims]
+    readings = (flops or {}).get("forensics", {})
+    body = []
+    for name in readings.get("1000", {}):
+        p1000 = readings["1000"][name]["params"]
+        p10 = readings.get("10", {}).get(name, {}).get("params")
+        fits = [
+            label
+            for label, target in targets
+            if round(p1000 / 1e6, 1) == target or (p10 is not None and round(p10 / 1e6, 1) == target)
+        ]
+        body.append(
+            [
+                name,
+                f"{p1000:,}",
+                f"{p10:,}" if p10 is not None else "not counted",
+                fmt(readings["1000"][name]["gflops"], 3),
+                ", ".join(fits) or "neither",
+            ]
+        )
+    labels = " and ".join(label for label, _ in targets)
+    sources = "; ".join(sorted({c.source for c in claims}))
+    return Table(
+        "forensics",
+        f"Parameter forensics: which readings give the paper's {labels} ({model}, {img_size} px)",
+        ["reading", "params, 1000 classes", "params, 10 classes", "GFLOPs, 1000 classes", "rounds to"],
+        body or [["not run", "", "", "", ""]],
+        f"Counted by the flops stage (fvcore, cross-checked); {labels} from {sources}.",
+    )
+
+
+def bench(metrics: dict | None) -> Table:
+    """The bench stage's measurements: step time and rates per model, ratios, fraction of the matmul ceiling."""
+    columns = [
+        "model",
+        "train step (ms)",
+        "train img/s",
+        "eval img/s",
+        "FLOP ratio",
+        "step-time ratio",
+        "step / FLOP ratio",
+        "train GFLOP/s",
+        "of matmul ceiling",
+        "step ms range",
+    ]
+    title = "Cost in time: training step and eval pass per variant"
+    if metrics is None:
+        return Table("bench", title, columns, [["not run", *[""] * 9]], "The bench stage has not run.")
+    rows = []
+    for name in metrics["order"]:
+        m = metrics["models"][name]
+        rows.append(
+            [
+                name + (" (timm's own)" if name == metrics["reference"] else ""),
+                fmt(m["train_step_ms"], 1),
+                f"{m['train_img_per_s']:.0f}",
+                f"{m['eval_img_per_s']:.0f}",
+                fmt(m["flop_ratio"], 3),
+                fmt(m["step_time_ratio"], 3),
+                fmt(m["step_over_flop_ratio"], 3),
+                fmt(m["train_gflop_per_s"], 1),
+                f"{m['train_ceiling_fraction']:.0%}",
+                f"{m['train_step_ms_min']:.1f}–{m['train_step_ms_max']:.1f}",
+            ]
+        )
+    c, peak, loader = metrics["ceiling"], metrics["peak"], metrics["loader"]
+    met = "; ".join(f"{k} ({t['limit']}): {'met' if t['met'] else 'NOT met'}" for k, t in metrics["targets"].items())
+    note = (
+        f"Measured by the bench stage on {metrics['device']} ({metrics['threads']} threads, {metrics['dtype']}), "
+        f"batch {metrics['batch_size']} at {metrics['img_size']} px, median of {metrics['rounds']} interleaved "
+        f"rounds; machine-dependent measurements, not reproducible results. Ceiling: {c['gflop_per_s']:.1f} "
+        f"GFLOP/s, a {c['shape'][0]}x{c['shape'][1]} @ {c['shape'][1]}x{c['shape'][2]} matrix product timed in the "
+        f"same rounds; the device's matrix rate (square {peak['shape'][0]} product): {peak['gflop_per_s']:.1f} "
+        f"GFLOP/s, of which the baseline reaches {metrics['models'][metrics['baseline']]['train_peak_fraction']:.0%} "
+        f"in training. Loader: {loader['img_per_s']:,.0f} training img/s ({loader['mode']}), "
+        f"{loader['over_train']:.0f}x the baseline's training rate. FLOPs: closed-form counts (2 flops per "
+        f"multiply-add, a training step = 3x the forward). Targets: {met}."
+    )
+    return Table("bench", title, columns, rows, note)
+
+
+def assumptions(register: tuple[Assumption, ...], variants: dict[str, dict]) -> Table:
+    """Each detail the abstracts leave open, its alternatives, the default and what every variant uses."""
+    rows = []
+    for item in register:
+        used = "; ".join(
+            f"{v}: " + ", ".join(f"{k}={options[k]}" for k in item.keys if k in options)
+            for v, options in variants.items()
+            if any(k in options for k in item.keys)
+        )
+        rows.append([item.detail, item.alternatives, item.default, used or "(not a variant option)"])
+    return Table(
+        "assumptions",
+        "Assumption register: details the abstracts leave open",
+        ["detail", "alternatives", "default and why", "this run (params.yaml variants)"],
+        rows,
+    )
+
+
+def verdicts(outcomes: list, rule: str) -> Table:
+    """One row per published claim (:class:`pipeline.results.Verdict`)."""
+    return Table(
+        "verdicts", "Verdicts", ["claim", "outcome", "detail"], [[v.claim, v.outcome, v.detail] for v in outcomes], rule
+    )
+
+
+def provenance(rows: list[list[str]]) -> Table:
+    """One row per stage instance: profile, params hash, commit, software, hardware, dataset content hash."""
+    return Table(
+        "provenance",
+        "Provenance of every stage instance",
+        ["instance", "profile", "params hash", "git commit", "software", "hardware", "dataset content hash"],
+        rows,
+    )

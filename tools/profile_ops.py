@@ -1,0 +1,56 @@
+"""Where does a training step spend its time? torch.profiler's table of the ops of one benchmarked model.
+
+    python tools/profile_ops.py linear            # or a variant, or the bench's timm reference model name
+    python tools/profile_ops.py fsne --steps 10 --rows 40 --params params.yaml --data data/prepared/mnist5k
+
+A developer's tool, not a stage: it builds the models exactly as the bench stage times them (pipeline.timing),
+runs a few warm-up steps, then profiles ``--steps`` training steps of the one asked for. docs/performance.md
+shows what it found.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from pipeline import config, timing
+from pipeline.cli import run_stage
+from pipeline.data import read_meta
+from pipeline.distributed import configure_torch
+
+
+def profile_ops(params: str, data: str, name: str, steps: int, rows: int) -> str:
+    settings = config.load_bench(params)
+    bench = settings.bench
+    device = torch.device(bench.device)
+    configure_torch(device, bench.threads)
+    names = [*bench.variants, *([bench.reference] if bench.reference else [])]
+    if name not in names:
+        raise config.ParamsError(f"model: {name!r} is not benchmarked; choose one of: {', '.join(names)}")
+    subject = next(s for s in timing.subjects(settings, device, read_meta(data)["num_classes"]) if s.name == name)
+    for _ in range(max(bench.warmup, 2)):
+        subject.train()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            subject.train()
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=sort, row_limit=rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python tools/profile_ops.py", description=__doc__.split("\n")[0])
+    parser.add_argument("model", help="a variant of bench.variants, or bench.reference")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", default=None, help="prepared source dataset (default: data/prepared/<source>)")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=25)
+    args = parser.parse_args(argv)
+    data = args.data or f"data/prepared/{config.load(args.params).pretrain.dataset}"
+    run_stage("profile_ops", lambda: print(profile_ops(args.params, data, args.model, args.steps, args.rows)))
+
+
+if __name__ == "__main__":
+    main()
