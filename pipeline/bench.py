@@ -36,8 +36,13 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import cli, config, provenance, tables
+import torch
+from tqdm import tqdm
+
+from pipeline import cli, config, provenance, tables, timing
 from pipeline.cli import run_stage
+from pipeline.data import read_meta
+from pipeline.distributed import configure_torch
 from pipeline.outputs import csv_bytes, json_bytes, round_measurement, write_outputs
 
 PARAMS = ("profile", "variants", "model", "pretrain.dataset", "pretrain.recipe", "bench")
@@ -45,12 +50,6 @@ PARAMS = ("profile", "variants", "model", "pretrain.dataset", "pretrain.recipe",
 
 def measure(settings: config.BenchConfig, prepared: Path, *, progress: bool = False) -> tuple[dict, list[dict]]:
     """Run the benchmark; returns (metrics, rows of every timed step)."""
-    import torch
-
-    from pipeline import timing
-    from pipeline.data import read_meta
-    from pipeline.distributed import configure_torch
-
     bench = settings.bench
     if bench.device == "cuda" and not torch.cuda.is_available():
         raise config.ParamsError("bench.device: 'cuda' asked for, but torch sees no CUDA device here")
@@ -99,8 +98,6 @@ def measure(settings: config.BenchConfig, prepared: Path, *, progress: bool = Fa
 def _rounds(subjects, gemm, peak, timer, bench: config.Bench, progress: bool) -> list[dict]:
     """Warm every model up, then time ``bench.rounds`` interleaved rounds: each times both matrix products and one
     training step and one eval pass of every model, starting at a different model each round."""
-    from tqdm import tqdm
-
     for s in subjects:
         for _ in range(bench.warmup):
             s.train()
