@@ -20,15 +20,15 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
-# The params are checked (every stage's loader, every instance) before DVC runs anything: a bad file fails here
-# in seconds, and DVC never deletes a stage's outputs only to fail on it.
+# The params are checked (every stage's loader, every instance, the qkv library's checks included) before DVC
+# runs anything: a bad file fails here in seconds instead of in the middle of a repro.
 repro: $(STAMP)
 	python -m pipeline.profile --check params.yaml
 	dvc repro
 
 lint: $(STAMP)
-	ruff check qkv pipeline tests
-	ruff format --check qkv pipeline tests
+	ruff check qkv pipeline tests tools
+	ruff format --check qkv pipeline tests tools
 
 test: lint
 	pytest

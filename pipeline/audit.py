@@ -161,7 +161,7 @@ def audit(repo: Path, name: str, abs_tol: float, ratio_rel_tol: float) -> tuple[
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.parser("pipeline.audit", __doc__, {})
+    parser = cli.parser("python -m pipeline.audit", __doc__, {})
     parser.add_argument("stage", help="a stage instance of dvc.lock, e.g. finetune@sne-digits-0")
     parser.add_argument("--repo", default=".", help="the repository to audit")
     parser.add_argument("--params", default="params.yaml")

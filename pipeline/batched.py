@@ -43,7 +43,6 @@ class TensorBatches:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
-        drop_last: bool | None = None,
     ):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -51,7 +50,6 @@ class TensorBatches:
         self.batch_size, self.train, self.augment, self.seed = batch_size, train, augment, seed
         self.img_size = img_size
         self.rank, self.world_size = rank, world_size
-        self.drop_last = train if drop_last is None else drop_last
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         self.epoch = 0
@@ -69,7 +67,7 @@ class TensorBatches:
 
     def __len__(self) -> int:
         n = len(self.labels) // self.world_size if self.world_size > 1 else len(self.labels)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._indices()

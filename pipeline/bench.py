@@ -6,8 +6,9 @@ For every variant (and timm's own XCiT as a reference) at the profile's model, r
   backward, the recipe's optimizer) and of an eval forward pass, after warm-up. The rounds are interleaved —
   each round times one step of every model in turn, starting at a different model each round — so drift of
   the machine (thermal, other load) hits every model alike;
-- the step-time ratio to the linear baseline next to the FLOP ratio (closed-form formulas of ``qkv.counts``,
-  the ones the flops stage cross-checks with fvcore): a variant should cost no more time than its FLOPs;
+- the step-time ratio to the baseline (``bench.baseline``) next to the FLOP ratio (closed-form formulas of
+  ``qkv.counts``, the ones the flops stage cross-checks with fvcore): a variant should cost no more time than
+  its FLOPs;
 - the achieved GFLOP/s (2 flops per multiply-add; a training step counts 3x the forward) and its fraction of
   a matrix-product ceiling timed in the same rounds on the model's dominant shape (the MLP's first layer,
   ``(batch x tokens, C) @ (C, 4C)``), in the step's precision;
@@ -172,7 +173,7 @@ def _targets(metrics: dict, bench: config.Bench) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = cli.parser(
-        "pipeline.bench",
+        "python -m pipeline.bench",
         __doc__,
         {
             "--params": "params.yaml",
@@ -190,7 +191,7 @@ def _main(args: argparse.Namespace) -> None:
     started = time.time()
     settings = config.load_bench(args.params)
     metrics, rows = measure(settings, Path(args.data), progress=sys.stderr.isatty())
-    times = [{**r, "seconds": f"{r['seconds']:.6f}"} for r in rows]
+    times = round_measurement(rows)
     write_outputs(
         {
             args.metrics: json_bytes(metrics),

@@ -27,7 +27,8 @@ def file_hash(path: Path) -> str:
 
 def fingerprint(run, *, data_hash: str, init_weights: Path | None, world_size: int) -> dict:
     """Everything that determines the result of ``run`` (a :class:`pipeline.config.TrainConfig`): a checkpoint
-    resumes only under an identical one. The runtime settings are left out: they cannot change the result, so a
+    resumes only under an identical one. The runtime settings are left out: they change how a run is executed,
+    not what it computes (threads can move the last bits of float sums, like another CPU model), so a
     run may resume with other threads, workers or checkpoint interval."""
     return json.loads(
         json.dumps(

@@ -11,12 +11,12 @@ from collections.abc import Callable
 __all__ = ["parser", "run_stage"]
 
 
-def parser(module: str, doc: str, required: dict[str, str]) -> argparse.ArgumentParser:
-    """The parser of ``python -m <module>`` (described by the first line of its docstring ``doc``), with the
-    ``required`` options (``--flag: help``); callers add any others."""
-    out = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n")[0])
-    for flag, help_ in required.items():
-        out.add_argument(flag, required=True, help=help_)
+def parser(prog: str, doc: str, required: dict[str, str]) -> argparse.ArgumentParser:
+    """The parser of the entry point ``prog`` (described by the first line of its docstring ``doc``), with the
+    ``required`` arguments (``--flag`` or a positional name: help); callers add any others."""
+    out = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+    for name, help_ in required.items():
+        out.add_argument(name, help=help_, **({"required": True} if name.startswith("-") else {}))
     return out
 
 

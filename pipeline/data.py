@@ -125,7 +125,8 @@ class _ImageDataset(torch.utils.data.Dataset):
             with torch.random.fork_rng(devices=[]):
                 random.seed(seed)
                 np.random.seed(seed)
-                torch.manual_seed(seed)
+                torch.default_generator.manual_seed(seed)  # the CPU generator only: the transforms run on the CPU,
+                # and torch.manual_seed would also reseed (and leave reseeded) every CUDA generator
                 return self.transform(image), self.labels[i]
         finally:
             random.setstate(python_state)

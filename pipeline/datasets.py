@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import SOURCES, Dataset, ParamsError
+from pipeline.config.datasets import check_split, split_sizes
 
 __all__ = ["READERS", "DatasetError", "Loaded", "load", "read_image", "split_indices"]
 
@@ -282,26 +283,18 @@ def split_indices(
     labels, the official split, the fractions and the seed, so other params never move a sample. A fraction
     that leaves a split empty, or a class without training images, is an error naming the key at ``where``."""
     pool = np.arange(len(labels)) if is_test is None else np.flatnonzero(~is_test)
+    sizes = np.bincount(labels[pool])
+    sizes = sizes[sizes > 0]
+    try:
+        check_split(where, int(sizes.min()), int(sizes.max()), val_fraction, test_fraction)
+    except ParamsError as exc:
+        raise DatasetError(str(exc)) from None
     out = {"train": [], "val": [], "test": [] if is_test is None else [np.flatnonzero(is_test)]}
     for c in np.unique(labels[pool]):
         members = pool[labels[pool] == c]
         members = members[np.random.default_rng([seed, int(c)]).permutation(len(members))]
-        n_test = 0 if is_test is not None else int(round(len(members) * test_fraction))
-        n_val = int(round(len(members) * val_fraction))
-        if len(members) - n_test - n_val < 1:
-            raise DatasetError(
-                f"{where}: class {c} has {len(members)} images: too few to split off val_fraction "
-                f"{val_fraction} and test_fraction {test_fraction}"
-            )
+        n_test, n_val, _ = split_sizes(len(members), val_fraction, None if is_test is not None else test_fraction)
         out["test"].append(members[:n_test])
         out["val"].append(members[n_test : n_test + n_val])
         out["train"].append(members[n_test + n_val :])
-    splits = {k: np.sort(np.concatenate(v)) if v else np.zeros(0, np.int64) for k, v in out.items()}
-    for split, key, value in (("val", "val_fraction", val_fraction), ("test", "test_fraction", test_fraction)):
-        if value is not None and len(splits[split]) == 0:
-            largest = int(np.bincount(labels[pool]).max()) if len(pool) else 0
-            raise DatasetError(
-                f"{where}.{key}: {value} of at most {largest} images per class rounds to 0 images in every class, "
-                f"so the {split} split would be empty; raise it above {0.5 / max(largest, 1):.3g}"
-            )
-    return splits
+    return {k: np.sort(np.concatenate(v)) if v else np.zeros(0, np.int64) for k, v in out.items()}

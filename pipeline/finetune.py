@@ -2,7 +2,7 @@
 (``finetune@<variant>-<dataset>-<seed>``): load the pretrained weights, replace the head, fine-tune, evaluate.
 
 Reads:  params.yaml ``profile``, ``variants.<variant>``, ``model``, ``finetune.recipe`` (and ``runtime``, which
-        cannot change the result); the prepared target dataset; the pretrained weights of the same variant
+        never change what is computed); the prepared target dataset; the pretrained weights of the same variant
         and seed.
 Writes: --model-out, --metrics, --curves, --provenance: as the pretrain stage.
 A variant listed here with no pretrained weights is an error that says so.

@@ -35,7 +35,7 @@ from pipeline import cli, config, provenance
 from pipeline import model as models
 from pipeline.cli import run_stage
 from pipeline.config import Count
-from pipeline.outputs import csv_bytes, json_bytes, write_outputs
+from pipeline.outputs import csv_bytes, json_bytes, round_result, write_outputs
 
 PARAMS = ("profile", "variants", "flops", "forensics")
 
@@ -98,7 +98,7 @@ def count(c: Count) -> dict:
         "matmul_fvcore": flops_fvcore - norm_fvcore,
         "matmul_flop_counter": counter.get_total_flops() // 2,
         "norm_fvcore": norm_fvcore,
-        "gflops": round(flops_fvcore / 1e9, 6),
+        "gflops": round_result(flops_fvcore / 1e9),
     }
 
 
@@ -155,7 +155,7 @@ def run(settings: config.FlopsConfig, *, progress: bool = False) -> tuple[dict, 
 
 def main(argv: list[str] | None = None) -> None:
     parser = cli.parser(
-        "pipeline.flops",
+        "python -m pipeline.flops",
         __doc__,
         {
             "--params": "params.yaml",

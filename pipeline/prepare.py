@@ -35,7 +35,7 @@ from pipeline import cli, config, provenance
 from pipeline.cli import run_stage
 from pipeline.config import Dataset
 from pipeline.datasets import Loaded, load, read_image, split_indices
-from pipeline.outputs import json_bytes, write_outputs
+from pipeline.outputs import json_bytes, round_result, write_outputs
 
 PARAMS = ("profile", "datasets.{dataset}")
 SPLITS = ("train", "val", "test")
@@ -61,7 +61,9 @@ def to_rgb_resized(images: np.ndarray, size: int) -> np.ndarray:
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of (N, 3, H, W) uint8 images, on the 0..1 scale."""
     x = images.astype(np.float64) / 255.0
-    return [round(float(v), 6) for v in x.mean(axis=(0, 2, 3))], [round(float(v), 6) for v in x.std(axis=(0, 2, 3))]
+    return round_result([float(v) for v in x.mean(axis=(0, 2, 3))]), round_result(
+        [float(v) for v in x.std(axis=(0, 2, 3))]
+    )
 
 
 def balance(labels: np.ndarray, num_classes: int) -> dict:
@@ -138,7 +140,7 @@ def _index_files(name: str, loaded: Loaded, splits: dict, params: Dataset) -> tu
 
 def main(argv: list[str] | None = None) -> None:
     parser = cli.parser(
-        "pipeline.prepare",
+        "python -m pipeline.prepare",
         __doc__,
         {
             "--params": "params.yaml",

@@ -1,7 +1,7 @@
 """Stage ``pretrain``: train one variant with one seed on the source dataset (``pretrain@<variant>-<seed>``).
 
 Reads:  params.yaml ``profile``, ``variants.<variant>``, ``model``, ``pretrain.dataset``, ``pretrain.recipe``
-        (and ``runtime``, which cannot change the result); the prepared source dataset.
+        (and ``runtime``, which never changes what is computed); the prepared source dataset.
 Writes: --model-out    safetensors weights (DVC cache).
         --metrics      JSON: test top-1/top-5 of the final model, final and best val top-1, epochs, parameters,
                        lr (base and effective), per-block Q/K/V cosine similarity on held-out images.

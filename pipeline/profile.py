@@ -44,7 +44,7 @@ def switch(name: str, folder: Path, params: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.parser("pipeline.profile", __doc__, {})
+    parser = cli.parser("python -m pipeline.profile", __doc__, {})
     parser.add_argument("name", nargs="?", help="the profile to make active")
     parser.add_argument(
         "--check",

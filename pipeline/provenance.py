@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline.outputs import jsonable
+from pipeline.outputs import jsonable, round_measurement
 
 __all__ = ["record"]
 
@@ -67,6 +67,6 @@ def record(stage: str, config: Any, *, started: float, extra: dict | None = None
             "torch_threads": threads,
         },
         "host": platform.node(),
-        "wall_time_s": round(time.time() - started, 3),
+        "wall_time_s": round_measurement(time.time() - started),
         **(extra or {}),
     }

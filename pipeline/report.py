@@ -3,9 +3,9 @@
 Every number on the page is read from a result file another stage declared, or cited from
 ``references/published.yaml``; the page says which. Nothing is recomputed and torch is never imported.
 
-Reads:  params.yaml ``profile``, ``variants``, ``model``, ``seeds``, ``datasets``, ``pretrain.dataset``,
-        ``pretrain.variants``, ``finetune.datasets``, ``finetune.variants``, ``forensics.model``,
-        ``forensics.img_size``, ``report``; the flops, bench,
+Reads:  params.yaml ``profile``, ``variants``, ``model.{name,img_size,patch_size}``, ``seeds``, ``datasets``,
+        ``pretrain.{dataset,variants}``, ``finetune.{datasets,variants}``, ``forensics.{model,img_size}``,
+        ``report``; the flops, bench,
         prepare, pretrain and finetune result files (paths given as patterns); references/published.yaml and
         references/assumptions.yaml.
 Writes: --out/index.html (figures inlined, no network), --out/tables/*.{csv,md,tex},
@@ -28,7 +28,9 @@ from pipeline.results import RULE, Inputs, Paths, pretraining, read_curves, read
 PARAMS = (
     "profile",
     "variants",
-    "model",
+    "model.name",
+    "model.img_size",
+    "model.patch_size",
     "seeds",
     "datasets",
     "pretrain.dataset",
@@ -88,13 +90,11 @@ def build(cfg: ReportConfig, paths: Paths) -> dict[str, bytes]:
     published = config.load_published(paths.published)
     register = config.load_assumptions(paths.assumptions)
     inputs = read_inputs(cfg, paths)
-    backbone, baseline = cfg.model.backbone, cfg.report.baseline
+    backbone, baseline = cfg.backbone, cfg.report.baseline
     synthetic = any(m and m.get("synthetic") for m in [*inputs.pretrain.values(), *inputs.finetune.values()])
     source_synthetic = any(m and m.get("synthetic") for m in inputs.pretrain.values())
     imagenet = cfg.datasets[cfg.source].source == "imagenet"
-    run_label = (
-        f"{cfg.source}{' [SYNTHETIC]' if source_synthetic else ''}, {cfg.model.img_size} px, profile {cfg.profile}"
-    )
+    run_label = f"{cfg.source}{' [SYNTHETIC]' if source_synthetic else ''}, {cfg.img_size} px, profile {cfg.profile}"
     source = cfg.source + (" — SYNTHETIC data" if source_synthetic else "") + ("." if imagenet else "; not ImageNet.")
 
     pre_rows, differences = pretraining(cfg, inputs)
@@ -216,7 +216,7 @@ def _render(**context) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = cli.parser(
-        "pipeline.report",
+        "python -m pipeline.report",
         __doc__,
         {
             "--params": "params.yaml",

@@ -218,7 +218,7 @@ def pretraining(cfg: ReportConfig, inputs: Inputs) -> tuple[list[dict], dict[str
             {
                 "variant": v,
                 "embedding": cfg.variants[v].get("qkv_embed", v),
-                "backbone": cfg.model.backbone,
+                "backbone": cfg.backbone,
                 "params": run["params"] if run else None,
                 "gflops": run["gflops"] if run else None,
                 "summary": summary(list(acc.values()), confidence),
@@ -244,15 +244,15 @@ def transfer(cfg: ReportConfig, inputs: Inputs) -> list[dict]:
 
 
 def verdicts(cfg: ReportConfig, published: Published, differences: dict[str, dict]) -> list:
-    source, model = cfg.datasets[cfg.source].source, cfg.model
+    source = cfg.datasets[cfg.source].source
     return [
         verdict(
             claim,
             tested=claim.kind == "pretrain"
             and source in claim.datasets
-            and model.backbone == claim.backbone
-            and claim.img_size in (None, model.img_size)
-            and claim.patch in (None, model.patch_size),
+            and cfg.backbone == claim.backbone
+            and claim.img_size in (None, cfg.img_size)
+            and claim.patch in (None, cfg.patch_size),
             differences=differences,
         )
         for claim in published.claims

@@ -42,7 +42,7 @@ def parse_args(
         "--provenance": "provenance JSON to write",
         "--resume-dir": "where resume checkpoints live (not a DVC output)",
     }
-    parser = cli.parser(f"pipeline.{stage}", doc, {"--params": "params.yaml", **inputs, **outputs})
+    parser = cli.parser(f"python -m pipeline.{stage}", doc, {"--params": "params.yaml", **inputs, **outputs})
     parser.add_argument("--seed", required=True, type=int, help="entry of seeds")
     args = parser.parse_args(argv)
     paths = (args.model_out, args.metrics, args.curves, args.provenance, args.resume_dir)

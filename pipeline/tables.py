@@ -146,35 +146,29 @@ def transfer(rows: list[dict], *, datasets: tuple[str, ...], claim: Claim | None
 
 def forensics(flops: dict | None, claims: tuple[Claim, ...], *, model: str, img_size: int) -> Table:
     """Which readings of the structures give the parameter counts the paper states for ``model``'s backbone
-    (``claims`` with ``params_m``), counted by the flops stage at 1000 and 10 classes."""
+    (``claims`` with ``params_m``), counted by the flops stage with every head it counted (largest first)."""
     claims = [c for c in claims if c.params_m is not None and c.backbone == backbone_label(model)]
     targets = [(f"{c.params_m:g}M", c.params_m) for c in claims]
     readings = (flops or {}).get("forensics", {})
+    heads = sorted(readings, key=int, reverse=True)  # num_classes, as the metrics file's keys
     body = []
-    for name in readings.get("1000", {}):
-        p1000 = readings["1000"][name]["params"]
-        p10 = readings.get("10", {}).get(name, {}).get("params")
+    for name in readings[heads[0]] if heads else []:
+        counts = [readings[k].get(name, {}).get("params") for k in heads]
         fits = [
             label
             for label, target in targets
-            if round(p1000 / 1e6, 1) == target or (p10 is not None and round(p10 / 1e6, 1) == target)
+            if any(p is not None and round(p / 1e6, 1) == target for p in counts)  # the paper's precision
         ]
-        body.append(
-            [
-                name,
-                f"{p1000:,}",
-                f"{p10:,}" if p10 is not None else "not counted",
-                fmt(readings["1000"][name]["gflops"], 3),
-                ", ".join(fits) or "neither",
-            ]
-        )
+        cells = [f"{p:,}" if p is not None else "not counted" for p in counts]
+        body.append([name, *cells, fmt(readings[heads[0]][name]["gflops"], 3), ", ".join(fits) or "neither"])
     labels = " and ".join(label for label, _ in targets)
     sources = "; ".join(sorted({c.source for c in claims}))
+    columns = ["reading", *(f"params, {k} classes" for k in heads), f"GFLOPs, {heads[0] if heads else '?'} classes"]
     return Table(
         "forensics",
         f"Parameter forensics: which readings give the paper's {labels} ({model}, {img_size} px)",
-        ["reading", "params, 1000 classes", "params, 10 classes", "GFLOPs, 1000 classes", "rounds to"],
-        body or [["not run", "", "", "", ""]],
+        [*columns, "rounds to"],
+        body or [["not run", *[""] * len(columns)]],
         f"Counted by the flops stage (fvcore, cross-checked); {labels} from {sources}.",
     )
 

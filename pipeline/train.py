@@ -23,7 +23,7 @@ from pipeline import checkpoint, distributed
 from pipeline import model as models
 from pipeline.config import ParamsError, TrainConfig
 from pipeline.data import Loaders, build_loaders
-from pipeline.outputs import round_result
+from pipeline.outputs import round_measurement, round_result
 from pipeline.recipe import (
     TrainingDiverged,
     evaluate,
@@ -43,7 +43,6 @@ class TrainResult:
     None elsewhere); ``timing`` (throughput) goes to provenance, never into the metrics."""
 
     model: torch.nn.Module  # the trained network, unwrapped
-    ema: torch.nn.Module | None
     env: distributed.Dist
     curves: list[dict]
     timing: dict
@@ -250,13 +249,14 @@ def _end_epoch(state: _State, epoch: int) -> None:
 def _finish(state: _State) -> TrainResult:
     """The trained model, and on rank 0 its test metrics, the Q/K/V diagnostic and the rounded curves."""
     env, seconds = state.env, state.train_seconds
-    timing = {
-        "train_seconds": round(seconds, 3),
-        "train_images": state.seen,
-        "train_img_per_s": round(state.seen / seconds, 1) if seconds else None,
-    }
-    ema = state.ema.module if state.ema is not None else None
-    result = TrainResult(state.model, ema, env, state.curves, timing)
+    timing = round_measurement(
+        {
+            "train_seconds": seconds,
+            "train_images": state.seen,
+            "train_img_per_s": state.seen / seconds if seconds else None,
+        }
+    )
+    result = TrainResult(state.model, env, state.curves, timing)
     if env.main:
         result.metrics = _metrics(state)
         result.curves = [round_result(r) for r in state.curves]
@@ -282,7 +282,7 @@ def _metrics(state: _State) -> dict:
             "synthetic": loaders.meta["synthetic"],
             "epochs": recipe.epochs,
             "params": state.params,
-            "gflops": round(models.forward_flops(run.net, loaders.num_classes) / 1e9, 6),
+            "gflops": models.forward_flops(run.net, loaders.num_classes) / 1e9,
             "num_classes": loaders.num_classes,
             "global_batch": recipe.batch_size,
             "world_size": env.world_size,

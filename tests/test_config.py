@@ -124,6 +124,38 @@ def test_names_must_be_safe(tmp_path, name, where):
         (dict(pretrain={"augment": {"mode": "fast"}}), "pretrain.recipe.augment: missing key(s)"),
         (dict(variants={"linear": {"embed": "linear"}}), "variants.linear: 'embed' is not a qkv_* model option"),
         (dict(variants={"linear": {"qkv_embed": ["linear"]}}), "variants.linear.qkv_embed: expected a plain value"),
+        (
+            dict(bench={"reference": "xcit_nano_12_p8_224"}),
+            "bench.reference: timm's XCiT has no patch-4 stem (model.patch_size); set bench.reference: null",
+        ),
+        (
+            dict(pretrain={"augment": {**tiny_params()["pretrain"]["recipe"]["augment"], "pad_crop": 16}}),
+            "pretrain.recipe.augment.pad_crop: 16 px of reflect padding needs images larger than that; "
+            "datasets.synthetic.img_size is 16",
+        ),
+        (
+            dict(
+                datasets={
+                    **tiny_params()["datasets"],
+                    "digits": {**tiny_params()["datasets"]["digits"], "val_fraction": 0.002},
+                }
+            ),
+            "datasets.digits.val_fraction: 0.002 of at most 183 images per class rounds to 0 images in every class",
+        ),
+        (
+            dict(
+                datasets={
+                    **tiny_params()["datasets"],
+                    "synthetic": {
+                        **tiny_params()["datasets"]["synthetic"],
+                        "per_class": 2,
+                        "val_fraction": 0.3,
+                        "test_fraction": 0.3,
+                    },
+                }
+            ),
+            "datasets.synthetic: a class of 2 images is too few to split off val_fraction 0.3 and test_fraction 0.3",
+        ),
     ],
 )
 def test_cross_field_rules(tmp_path, updates, message):
@@ -163,6 +195,12 @@ def test_every_variant_is_checked_by_the_library_in_every_model_stage(tmp_path):
         with pytest.raises(ParamsError, match=r"variants.sne: qkv_shared does not apply to qkv_embed='sne'"):
             call()
     assert config.load_report(path).pretrained == ("linear", "fsne")  # torch-free: displays, never builds
+
+
+def test_an_optimizer_timm_does_not_know_is_refused_by_every_torch_stage(tmp_path):
+    path = write_params(tmp_path / "params.yaml", tiny_params(finetune={"opt": "adamw2"}))
+    with pytest.raises(ParamsError, match=r"finetune.recipe.opt: 'adamw2' is not one of timm's optimizers"):
+        config.load_prepare(path, "digits")
 
 
 def test_hidden_ratio_must_give_whole_units(tmp_path):
@@ -209,7 +247,28 @@ def test_importing_config_and_loading_for_the_report_never_imports_torch(tmp_pat
     path = write_params(tmp_path / "params.yaml", tiny_params())
     code = (
         "import sys; from pipeline import config; config.load_report(sys.argv[1]); config.load_audit(sys.argv[1]); "
+        "config.load(sys.argv[1]); "
         "bad = [m for m in ('torch', 'timm', 'qkv') if m in sys.modules]; assert not bad, bad"
     )
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_check_every_stage_command_starts_with(tmp_path):
+    """`python -m pipeline.config params.yaml`: torch-free, one line, exit 1 (dvc.yaml runs it first)."""
+    import subprocess
+    import sys
+
+    params = tiny_params()
+    params["variants"]["x';touch nowhere;'"] = {"qkv_embed": "linear"}
+    path = write_params(tmp_path / "params.yaml", params)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.config", str(path)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "params: error: variants: \"x';touch nowhere;'\" is not a valid name: use letters, digits and underscores, "
+        "starting with a letter (it becomes part of DVC stage names, paths and commands)"
+    ]
+    good = write_params(tmp_path / "good.yaml", tiny_params())
+    assert subprocess.run([sys.executable, "-m", "pipeline.config", str(good)], cwd=ROOT).returncode == 0

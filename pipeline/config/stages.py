@@ -2,8 +2,8 @@
 
 Every loader first parses and checks the whole params file (:func:`.params.load`), then selects what its
 instance uses. The objects' fields are the keys its stage lists under ``params:`` in dvc.yaml (plus, for
-training, the ``runtime`` settings, which cannot change a result), so a stage can only be influenced by what
-DVC tracks for it.
+training, the ``runtime`` settings, which change how a run executes, never what it computes), so a stage can
+only be influenced by what DVC tracks for it.
 
 A variant's ``qkv_*`` options are turned into the library's own :class:`qkv.EmbedConfig` here, once, by
 :func:`network`, and travel on as that object to ``timm.create_model(..., qkv_config=...)``. :func:`network`
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from .datasets import Dataset
 from .params import Audit, Bench, Params, Report, load
 from .schema import ParamsError
-from .sections import Model, Recipe, Runtime
+from .sections import Model, Recipe, Runtime, backbone_label
 
 if TYPE_CHECKING:
     from qkv import EmbedConfig, XcitArch
@@ -95,6 +95,11 @@ def _load_checked(path: str | Path) -> Params:
     forensics = params.forensics
     for name, options in forensics.readings.items():
         network(forensics.model, name, options, img_size=forensics.img_size, where=f"forensics.readings.{name}")
+    from timm.optim import list_optimizers
+
+    for stage, recipe in (("pretrain", params.pretrain.recipe), ("finetune", params.finetune.recipe)):
+        if recipe.opt.lower() not in list_optimizers():
+            raise ParamsError(f"{stage}.recipe.opt: {recipe.opt!r} is not one of timm's optimizers (e.g. adamw, sgd)")
     return params
 
 
@@ -171,7 +176,7 @@ class TrainConfig:
     seed: int
     dataset: str  # the prepared dataset it trains on
     recipe: Recipe  # pretrain.recipe or finetune.recipe
-    runtime: Runtime  # how it runs (cannot change the result; not hashed by DVC)
+    runtime: Runtime  # how it runs, never what it computes (not hashed by DVC)
 
     @property
     def name(self) -> str:
@@ -220,7 +225,9 @@ class ReportConfig:
 
     profile: str
     variants: dict[str, dict]  # the qkv_* options as written (for the assumption register)
-    model: Model
+    model_name: str  # model.name
+    img_size: int  # model.img_size
+    patch_size: int  # model.patch_size
     seeds: tuple[int, ...]
     datasets: dict[str, Dataset]
     source: str  # pretrain.dataset
@@ -231,13 +238,20 @@ class ReportConfig:
     forensics_img_size: int  # forensics.img_size
     report: Report
 
+    @property
+    def backbone(self) -> str:
+        """The paper's label of the backbone (N12, T12, S12)."""
+        return backbone_label(self.model_name)
+
 
 def load_report(path: str | Path) -> ReportConfig:
     p = load(path)
     return ReportConfig(
         p.profile,
         p.variants,
-        p.model,
+        p.model.name,
+        p.model.img_size,
+        p.model.patch_size,
         p.seeds,
         p.datasets,
         p.pretrain.dataset,
