@@ -1,4 +1,5 @@
-"""The ``batched`` loader path: in-memory uint8 images augmented a whole batch at a time with tensor operations
+"""The ``batched`` loader path: uint8 images (memory-mapped from the prepared file, so ranks share one copy in the
+page cache) augmented a whole batch at a time with tensor operations
 (random crop from a padded image, horizontal flip, resize to the model's input size, normalisation). On a
 2-core CPU this keeps loading far from the bottleneck; per-sample PIL transforms would not."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,17 +23,18 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 class TensorBatches:
-    """Batches of in-memory uint8 images (N, 3, S, S), augmented a whole batch at a time.
+    """Batches of uint8 images (N, 3, S, S), augmented a whole batch at a time; only a batch's rows are read.
 
     Iterating gives one epoch; call :meth:`set_epoch` before each so that shuffling and augmentation differ
     per epoch and reproduce exactly for a seed. With ``world_size > 1`` each rank takes every
     ``world_size``-th sample of the shuffled order (the last partial round is dropped, as DistributedSampler
-    with ``drop_last=True``), so ranks see disjoint data and the same number of batches.
+    with ``drop_last=True``), so ranks see disjoint data and the same number of batches; in evaluation each rank
+    takes every ``world_size``-th image, all of them once.
     """
 
     def __init__(
         self,
-        images: torch.Tensor,
+        images: np.ndarray | torch.Tensor,
         labels: torch.Tensor,
         *,
         batch_size: int,
@@ -46,7 +49,8 @@ class TensorBatches:
     ):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.images, self.labels = images, labels
+        self.images = images.numpy() if isinstance(images, torch.Tensor) else images  # np.memmap: rows on demand
+        self.labels = labels
         self.batch_size, self.train, self.augment, self.seed = batch_size, train, augment, seed
         self.img_size = img_size
         self.rank, self.world_size = rank, world_size
@@ -59,22 +63,25 @@ class TensorBatches:
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
-        order = torch.randperm(n, generator=epoch_generator(self.seed, self.epoch)) if self.train else torch.arange(n)
+        if not self.train:  # evaluation: every image once, rank r taking images r, r + world_size, ...
+            return torch.arange(n)[self.rank :: self.world_size]
+        order = torch.randperm(n, generator=epoch_generator(self.seed, self.epoch))
         if self.world_size > 1:
             per_rank = n // self.world_size
             order = order[: per_rank * self.world_size][self.rank :: self.world_size]
         return order
 
     def __len__(self) -> int:
-        n = len(self.labels) // self.world_size if self.world_size > 1 else len(self.labels)
-        return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
+        if not self.train:
+            return math.ceil(len(self._indices()) / self.batch_size)
+        return len(self.labels) // self.world_size // self.batch_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._indices()
         g = epoch_generator(self.seed + 1, self.epoch * self.world_size + self.rank)
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            x = self.images[idx].float().div_(255.0)  # (B, 3, S, S)
+            x = torch.from_numpy(self.images[idx.numpy()]).float().div_(255.0)  # (B, 3, S, S), memory-mapped rows
             if self.train:
                 x = self._augment(x, g)
             if x.shape[-1] != self.img_size:

@@ -21,7 +21,8 @@ it and break "a second ``dvc repro`` runs nothing". It re-runs when its code, pa
 request (``dvc repro -f -s bench``); ``make audit STAGE=bench`` compares the dimensionless ratios only,
 within ``audit.ratio_rel_tol``.
 
-Reads:  params.yaml ``profile``, ``variants``, ``model``, ``pretrain.dataset``, ``pretrain.recipe``, ``bench``;
+Reads:  params.yaml ``profile``, ``variants``, ``model``, ``device``, ``pretrain.dataset``, ``pretrain.recipe``,
+        ``bench``;
         the prepared source dataset.
 Writes: --metrics     JSON: per model the median step times, img/s, ratios, GFLOP/s and fraction of the
                       ceiling; the ceiling; the loader; the targets and whether each is met.
@@ -40,21 +41,19 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline import cli, config, provenance, tables, timing
+from pipeline import cli, config, distributed, provenance, tables, timing
 from pipeline.cli import run_stage
 from pipeline.data import read_meta
 from pipeline.distributed import configure_torch
 from pipeline.outputs import csv_bytes, json_bytes, round_measurement, write_outputs
 
-PARAMS = ("profile", "variants", "model", "pretrain.dataset", "pretrain.recipe", "bench")
+PARAMS = ("profile", "variants", "model", "device", "pretrain.dataset", "pretrain.recipe", "bench")
 
 
 def measure(settings: config.BenchConfig, prepared: Path, *, progress: bool = False) -> tuple[dict, list[dict]]:
     """Run the benchmark; returns (metrics, rows of every timed step)."""
     bench = settings.bench
-    if bench.device == "cuda" and not torch.cuda.is_available():
-        raise config.ParamsError("bench.device: 'cuda' asked for, but torch sees no CUDA device here")
-    device = torch.device(bench.device)
+    device = distributed.init(settings.device).device  # one process; an error if CUDA is asked for and absent
     configure_torch(device, bench.threads)  # as the training stages run
     timer = timing.Timer(device)
     num_classes = read_meta(prepared)["num_classes"]  # the source dataset's classifier width

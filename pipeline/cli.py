@@ -4,6 +4,7 @@ turned into one clear line."""
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 from collections.abc import Callable
@@ -24,6 +25,8 @@ def run_stage(name: str, body: Callable[[], None]) -> None:
     """Run a stage body. A ``ValueError`` (bad params, failed checks) or a missing file ends the program with
     ``<name>: error: <message>`` on stderr and exit status 1; the body writes its outputs only at the end, so
     nothing half-written is left behind."""
+    # Progress goes to stderr through logging, one line per event, terminal or not (tqdm bars: terminals only).
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     # torch 2.14 deprecates torch.jit; timm and fvcore still use it at import time.
     warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=DeprecationWarning)

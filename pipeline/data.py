@@ -60,26 +60,41 @@ def read_meta(prepared: str | Path) -> dict:
 
 
 class _EpochSampler(torch.utils.data.Sampler):
-    """The indices of one rank's share of an epoch, shuffled by (seed, epoch) for training, paired with the seed
-    each sample is transformed under: a pure function of (seed, epoch, rank, position), so the result does not
-    depend on the number of loader workers or on where a resumed run restarts."""
+    """The indices of one rank's share of an epoch, paired with the seed each sample is transformed under.
 
-    def __init__(self, n: int, *, train: bool, seed: int, rank: int, world_size: int):
+    Training: shuffled by (seed, epoch) (with ``repeats > 1`` by timm's RepeatAugSampler, which spreads each
+    image's copies over the ranks); each sample's seed is a pure function of (seed, epoch, rank, position), so
+    the result depends neither on the number of loader workers nor on where a resumed run restarts, and persistent
+    workers see every epoch's seeds (they travel with the indices). Evaluation: every image once, rank r taking
+    images r, r + world_size, ...
+    """
+
+    def __init__(self, n: int, *, train: bool, seed: int, rank: int, world_size: int, repeats: int = 1):
         self.n, self.train, self.seed, self.rank, self.world_size = n, train, seed, rank, world_size
         self.epoch = 0
+        self.repeat = None
+        if train and repeats > 1:
+            from timm.data.distributed_sampler import RepeatAugSampler
+
+            self.repeat = RepeatAugSampler(range(n), num_replicas=world_size, rank=rank, num_repeats=repeats)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def _indices(self) -> list[int]:
         if not self.train:
-            return list(range(self.n))
+            return list(range(self.rank, self.n, self.world_size))
+        if self.repeat is not None:
+            self.repeat.set_epoch(self.seed * 1_000_003 + self.epoch)  # timm seeds its shuffle with the epoch alone
+            return list(self.repeat)
         order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch))
         per_rank = self.n // self.world_size  # the last partial round is dropped, as DistributedSampler's
         return order[: per_rank * self.world_size][self.rank :: self.world_size].tolist()
 
     def __len__(self) -> int:
-        return self.n // self.world_size if self.train else self.n
+        if not self.train:
+            return len(range(self.rank, self.n, self.world_size))
+        return len(self.repeat) if self.repeat is not None else self.n // self.world_size
 
     def __iter__(self) -> Iterator[tuple[int, int | None]]:
         for position, index in enumerate(self._indices()):
@@ -100,7 +115,7 @@ class _ImageDataset(torch.utils.data.Dataset):
         labels: torch.Tensor,
         transform,
         *,
-        images: torch.Tensor | None = None,
+        images: np.ndarray | None = None,
         files: list[str] | None = None,
         root: Path | None = None,
     ):
@@ -114,7 +129,7 @@ class _ImageDataset(torch.utils.data.Dataset):
 
         i, seed = key
         if self.images is not None:
-            image = Image.fromarray(self.images[i].permute(1, 2, 0).numpy())
+            image = Image.fromarray(np.ascontiguousarray(self.images[i].transpose(1, 2, 0)))  # (3, S, S) -> (S, S, 3)
         else:
             with Image.open(self.root / self.files[i]) as f:
                 image = f.convert("RGB")
@@ -134,11 +149,19 @@ class _ImageDataset(torch.utils.data.Dataset):
 
 
 def _timm_loader(
-    dataset: _ImageDataset, *, batch_size: int, train: bool, workers: int, seed: int, rank: int, world_size: int
+    dataset: _ImageDataset,
+    *,
+    batch_size: int,
+    train: bool,
+    workers: int,
+    seed: int,
+    shard: dict,
+    repeats: int,
+    pin: bool,
 ) -> torch.utils.data.DataLoader:
     from torch.utils.data import DataLoader
 
-    sampler = _EpochSampler(len(dataset), train=train, seed=seed, rank=rank, world_size=world_size)
+    sampler = _EpochSampler(len(dataset), train=train, seed=seed, repeats=repeats, **shard)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -146,7 +169,8 @@ def _timm_loader(
         drop_last=train,
         num_workers=workers,
         generator=epoch_generator(seed, 0),
-        persistent_workers=False,
+        persistent_workers=workers > 0,  # started once, not once per epoch and per evaluation
+        pin_memory=pin,
     )
 
 
@@ -162,6 +186,7 @@ def _timm_transform(augment: Augment, train: bool, img_size: int, mean: list[flo
         color_jitter=augment.color_jitter,
         re_prob=augment.re_prob,
         interpolation=augment.interpolation,
+        re_mode=augment.re_mode,
         mean=tuple(mean),
         std=tuple(std),
         crop_pct=augment.crop_pct,
@@ -179,59 +204,85 @@ def build_loaders(
     seed: int,
     rank: int = 0,
     world_size: int = 1,
+    pin: bool = False,
 ) -> Loaders:
     """Loaders for the dataset the ``prepare`` stage wrote to ``prepared``, at ``img_size`` px.
 
     ``batch_size`` and ``eval_batch_size`` are per process; ``workers`` DataLoader processes per loader (timm
-    path). File datasets (ImageNet) are read in place from the root their index was made from (meta.json).
+    path), kept alive across epochs; ``pin`` pins batches for asynchronous copies to a GPU. Every split is
+    sharded over the ``world_size`` ranks (training drops the last partial round; evaluation keeps every image).
+    Tensor data is memory-mapped, file datasets (ImageNet) are read in place from the root of their index.
     """
     prepared = Path(prepared)
     meta = read_meta(prepared)
     if meta["storage"] != "tensor" and augment.mode == "batched":
         raise ParamsError("augment.mode: 'batched' needs images in memory; file datasets need mode 'timm'")
     split_data = _read_tensors(prepared) if meta["storage"] == "tensor" else _read_index(prepared / "index.csv")
-    if len(split_data["train"][1]) < batch_size * world_size:
+    n_train = len(split_data["train"][1])
+    if n_train < batch_size * world_size:
         raise ParamsError(
             f"batch size {batch_size} x {world_size} process(es) is larger than the training split "
-            f"of {prepared} ({len(split_data['train'][1])} images)"
+            f"of {prepared} ({n_train} images)"
+        )
+    if augment.repeated_aug > 1 and n_train < world_size:
+        raise ParamsError(
+            f"augment.repeated_aug: {augment.repeated_aug} needs at least one training image per process; the "
+            f"training split of {prepared} has {n_train} for {world_size} processes"
         )
     loaders = {}
     for split in SPLITS:
         train = split == "train"
         bs = batch_size if train else eval_batch_size
         data, labels = split_data[split]
-        shard = {"rank": rank, "world_size": world_size} if train else {"rank": 0, "world_size": 1}
+        shard = {"rank": rank, "world_size": world_size}
         if augment.mode == "batched":
+            mean, std = meta["mean"], meta["std"]
             loaders[split] = TensorBatches(
-                data,
-                labels,
-                batch_size=bs,
-                train=train,
-                augment=augment,
-                img_size=img_size,
-                mean=meta["mean"],
-                std=meta["std"],
-                seed=seed,
-                **shard,
-            )
+                data, labels, batch_size=bs, train=train, augment=augment, img_size=img_size, mean=mean, std=std,
+                seed=seed, **shard,
+            )  # fmt: skip
             continue
         transform = _timm_transform(augment, train, img_size, meta["mean"], meta["std"])
         if meta["storage"] == "tensor":
             dataset = _ImageDataset(labels, transform, images=data)
         else:
             dataset = _ImageDataset(labels, transform, files=data, root=Path(meta["root"]).expanduser())
-        loaders[split] = _timm_loader(dataset, batch_size=bs, train=train, workers=workers, seed=seed, **shard)
+        loaders[split] = _timm_loader(
+            dataset, batch_size=bs, train=train, workers=workers, seed=seed, shard=shard,
+            repeats=augment.repeated_aug, pin=pin,
+        )  # fmt: skip
     return Loaders(loaders["train"], loaders["val"], loaders["test"], meta)
 
 
-def _read_tensors(prepared: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    from safetensors.torch import load_file
-
+def _read_tensors(prepared: Path) -> dict[str, tuple[np.ndarray, torch.Tensor]]:
+    """The images of a prepared ``data.safetensors`` memory-mapped (read on demand and shared by every process
+    through the page cache, never copied per rank), and the labels in memory."""
     path = prepared / "data.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: prepared data not found (run the prepare stage for it)")
-    tensors = load_file(str(path))
-    return {s: (tensors[f"{s}_images"], tensors[f"{s}_labels"]) for s in SPLITS}
+    mapped = _map_safetensors(path)
+    return {s: (mapped[f"{s}_images"], torch.from_numpy(np.array(mapped[f"{s}_labels"]))) for s in SPLITS}
+
+
+def _map_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file as a read-only ``np.memmap``. The format (github.com/huggingface/
+    safetensors): an 8-byte little-endian header length, a JSON header with each tensor's dtype, shape and byte
+    offsets, then the data."""
+    dtypes = {"U8": np.uint8, "I64": np.int64, "F32": np.float32}
+    with path.open("rb") as fh:
+        length = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(length))
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        if end == begin:  # an empty split
+            out[name] = np.zeros(shape, dtypes[info["dtype"]])
+            continue
+        out[name] = np.memmap(path, dtypes[info["dtype"]], "r", offset=8 + length + begin, shape=shape)
+    return out
 
 
 def _read_index(path: Path) -> dict[str, tuple[list[str], torch.Tensor]]:

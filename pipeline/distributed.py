@@ -1,15 +1,21 @@
 """The processes of a training run: torchrun sets ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``; plain ``python``
-runs one process. gloo on CPU, NCCL on GPU."""
+runs one process. gloo on CPU, NCCL on GPU; the device is asked for (``device`` in params.yaml), never guessed.
+
+Lines that only a CUDA machine executes are marked ``# CUDA only``; the rehearsal and the README list them.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["Dist", "barrier", "configure_torch", "init"]
+from pipeline.config import ParamsError
+
+__all__ = ["Dist", "all_sum", "barrier", "configure_torch", "init", "rank_seed"]
 
 
 @dataclass(frozen=True)
@@ -20,26 +26,48 @@ class Dist:
 
     @property
     def main(self) -> bool:
-        """The process that evaluates and writes outputs."""
+        """The process that writes outputs."""
         return self.rank == 0
 
 
-def init() -> Dist:
-    """This process's place in the run, joining the process group when there are several."""
+def init(device: str) -> Dist:
+    """This process's place in the run on ``device`` ("cpu" or "cuda"), joining the process group when there
+    are several. Asking for CUDA on a machine where torch sees none is an error, not a CPU run."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ParamsError(
+                f"device: 'cuda' asked for, but torch {torch.__version__} sees no CUDA device here (no GPU, or a "
+                "driver too old for this build); set device: cpu to run on the CPU"
+            )
+        where = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # CUDA only
+        torch.cuda.set_device(where)  # CUDA only
+    else:
+        where = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        if cuda:
-            torch.cuda.set_device(device)  # CUDA only
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return Dist(rank, world_size, device)
+        dist.init_process_group("nccl" if where.type == "cuda" else "gloo")
+    return Dist(rank, world_size, where)
 
 
 def barrier(env: Dist) -> None:
     if env.world_size > 1:
         dist.barrier()
+
+
+def all_sum(env: Dist, values: list[float]) -> list[float]:
+    """``values`` summed over every rank (float64), in the same order on every rank."""
+    if env.world_size == 1:
+        return values
+    total = torch.tensor(values, dtype=torch.float64, device=env.device)
+    dist.all_reduce(total)
+    return total.tolist()
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of one rank's random stream (Mixup/CutMix draws, drop path, dropout): different on every rank,
+    fixed for a (seed, rank), and never the stream of another seed's rank (unlike ``seed + rank``)."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
 def configure_torch(device: torch.device, threads: int) -> None:

@@ -1,10 +1,11 @@
 """Stage ``finetune``: transfer one pretrained variant to one target dataset with one seed
 (``finetune@<variant>-<dataset>-<seed>``): load the pretrained weights, replace the head, fine-tune, evaluate.
 
-Reads:  params.yaml ``profile``, ``variants.<variant>``, ``model``, ``finetune.recipe`` (and ``runtime``, which
+Reads:  params.yaml ``profile``, ``variants.<variant>``, ``model``, ``device``, ``pretrain.recipe.weights`` (which
+        pretrained weights to start from), ``finetune.recipe`` (and ``runtime``, which
         never change what is computed); the prepared target dataset; the pretrained weights of the same variant
         and seed.
-Writes: --model-out, --metrics, --curves, --provenance: as the pretrain stage.
+Writes: --weights-out, --metrics, --curves, --provenance: as the pretrain stage.
 A variant listed here with no pretrained weights is an error that says so.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from pipeline import config, runner
 from pipeline.cli import run_stage
 
-PARAMS = ("profile", "variants.{variant}", "model", "finetune.recipe")
+PARAMS = ("profile", "variants.{variant}", "model", "device", "pretrain.recipe.weights", "finetune.recipe")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,13 +24,14 @@ def main(argv: list[str] | None = None) -> None:
         "--variant": "entry of finetune.variants",
         "--dataset": "entry of finetune.datasets",
         "--data": "prepared target dataset folder",
-        "--pretrained": "pretrained weights (safetensors)",
+        "--pretrained": "the pretraining instance's weights folder",
     }
     args, outputs = runner.parse_args("finetune", __doc__, argv, inputs)
 
     def body() -> None:
         run = config.load_finetune(args.params, args.variant, args.dataset, args.seed)
-        runner.train_and_write(run, data=Path(args.data), outputs=outputs, init_weights=Path(args.pretrained))
+        init = Path(args.pretrained) / f"{run.pretrained_weights}.safetensors"  # pretrain.recipe.weights
+        runner.train_and_write(run, data=Path(args.data), outputs=outputs, init_weights=init)
 
     run_stage("finetune", body)
 

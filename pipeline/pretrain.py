@@ -1,8 +1,9 @@
 """Stage ``pretrain``: train one variant with one seed on the source dataset (``pretrain@<variant>-<seed>``).
 
-Reads:  params.yaml ``profile``, ``variants.<variant>``, ``model``, ``pretrain.dataset``, ``pretrain.recipe``
+Reads:  params.yaml ``profile``, ``variants.<variant>``, ``model``, ``device``, ``pretrain.dataset``,
+        ``pretrain.recipe``
         (and ``runtime``, which never changes what is computed); the prepared source dataset.
-Writes: --model-out    safetensors weights (DVC cache).
+Writes: --weights-out  folder of safetensors weights: raw.safetensors, and ema.safetensors with EMA (DVC cache).
         --metrics      JSON: test top-1/top-5 of the final model, final and best val top-1, epochs, parameters,
                        lr (base and effective), per-block Q/K/V cosine similarity on held-out images.
         --curves       CSV per epoch: lr, train loss/top-1, val loss/top-1/top-5 (``dvc plots``).
@@ -18,7 +19,7 @@ from pathlib import Path
 from pipeline import config, runner
 from pipeline.cli import run_stage
 
-PARAMS = ("profile", "variants.{variant}", "model", "pretrain.dataset", "pretrain.recipe")
+PARAMS = ("profile", "variants.{variant}", "model", "device", "pretrain.dataset", "pretrain.recipe")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -112,12 +112,17 @@ def train_step(
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device, amp: bool) -> dict:
-    """Loss, top-1 and top-5 (%) over a whole loader."""
+def evaluate(model: torch.nn.Module, loader, env, amp: bool) -> dict:
+    """Loss, top-1 and top-5 (%) over a whole split. Every rank evaluates its shard of the loader and the sums
+    are added over the ranks (``env``: a :class:`pipeline.distributed.Dist`), so all ranks return the numbers of
+    the whole split: the counts exactly those of one process, the loss up to the order of its float sum."""
+    from pipeline.distributed import all_sum
+
     model.eval()
+    device = env.device
     loss_sum, correct1, correct5, count = 0.0, 0, 0, 0
     for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
             logits = model(images)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
@@ -125,4 +130,5 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, amp: bool) ->
         correct1 += (top[:, 0] == labels).sum().item()
         correct5 += (top == labels[:, None]).any(dim=1).sum().item()
         count += len(labels)
+    loss_sum, correct1, correct5, count = all_sum(env, [loss_sum, correct1, correct5, count])
     return {"loss": loss_sum / count, "top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count}

@@ -1,5 +1,7 @@
-"""Running one training instance end to end, as both training stages do: fit, then write the weights, metrics,
-curves and provenance all at once (rank 0), remove the resume state and print a one-line summary."""
+"""Running one training instance end to end, as both training stages do: fit (rewriting the curves after every
+epoch, so ``dvc plots`` and ``tail -f`` follow a running job), then write the weights (raw, and EMA when the
+recipe keeps one), metrics, curves and provenance all at once (rank 0), remove the resume state and print a
+one-line summary."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ __all__ = ["TrainOutputs", "parse_args", "train_and_write"]
 class TrainOutputs:
     """Where a training instance writes (paths from dvc.yaml)."""
 
-    model: Path  # safetensors weights
+    weights: Path  # folder: raw.safetensors, and ema.safetensors when the recipe keeps an EMA
     metrics: Path  # JSON
     curves: Path  # CSV, one row per epoch
     provenance: Path  # JSON
@@ -36,7 +38,7 @@ def parse_args(
     """The command line of a training stage: ``--params``, ``--seed``, the stage's ``inputs`` (``--flag: help``)
     and the outputs every training stage writes."""
     outputs = {
-        "--model-out": "weights to write (safetensors)",
+        "--weights-out": "folder for the weights (raw.safetensors, ema.safetensors)",
         "--metrics": "metrics JSON to write",
         "--curves": "per-epoch CSV to write",
         "--provenance": "provenance JSON to write",
@@ -45,26 +47,44 @@ def parse_args(
     parser = cli.parser(f"python -m pipeline.{stage}", doc, {"--params": "params.yaml", **inputs, **outputs})
     parser.add_argument("--seed", required=True, type=int, help="entry of seeds")
     args = parser.parse_args(argv)
-    paths = (args.model_out, args.metrics, args.curves, args.provenance, args.resume_dir)
+    paths = (args.weights_out, args.metrics, args.curves, args.provenance, args.resume_dir)
     return args, TrainOutputs(*map(Path, paths))
 
 
-def train_and_write(run: TrainConfig, *, data: Path, outputs: TrainOutputs, init_weights: Path | None = None) -> None:
-    """Fit ``run`` on the prepared dataset ``data``; rank 0 then writes ``outputs``, all or nothing."""
+def _safetensors(model) -> bytes:
     from safetensors.torch import save_model
 
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "weights.safetensors"
+        save_model(model, str(path))  # no metadata: safetensors orders it randomly
+        return path.read_bytes()
+
+
+def train_and_write(run: TrainConfig, *, data: Path, outputs: TrainOutputs, init_weights: Path | None = None) -> None:
+    """Fit ``run`` on the prepared dataset ``data``; rank 0 then writes ``outputs``, all or nothing (the curves
+    are also rewritten, atomically, after every epoch)."""
     started = time.time()
-    result = fit(run, data=data, resume_dir=outputs.resume_dir, init_weights=init_weights, progress=sys.stderr.isatty())
+
+    def live_curves(curves: list[dict]) -> None:
+        write_outputs({outputs.curves: csv_bytes(curves)})
+
+    result = fit(
+        run,
+        data=data,
+        resume_dir=outputs.resume_dir,
+        init_weights=init_weights,
+        progress=sys.stderr.isatty(),
+        on_epoch=live_curves,
+    )
     if not result.env.main:
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "model.safetensors"
-        save_model(result.model, str(weights))  # no metadata: safetensors orders it randomly
-        blob = weights.read_bytes()
+    weights = {outputs.weights / "raw.safetensors": _safetensors(result.model)}
+    if result.ema is not None:
+        weights[outputs.weights / "ema.safetensors"] = _safetensors(result.ema)
     extra = {"timing": result.timing, "world_size": result.env.world_size, "device": str(result.env.device)}
     write_outputs(
         {
-            outputs.model: blob,
+            **weights,
             outputs.metrics: json_bytes(result.metrics),
             outputs.curves: csv_bytes(result.curves),
             outputs.provenance: json_bytes(provenance.record(run.stage, run, started=started, extra=extra)),

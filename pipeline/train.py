@@ -1,19 +1,23 @@
 """The training loop shared by the ``pretrain`` and ``finetune`` stages: :func:`fit` sets a run up, trains it
-epoch by epoch (validating and checkpointing after each) and evaluates the final model, with the recipe of
-:mod:`pipeline.recipe` and model EMA.
+epoch by epoch (validating, logging and checkpointing after each) and evaluates the final weights, with the
+recipe of :mod:`pipeline.recipe` and model EMA.
 
-:func:`fit` runs unchanged under ``torchrun`` (gloo on CPU, NCCL on GPU; BatchNorm synchronised on GPU);
-rank 0 evaluates. Deterministic on CPU for a seed. Every ``runtime.checkpoint_every`` epochs the full
-training state (weights, optimizer, scheduler, EMA, random generators, curves) is written atomically to a
-resume folder, so a run killed part-way continues from its last checkpoint and ends with the same weights
-and metrics as an uninterrupted run.
+:func:`fit` runs unchanged under ``torchrun`` on one or several nodes (gloo on CPU, NCCL on GPU; BatchNorm
+synchronised on GPU). Every rank draws its own random stream (Mixup/CutMix, drop path; its data augmentation
+is seeded per sample by the loaders) and evaluates its shard of every split. Deterministic on CPU for a seed
+and a world size. Every ``runtime.checkpoint_every`` epochs the full training state is written atomically to a
+resume folder (:mod:`pipeline.checkpoint`), so a run killed part-way continues from its last checkpoint and
+ends with the same weights and metrics as an uninterrupted run. One line per epoch goes to the log (stderr),
+whether or not it is a terminal; the tqdm bar only to a terminal.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +27,7 @@ from pipeline import checkpoint, distributed
 from pipeline import model as models
 from pipeline.config import ParamsError, TrainConfig
 from pipeline.data import Loaders, build_loaders
+from pipeline.metrics import final_metrics
 from pipeline.outputs import round_measurement, round_result
 from pipeline.recipe import (
     TrainingDiverged,
@@ -36,6 +41,8 @@ from pipeline.recipe import (
 
 __all__ = ["TrainResult", "fit"]
 
+log = logging.getLogger("pipeline.train")
+
 
 @dataclass
 class TrainResult:
@@ -43,6 +50,7 @@ class TrainResult:
     None elsewhere); ``timing`` (throughput) goes to provenance, never into the metrics."""
 
     model: torch.nn.Module  # the trained network, unwrapped
+    ema: torch.nn.Module | None  # its EMA, when the recipe keeps one
     env: distributed.Dist
     curves: list[dict]
     timing: dict
@@ -64,13 +72,14 @@ class _State:
     criterion: object
     ema: object
     fingerprint: dict
-    checkpoint: Path
+    resume_dir: Path
     params: int
     curves: list[dict] = field(default_factory=list)
     start_epoch: int = 0
     last_finite: float | None = None
     seen: int = 0
     train_seconds: float = 0.0
+    epoch_rate: float = 0.0  # training images/s of the last epoch, over all ranks
 
     @property
     def amp(self) -> bool:
@@ -82,15 +91,25 @@ class _State:
 
 
 def fit(
-    run: TrainConfig, *, data: Path, resume_dir: Path, init_weights: Path | None = None, progress: bool = False
+    run: TrainConfig,
+    *,
+    data: Path,
+    resume_dir: Path,
+    init_weights: Path | None = None,
+    progress: bool = False,
+    on_epoch: Callable[[list[dict]], None] | None = None,
 ) -> TrainResult:
     """Train ``run`` on the prepared dataset at ``data`` to the end, resuming from ``resume_dir`` if it holds a
-    checkpoint of the same run; ``init_weights`` (finetune) are the pretrained weights. Raises
+    checkpoint of the same run; ``init_weights`` (finetune) are the pretrained weights. ``on_epoch(curves)``
+    runs on rank 0 after each epoch (the runner writes the live curves with it). Raises
     :class:`TrainingDiverged` on a non-finite loss."""
     state = _setup(run, data, resume_dir, init_weights)
     for epoch in range(state.start_epoch, run.recipe.epochs):
+        started = time.perf_counter()
         _train_epoch(state, epoch, progress)
-        _end_epoch(state, epoch)
+        _end_epoch(state, epoch, time.perf_counter() - started)
+        if on_epoch is not None and state.env.main:
+            on_epoch([round_result(r) for r in state.curves])
     return _finish(state)
 
 
@@ -98,13 +117,13 @@ def _setup(run: TrainConfig, data: Path, resume_dir: Path, init_weights: Path | 
     from timm.utils import ModelEmaV3
 
     recipe = run.recipe
-    env = distributed.init()
+    env = distributed.init(run.device)
     distributed.configure_torch(env.device, run.runtime.threads)
     if recipe.batch_size % env.world_size:
         raise ParamsError(
             f"{run.stage}.recipe.batch_size: {recipe.batch_size} is not divisible by {env.world_size} processes"
         )
-    set_seed(run.seed)
+    set_seed(run.seed)  # the same on every rank: every rank builds the same initial weights
     loaders = build_loaders(
         data,
         recipe.augment,
@@ -115,6 +134,7 @@ def _setup(run: TrainConfig, data: Path, resume_dir: Path, init_weights: Path | 
         seed=run.seed,
         rank=env.rank,
         world_size=env.world_size,
+        pin=env.device.type == "cuda",
     )
     num_classes = loaders.num_classes
     if init_weights is None:
@@ -130,29 +150,45 @@ def _setup(run: TrainConfig, data: Path, resume_dir: Path, init_weights: Path | 
     mixup, criterion = loss_recipe(recipe, num_classes)
     ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay else None
     net = torch.nn.parallel.DistributedDataParallel(model) if env.world_size > 1 else model
+    set_seed(distributed.rank_seed(run.seed, env.rank))  # from here on, every rank draws its own stream
     fingerprint = checkpoint.fingerprint(
         run, data_hash=loaders.meta["content_hash"], init_weights=init_weights, world_size=env.world_size
     )
-    ckpt = Path(resume_dir) / "checkpoint.pt"
     state = _State(
-        run, env, loaders, model, net, optimizer, scheduler, mixup, criterion, ema, fingerprint, ckpt, n_params
+        run,
+        env,
+        loaders,
+        model,
+        net,
+        optimizer,
+        scheduler,
+        mixup,
+        criterion,
+        ema,
+        fingerprint,
+        Path(resume_dir),
+        n_params,
     )
     _resume(state)
     return state
 
 
 def _resume(state: _State) -> None:
-    saved = checkpoint.load(state.checkpoint, state.fingerprint)
+    saved = checkpoint.load(state.resume_dir, state.fingerprint, state.env.rank)
     if saved is None:
         return
-    state.model.load_state_dict(saved["model"])
-    state.optimizer.load_state_dict(saved["optimizer"])
-    state.scheduler.load_state_dict(saved["scheduler"])
+    shared, own = saved
+    state.model.load_state_dict(shared["model"])
+    state.optimizer.load_state_dict(shared["optimizer"])
+    state.scheduler.load_state_dict(shared["scheduler"])
     if state.ema is not None:
-        state.ema.load_state_dict(saved["ema"])
-    checkpoint.set_rng_state(saved["rng"])
-    state.start_epoch, state.last_finite = saved["epoch"], saved["last_finite"]
-    state.curves = json.loads(saved["curves"])
+        state.ema.load_state_dict(shared["ema"])
+    state.start_epoch, state.curves = shared["epoch"], json.loads(shared["curves"])
+    checkpoint.set_rng_state(own["rng"])
+    state.last_finite = own["last_finite"]
+    if state.env.main:
+        log.info("%s: resumed from epoch %d of %d (%s)", state.run.name, state.start_epoch, state.run.recipe.epochs,
+                 state.resume_dir)  # fmt: skip
 
 
 def _stop_if_diverged(loss: torch.Tensor, *, run: TrainConfig, epoch: int, step: int, update: int, lr: float, last):
@@ -165,7 +201,7 @@ def _stop_if_diverged(loss: torch.Tensor, *, run: TrainConfig, epoch: int, step:
 
 
 def _train_epoch(state: _State, epoch: int, progress: bool) -> None:
-    """One pass over the training split; appends the epoch's row (with validation) to the curves on rank 0."""
+    """One pass over the training split, then validation; appends the epoch's row to the curves."""
     from tqdm import tqdm
 
     run, env, loader = state.run, state.env, state.loaders.train
@@ -177,28 +213,16 @@ def _train_epoch(state: _State, epoch: int, progress: bool) -> None:
     desc = f"{run.stage} {run.net.variant}-{run.seed} epoch {epoch + 1}/{run.recipe.epochs}"
     bar = tqdm(loader, desc=desc, disable=not (progress and env.main), leave=False)
     for step, (images, labels) in enumerate(bar):
-        images, labels = images.to(env.device), labels.to(env.device)
+        images, labels = images.to(env.device, non_blocking=True), labels.to(env.device, non_blocking=True)
         update = epoch * state.updates_per_epoch + step + 1
-        check_loss = functools.partial(
-            _stop_if_diverged,
-            run=run,
-            epoch=epoch,
-            step=step,
-            update=update,
-            lr=state.optimizer.param_groups[0]["lr"],
-            last=state.last_finite,
+        lr = state.optimizer.param_groups[0]["lr"]
+        check = functools.partial(
+            _stop_if_diverged, run=run, epoch=epoch, step=step, update=update, lr=lr, last=state.last_finite
         )
         loss, logits = train_step(
-            state.net,
-            images,
-            labels,
-            optimizer=state.optimizer,
-            criterion=state.criterion,
-            mixup=state.mixup,
-            amp=state.amp,
-            clip_grad=run.recipe.clip_grad,
-            check_loss=check_loss,
-        )
+            state.net, images, labels, optimizer=state.optimizer, criterion=state.criterion, mixup=state.mixup,
+            amp=state.amp, clip_grad=run.recipe.clip_grad, check_loss=check,
+        )  # fmt: skip
         state.last_finite = loss.item()
         state.scheduler.step_update(update)
         if state.ema is not None:
@@ -210,44 +234,55 @@ def _train_epoch(state: _State, epoch: int, progress: bool) -> None:
         bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{100 * correct / count:.1f}", img_s=f"{rate:.0f}")
     state.train_seconds += time.perf_counter() - t0
     state.seen += count * env.world_size
+    state.epoch_rate = count * env.world_size / (time.perf_counter() - t0)
+    if env.world_size > 1:  # the epoch's training loss and accuracy over every rank's share
+        loss_sum, correct, count = distributed.all_sum(env, [loss_sum, correct, count])
+    val = evaluate(state.model, state.loaders.val, env, state.amp)  # every rank its shard
+    state.curves.append(
+        {
+            "epoch": epoch + 1,
+            "lr": state.optimizer.param_groups[0]["lr"],
+            "train_loss": loss_sum / count,
+            "train_top1": 100.0 * correct / count,
+            "val_loss": val["loss"],
+            "val_top1": val["top1"],
+            "val_top5": val["top5"],
+        }
+    )
+
+
+def _end_epoch(state: _State, epoch: int, seconds: float) -> None:
+    """Log the epoch; write the resume checkpoint when one is due (every rank its own state, then rank 0 the
+    shared one)."""
+    run, env, row = state.run, state.env, state.curves[-1]
     if env.main:
-        val = evaluate(state.model, state.loaders.val, env.device, state.amp)
-        state.curves.append(
-            {
-                "epoch": epoch + 1,
-                "lr": state.optimizer.param_groups[0]["lr"],
-                "train_loss": loss_sum / count,
-                "train_top1": 100.0 * correct / count,
-                "val_loss": val["loss"],
-                "val_top1": val["top1"],
-                "val_top5": val["top5"],
-            }
-        )
-
-
-def _end_epoch(state: _State, epoch: int) -> None:
-    """Wait for every rank, then (rank 0) write the resume checkpoint when one is due."""
-    distributed.barrier(state.env)
-    every, epochs = state.run.runtime.checkpoint_every, state.run.recipe.epochs
-    if state.env.main and (epoch + 1) % every == 0 and epoch + 1 < epochs:
-        checkpoint.save(
-            state.checkpoint,
-            {
-                "fingerprint": json.dumps(state.fingerprint, sort_keys=True),
-                "epoch": epoch + 1,
-                "model": state.model.state_dict(),
-                "optimizer": state.optimizer.state_dict(),
-                "scheduler": state.scheduler.state_dict(),
-                "ema": state.ema.state_dict() if state.ema is not None else None,
-                "rng": checkpoint.rng_state(),
-                "curves": json.dumps(state.curves),
-                "last_finite": state.last_finite,
-            },
-        )
+        left = (run.recipe.epochs - epoch - 1) * seconds
+        log.info(
+            "%s epoch %d/%d: train loss %.4f, train top-1 %.2f %%, val top-1 %.2f %% (top-5 %.2f %%), lr %.3g, "
+            "%.0f img/s, ETA %s", run.name, epoch + 1, run.recipe.epochs, row["train_loss"], row["train_top1"],
+            row["val_top1"], row["val_top5"], row["lr"], state.epoch_rate,
+            time.strftime("%H:%M:%S", time.gmtime(left)) if left < 86400 else f"{left / 86400:.1f} days",
+        )  # fmt: skip
+    if (epoch + 1) % run.runtime.checkpoint_every or epoch + 1 == run.recipe.epochs:
+        return
+    cuda = env.device.type == "cuda"
+    own = {"rng": checkpoint.rng_state(cuda), "last_finite": state.last_finite}
+    checkpoint.save_rank(state.resume_dir, env.rank, epoch + 1, own)
+    distributed.barrier(env)  # every rank's state is on disk before the shared state says this epoch is done
+    if env.main:
+        shared = {
+            "model": state.model.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "ema": state.ema.state_dict() if state.ema is not None else None,
+            "curves": json.dumps(state.curves),
+        }
+        checkpoint.save_shared(state.resume_dir, epoch + 1, state.fingerprint, shared)
+    distributed.barrier(env)
 
 
 def _finish(state: _State) -> TrainResult:
-    """The trained model, and on rank 0 its test metrics, the Q/K/V diagnostic and the rounded curves."""
+    """The trained weights; on every rank their test evaluation, on rank 0 the metrics and rounded curves."""
     env, seconds = state.env, state.train_seconds
     timing = round_measurement(
         {
@@ -256,57 +291,12 @@ def _finish(state: _State) -> TrainResult:
             "train_img_per_s": state.seen / seconds if seconds else None,
         }
     )
-    result = TrainResult(state.model, env, state.curves, timing)
+    ema = state.ema.module if state.ema is not None else None
+    result = TrainResult(state.model, ema, env, state.curves, timing)
+    metrics = final_metrics(  # every rank evaluates its shard
+        state.run, env, state.loaders, state.model, ema, curves=state.curves, params=state.params
+    )
     if env.main:
-        result.metrics = _metrics(state)
+        result.metrics = metrics
         result.curves = [round_result(r) for r in state.curves]
     return result
-
-
-def _metrics(state: _State) -> dict:
-    import qkv
-
-    run, recipe, env, loaders = state.run, state.run.recipe, state.env, state.loaders
-    test = evaluate(state.model, loaders.test, env.device, state.amp)
-    best = max(state.curves, key=lambda r: r["val_top1"])
-    n = recipe.diagnostic_images
-    images = torch.cat([x for x, _ in _take(loaders.test, n)])[:n]
-    similarity = qkv.qkv_similarity(state.model, images.to(env.device))
-    metrics = round_result(
-        {
-            "profile": run.profile,
-            "stage": run.stage,
-            "variant": run.net.variant,
-            "seed": run.seed,
-            "dataset": loaders.meta["dataset"],
-            "synthetic": loaders.meta["synthetic"],
-            "epochs": recipe.epochs,
-            "params": state.params,
-            "gflops": models.forward_flops(run.net, loaders.num_classes) / 1e9,
-            "num_classes": loaders.num_classes,
-            "global_batch": recipe.batch_size,
-            "world_size": env.world_size,
-            "lr_base": recipe.lr,
-            "lr_effective": recipe.lr_effective,
-            "test_top1": test["top1"],
-            "test_top5": test["top5"],
-            "test_loss": test["loss"],
-            "val_top1_final": state.curves[-1]["val_top1"],
-            "val_top1_best": best["val_top1"],
-            "best_epoch": best["epoch"],
-            "qkv_similarity": {r["layer"]: {k: r[k] for k in ("q_k", "q_v", "k_v")} for r in similarity},
-        }
-    )
-    if state.ema is not None:
-        ema_test = evaluate(state.ema.module, loaders.test, env.device, state.amp)
-        metrics.update(round_result({"ema_test_top1": ema_test["top1"], "ema_test_top5": ema_test["top5"]}))
-    return metrics
-
-
-def _take(loader, n: int):
-    total = 0
-    for images, labels in loader:
-        yield images, labels
-        total += len(images)
-        if total >= n:
-            return

@@ -25,6 +25,8 @@ RECIPE = Augment(
     auto_augment=None,
     color_jitter=None,
     re_prob=0.0,
+    re_mode="const",
+    repeated_aug=1,
     interpolation="bicubic",
     crop_pct=1.0,
 )

@@ -28,7 +28,8 @@ def test_committed_params_is_its_profile_file():
 def test_paper_profile_matches_the_xcit_recipe():
     """docs/paper.md: 400 epochs, AdamW, lr 5e-4 x batch/512, wd 0.05, cosine, 5 warmup epochs from 1e-6,
     min lr 1e-5, rand-m9-mstd0.5-inc1, colour jitter 0.4, mixup 0.8, cutmix 1.0, label smoothing 0.1,
-    random erasing 0.25, model EMA, bicubic, crop ratio 1.0; N12/16 at 224 on ImageNet; three seeds."""
+    random erasing 0.25 in pixel mode, repeated augmentation, model EMA (the raw weights evaluated), bicubic,
+    crop ratio 1.0, drop path per model; N12/16 at 224 on ImageNet; three seeds; on 8 GPUs per node."""
     p = yaml.safe_load((PROFILES / "paper.yaml").read_text())
     pre = p["pretrain"]["recipe"]
     assert (pre["epochs"], pre["opt"], pre["lr"], pre["lr_base_batch"]) == (400, "adamw", 5.0e-4, 512)
@@ -49,7 +50,9 @@ def test_paper_profile_matches_the_xcit_recipe():
     )
     assert p["datasets"][p["pretrain"]["dataset"]]["source"] == "imagenet" and len(p["seeds"]) == 3
     assert sorted(p["finetune"]["datasets"]) == ["cifar10", "cifar100", "stanford_cars", "stl10"]
-    assert p["launcher"].startswith("torchrun")
+    assert p["launcher"] == "python -m pipeline.launch --nproc-per-node 8" and p["device"] == "cuda"
+    assert (aug["re_mode"], aug["repeated_aug"], pre["weights"]) == ("pixel", 3, "raw")  # XCiT's main.py defaults
+    assert p["model"]["drop_path_rate"]["S12"] == 0.05
 
 
 def test_switch_validates_then_replaces_params(tmp_path):

@@ -44,8 +44,8 @@ def pretrain_argv(tmp: Path, params: Path, data: Path, variant: str = "linear", 
         str(seed),
         "--data",
         str(data),
-        "--model-out",
-        str(out / "model.safetensors"),
+        "--weights-out",
+        str(out / "weights"),
         "--metrics",
         str(out / "metrics.json"),
         "--curves",
@@ -59,7 +59,7 @@ def pretrain_argv(tmp: Path, params: Path, data: Path, variant: str = "linear", 
 
 def outputs(tmp: Path, variant: str = "linear", seed: int = 0) -> dict[str, bytes]:
     out = tmp / f"{variant}-{seed}"
-    return {name: (out / name).read_bytes() for name in ("metrics.json", "curves.csv", "model.safetensors")}
+    return {name: (out / name).read_bytes() for name in ("metrics.json", "curves.csv", "weights/raw.safetensors")}
 
 
 def test_pretrain_learns_and_writes_outputs(tmp_path, prepared):
@@ -234,9 +234,9 @@ def test_finetune_from_pretrained(tmp_path, prepared):
         "--data",
         str(prepared["digits"]),
         "--pretrained",
-        str(tmp_path / "fsne-0" / "model.safetensors"),
-        "--model-out",
-        str(out / "model.safetensors"),
+        str(tmp_path / "fsne-0" / "weights"),
+        "--weights-out",
+        str(out / "weights"),
         "--metrics",
         str(out / "metrics.json"),
         "--curves",
@@ -249,7 +249,7 @@ def test_finetune_from_pretrained(tmp_path, prepared):
     finetune.main(argv)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_classes"] == 10 and metrics["dataset"] == "digits" and metrics["stage"] == "finetune"
-    missing = [*argv[:11], str(tmp_path / "nowhere.safetensors"), *argv[12:]]
+    missing = [*argv[:11], str(tmp_path / "nowhere"), *argv[12:]]
     with pytest.raises(SystemExit, match="no pretrained weights for variant 'fsne' at .*nowhere"):
         finetune.main(missing)
 
@@ -317,7 +317,7 @@ def test_finetune_variant_without_pretraining_is_a_params_error(tmp_path, prepar
                 "x",
                 "--pretrained",
                 "x",
-                "--model-out",
+                "--weights-out",
                 "x",
                 "--metrics",
                 "x",

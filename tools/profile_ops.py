@@ -10,10 +10,9 @@ shows what it found.
 
 from __future__ import annotations
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pipeline import cli, config, timing
+from pipeline import cli, config, distributed, timing
 from pipeline.data import read_meta
 from pipeline.distributed import configure_torch
 
@@ -21,7 +20,7 @@ from pipeline.distributed import configure_torch
 def profile_ops(params: str, data: str, name: str, steps: int, rows: int) -> str:
     settings = config.load_bench(params)
     bench = settings.bench
-    device = torch.device(bench.device)
+    device = distributed.init(settings.device).device
     configure_torch(device, bench.threads)
     names = [*bench.variants, *([bench.reference] if bench.reference else [])]
     if name not in names:

@@ -76,7 +76,6 @@ class Bench:
     variants: tuple[str, ...]  # keys of `variants`
     baseline: str  # the variant (one of ``variants``) the ratios are taken against
     reference: str | None  # timm model timed beside the variants (same recipe), e.g. xcit_nano_12_p8_224
-    device: str  # "cpu" or "cuda"
     amp: bool  # bf16 autocast (what the training stages do on GPU)
     threads: int  # torch CPU threads (0: torch's default)
     batch_size: int  # training batch per process
@@ -92,8 +91,6 @@ class Bench:
             if getattr(self, key) <= 0:
                 raise ParamsError(f"{where}.{key}: expected a positive integer, got {getattr(self, key)}")
         non_negative(where, warmup=self.warmup, threads=self.threads, loader_workers=self.loader_workers)
-        if self.device not in ("cpu", "cuda"):
-            raise ParamsError(f"{where}.device: {self.device!r} is not one of: cpu, cuda")
         if self.baseline not in self.variants:
             raise ParamsError(f"{where}.baseline: {self.baseline!r} is not in bench.variants")
 
@@ -130,6 +127,7 @@ class Params:
     datasets: dict[str, Dataset]
     model: Model
     launcher: str  # how training stages start: python, or torchrun ... (part of their command)
+    device: str  # "cpu" or "cuda": where the training stages and the bench run
     seeds: tuple[int, ...]
     pretrain: Pretrain
     finetune: Finetune
@@ -148,6 +146,8 @@ class Params:
             check_name("datasets", name)
         if not self.launcher.strip():
             raise ParamsError("launcher: expected a command (python, or torchrun ...), got an empty string")
+        if self.device not in ("cpu", "cuda"):
+            raise ParamsError(f"device: {self.device!r} is not one of: cpu, cuda")
         if not self.seeds:
             raise ParamsError("seeds: expected at least one seed (every training stage runs once per seed)")
         if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):

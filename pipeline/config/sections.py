@@ -55,7 +55,7 @@ class Model:
     name: str  # a qkv_xcit_* entrypoint
     img_size: int  # the resolution the model is built for, trained and evaluated at (loaders resize to it)
     patch_size: int  # 4 (the pipeline's stem), 8 or 16
-    drop_path_rate: float
+    drop_path_rate: float | dict[str, float]  # one rate, or one per backbone label (XCiT sets it per model)
     depth: int | None = None  # None: the registered model's
     embed_dim: int | None = None
     num_heads: int | None = None
@@ -81,7 +81,18 @@ class Model:
         for key in ("depth", "embed_dim", "num_heads"):
             if getattr(self, key) is not None:
                 positive(where, **{key: getattr(self, key)})
-        fraction(f"{where}.drop_path_rate", self.drop_path_rate, closed=True)
+        if isinstance(self.drop_path_rate, dict) and self.backbone not in self.drop_path_rate:
+            raise ParamsError(
+                f"{where}.drop_path_rate: no rate for {self.backbone} ({self.name}); "
+                f"given: {', '.join(self.drop_path_rate) or 'none'}"
+            )
+        fraction(f"{where}.drop_path_rate", self.drop_path, closed=True)
+
+    @property
+    def drop_path(self) -> float:
+        """The stochastic-depth rate of this backbone."""
+        rate = self.drop_path_rate
+        return rate[self.backbone] if isinstance(rate, dict) else rate
 
 
 @dataclass(frozen=True)
@@ -95,12 +106,20 @@ class Augment:
     auto_augment: str | None  # timm: e.g. "rand-m9-mstd0.5-inc1", or null
     color_jitter: float | None  # timm
     re_prob: float  # timm: random erasing probability
+    re_mode: str  # timm: what erased pixels become: "const" (zeros), "rand" (one colour per box), "pixel" (noise)
+    repeated_aug: int  # timm: each image this many times per epoch, spread over the ranks (1: off; XCiT: 3)
     interpolation: str  # "bicubic", "bilinear" or "nearest"
     crop_pct: float  # evaluation centre-crop ratio (1.0: whole image)
 
     def check(self, where: str) -> None:
         if self.mode not in ("batched", "timm"):
             raise ParamsError(f"{where}.mode: {self.mode!r} is not one of: batched, timm")
+        if self.re_mode not in ("const", "rand", "pixel"):
+            raise ParamsError(f"{where}.re_mode: {self.re_mode!r} is not one of: const, rand, pixel")
+        if self.repeated_aug < 1:
+            raise ParamsError(f"{where}.repeated_aug: expected a positive integer (1: off), got {self.repeated_aug}")
+        if self.repeated_aug > 1 and self.mode != "timm":
+            raise ParamsError(f"{where}.repeated_aug: {self.repeated_aug} needs mode 'timm' (timm's RepeatAugSampler)")
         fraction(f"{where}.hflip", self.hflip, closed=True)
         fraction(f"{where}.re_prob", self.re_prob, closed=True)
         if not 0 < self.scale_min <= 1 or not 0 < self.crop_pct <= 1:
@@ -130,6 +149,7 @@ class Recipe:
     cutmix: float
     label_smoothing: float
     ema_decay: float | None
+    weights: str  # "raw" or "ema": the weights the run evaluates, reports as test_top1 and hands on to fine-tuning
     amp: bool  # bf16 autocast (GPU only)
     diagnostic_images: int  # held-out images for the Q/K/V similarity diagnostic
     augment: Augment
@@ -157,6 +177,10 @@ class Recipe:
         fraction(f"{where}.label_smoothing", self.label_smoothing, closed=True)
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ParamsError(f"{where}.ema_decay: expected a number in (0, 1) or null, got {self.ema_decay}")
+        if self.weights not in ("raw", "ema"):
+            raise ParamsError(f"{where}.weights: {self.weights!r} is not one of: raw, ema")
+        if self.weights == "ema" and self.ema_decay is None:
+            raise ParamsError(f"{where}.weights: 'ema' needs an ema_decay (it is null: no EMA is kept)")
         if self.clip_grad is not None:
             positive(where, clip_grad=self.clip_grad)
 

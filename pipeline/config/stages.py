@@ -78,7 +78,7 @@ def network(name: str, variant: str, options: dict, *, img_size: int, model: Mod
         class_attn,
         arch,
         img_size,
-        model.drop_path_rate if model else 0.0,
+        model.drop_path if model else 0.0,
         tuple(sorted(overrides.items())),
     )
 
@@ -176,7 +176,9 @@ class TrainConfig:
     seed: int
     dataset: str  # the prepared dataset it trains on
     recipe: Recipe  # pretrain.recipe or finetune.recipe
+    device: str  # "cpu" or "cuda"
     runtime: Runtime  # how it runs, never what it computes (not hashed by DVC)
+    pretrained_weights: str | None = None  # finetune: which pretrained weights it starts from (raw or ema)
 
     @property
     def name(self) -> str:
@@ -190,9 +192,8 @@ def load_pretrain(path: str | Path, variant: str, seed: int) -> TrainConfig:
     _listed("pretrain.variants", variant, params.pretrain.variants)
     _listed("seeds", seed, params.seeds)
     pre = params.pretrain
-    return TrainConfig(
-        "pretrain", params.profile, _model_net(params, variant), seed, pre.dataset, pre.recipe, params.runtime
-    )
+    net = _model_net(params, variant)
+    return TrainConfig("pretrain", params.profile, net, seed, pre.dataset, pre.recipe, params.device, params.runtime)
 
 
 def load_finetune(path: str | Path, variant: str, dataset: str, seed: int) -> TrainConfig:
@@ -201,7 +202,8 @@ def load_finetune(path: str | Path, variant: str, dataset: str, seed: int) -> Tr
     _listed("finetune.datasets", dataset, params.finetune.datasets)
     _listed("seeds", seed, params.seeds)
     net = _model_net(params, variant)
-    return TrainConfig("finetune", params.profile, net, seed, dataset, params.finetune.recipe, params.runtime)
+    recipe, init = params.finetune.recipe, params.pretrain.recipe.weights
+    return TrainConfig("finetune", params.profile, net, seed, dataset, recipe, params.device, params.runtime, init)
 
 
 @dataclass(frozen=True)
@@ -210,13 +212,15 @@ class BenchConfig:
     nets: tuple[Net, ...]  # bench.variants on the model section
     dataset: str  # pretrain.dataset: the loader is timed on it
     recipe: Recipe  # pretrain.recipe: the step timed is the pretraining step
+    device: str
     bench: Bench
 
 
 def load_bench(path: str | Path) -> BenchConfig:
     params = _load_checked(path)
     nets = tuple(_model_net(params, v) for v in params.bench.variants)
-    return BenchConfig(params.profile, nets, params.pretrain.dataset, params.pretrain.recipe, params.bench)
+    pre = params.pretrain
+    return BenchConfig(params.profile, nets, pre.dataset, pre.recipe, params.device, params.bench)
 
 
 @dataclass(frozen=True)

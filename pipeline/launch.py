@@ -1,0 +1,80 @@
+"""The launcher of the training stages on one or several nodes: ``launcher: python -m pipeline.launch
+--nproc-per-node 8`` in params.yaml makes a stage's command ``python -m pipeline.launch --nproc-per-node 8 -m
+pipeline.pretrain ...``, which starts torchrun with the node count, this node's rank and the rendezvous address
+taken from the environment the cluster sets:
+
+- under SLURM (``SLURM_JOB_ID``) with several nodes, from the batch script: it runs itself once per node
+  through ``srun --ntasks-per-node=1``; in each of those tasks ``SLURM_NNODES``, ``SLURM_NODEID`` and the
+  first host of ``SLURM_JOB_NODELIST`` (or ``MASTER_ADDR``) give torchrun its ``--nnodes``, ``--node-rank``
+  and ``--master-addr``; ``MASTER_PORT`` (default 29500 + the job id modulo 20000) its port;
+- otherwise torchrun's own variables (``PET_NNODES``, ``PET_NODE_RANK``, ``PET_MASTER_ADDR``,
+  ``PET_MASTER_PORT``), which torchrun reads itself: start the same command on every node with them set;
+- with neither, one node (``--standalone``).
+
+Processes per node: ``--nproc-per-node``, else ``PET_NPROC_PER_NODE``, else ``SLURM_GPUS_ON_NODE``, else 1.
+``--dry-run`` prints the command instead of running it. Two nodes by hand (shared filesystem, node A reachable
+from B)::
+
+    # on node A                                   # on node B
+    export PET_NNODES=2 PET_NODE_RANK=0           export PET_NNODES=2 PET_NODE_RANK=1
+    export PET_MASTER_ADDR=nodeA PET_MASTER_PORT=29500   (the same two)
+    dvc repro --single-item pretrain@sne-0        python -m pipeline.launch --nproc-per-node 8 -m pipeline.pretrain ...
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+
+__all__ = ["command"]
+
+
+def _first_host(nodelist: str) -> str:
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SystemExit(
+            f"launch: error: cannot expand SLURM_JOB_NODELIST={nodelist!r} with scontrol ({exc}); set MASTER_ADDR"
+        ) from None
+    return out.stdout.split()[0]
+
+
+def command(argv: list[str], env: dict[str, str]) -> list[str]:
+    """The command to run for ``python -m pipeline.launch <argv>`` in environment ``env``."""
+    nproc = None
+    if argv[:1] == ["--nproc-per-node"]:
+        nproc, argv = argv[1], argv[2:]
+    if argv[:1] != ["-m"] or len(argv) < 2:
+        raise SystemExit("launch: error: usage: python -m pipeline.launch [--nproc-per-node N] -m MODULE ARGS...")
+    nproc = nproc or env.get("PET_NPROC_PER_NODE") or env.get("SLURM_GPUS_ON_NODE") or "1"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", nproc]
+    nodes = int(env.get("SLURM_NNODES", "1")) if "SLURM_JOB_ID" in env else 1
+    if nodes > 1 and "SLURM_STEP_ID" not in env:  # the batch script: one task per node, each runs this again
+        return ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1", sys.executable, "-m", "pipeline.launch",
+                "--nproc-per-node", nproc, *argv]  # fmt: skip
+    if nodes > 1:
+        addr = env.get("MASTER_ADDR") or _first_host(env["SLURM_JOB_NODELIST"])
+        port = env.get("MASTER_PORT") or str(29500 + int(env["SLURM_JOB_ID"]) % 20000)
+        rendezvous = ["--nnodes", str(nodes), "--node-rank", env["SLURM_NODEID"], "--master-addr", addr,
+                      "--master-port", port]  # fmt: skip
+    elif "PET_NNODES" in env:
+        rendezvous = []  # torchrun reads PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR, PET_MASTER_PORT itself
+    else:
+        rendezvous = ["--standalone"]
+    return [*torchrun, *rendezvous, *argv]
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    dry = "--dry-run" in argv[:1]
+    cmd = command(argv[1:] if dry else argv, dict(os.environ))
+    if dry:
+        print(shlex.join(cmd))
+        return
+    os.execvp(cmd[0], cmd)
+
+
+if __name__ == "__main__":
+    main()

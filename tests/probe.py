@@ -1,0 +1,30 @@
+"""Run under torchrun by tests/test_scale.py: set a training run up exactly as the pretrain stage does, then
+record what each rank sees (its random streams, its evaluation of the test split) in <out>/rank-<r>.json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import config, train
+from pipeline.recipe import evaluate
+
+
+def main(params: str, data: str, out: str) -> None:
+    run = config.load_pretrain(params, "linear", 0)
+    state = train._setup(run, Path(data), Path(out) / "resume", None)
+    record = {
+        "world_size": state.env.world_size,
+        "torch": torch.rand(4).tolist(),
+        "numpy": np.random.rand(4).tolist(),
+        "test": evaluate(state.model, state.loaders.test, state.env, amp=False),
+    }
+    Path(out, f"rank-{state.env.rank}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
