@@ -4,7 +4,8 @@ pipeline.pretrain ...``, which starts torchrun with the node count, this node's 
 taken from the environment the cluster sets:
 
 - under SLURM (``SLURM_JOB_ID``) with several nodes, from the batch script: it runs itself once per node
-  through ``srun --ntasks-per-node=1``; in each of those tasks ``SLURM_NNODES``, ``SLURM_NODEID`` and the
+  through ``srun --ntasks-per-node=1`` (marking those tasks with ``QKV_LAUNCH_NODE_TASK=1``); in each of
+  them ``SLURM_NNODES``, ``SLURM_NODEID`` and the
   first host of ``SLURM_JOB_NODELIST`` (or ``MASTER_ADDR``) give torchrun its ``--nnodes``, ``--node-rank``
   and ``--master-addr``; ``MASTER_PORT`` (default 29500 + the job id modulo 20000) its port;
 - otherwise torchrun's own variables (``PET_NNODES``, ``PET_NODE_RANK``, ``PET_MASTER_ADDR``,
@@ -28,7 +29,9 @@ import shlex
 import subprocess
 import sys
 
-__all__ = ["command"]
+__all__ = ["NODE_TASK", "command"]
+
+NODE_TASK = "QKV_LAUNCH_NODE_TASK"  # set in the per-node tasks srun starts, so they do not fan out again
 
 
 def _first_host(nodelist: str) -> str:
@@ -51,9 +54,9 @@ def command(argv: list[str], env: dict[str, str]) -> list[str]:
     nproc = nproc or env.get("PET_NPROC_PER_NODE") or env.get("SLURM_GPUS_ON_NODE") or "1"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", nproc]
     nodes = int(env.get("SLURM_NNODES", "1")) if "SLURM_JOB_ID" in env else 1
-    if nodes > 1 and "SLURM_STEP_ID" not in env:  # the batch script: one task per node, each runs this again
-        return ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1", sys.executable, "-m", "pipeline.launch",
-                "--nproc-per-node", nproc, *argv]  # fmt: skip
+    if nodes > 1 and NODE_TASK not in env:  # the batch script: one task per node, each runs this again
+        return ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1", f"--export=ALL,{NODE_TASK}=1",
+                sys.executable, "-m", "pipeline.launch", "--nproc-per-node", nproc, *argv]  # fmt: skip
     if nodes > 1:
         addr = env.get("MASTER_ADDR") or _first_host(env["SLURM_JOB_NODELIST"])
         port = env.get("MASTER_PORT") or str(29500 + int(env["SLURM_JOB_ID"]) % 20000)

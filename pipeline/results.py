@@ -197,9 +197,10 @@ def read_inputs(cfg: ReportConfig, paths: Paths) -> Inputs:
     )
 
 
-def _accuracies(runs: dict, key: tuple) -> dict[int, float]:
-    """Test top-1 per seed of the instances whose key starts with ``key``."""
-    return {k[-1]: m["test_top1"] for k, m in runs.items() if k[:-1] == key and m is not None}
+def _accuracies(runs: dict, key: tuple, field: str = "test_top1") -> dict[int, float]:
+    """``field`` (test top-1 of the reported weights by default) per seed of the instances whose key starts with
+    ``key`` and that have it."""
+    return {k[-1]: m[field] for k, m in runs.items() if k[:-1] == key and m is not None and field in m}
 
 
 def pretraining(cfg: ReportConfig, inputs: Inputs) -> tuple[list[dict], dict[str, dict]]:
@@ -223,6 +224,10 @@ def pretraining(cfg: ReportConfig, inputs: Inputs) -> tuple[list[dict], dict[str
                 "gflops": run["gflops"] if run else None,
                 "summary": summary(list(acc.values()), confidence),
                 "diff": diff,
+                # both sets of weights where the run kept an EMA (test_top1 is the recipe's `weights`)
+                "raw": summary(list(_accuracies(inputs.pretrain, (v,), "raw_test_top1").values()), confidence),
+                "ema": summary(list(_accuracies(inputs.pretrain, (v,), "ema_test_top1").values()), confidence),
+                "weights": run.get("weights", "raw") if run else None,
             }
         )
     return rows, differences

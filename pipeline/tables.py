@@ -70,6 +70,13 @@ def interval(s: dict, signed: bool = False) -> str:
     return "n/a" if s["ci_low"] is None else f"[{fmt(s['ci_low'], signed=signed)}, {fmt(s['ci_high'], signed=signed)}]"
 
 
+def _both_weights(row: dict) -> str:
+    """Both accuracies of runs that kept an EMA, marking the one reported; "no EMA" otherwise."""
+    if not row["ema"]["n"]:
+        return "no EMA"
+    return f"raw {fmt(row['raw']['mean'])}, EMA {fmt(row['ema']['mean'])} (reported: {row['weights']})"
+
+
 def _published(claim: Claim | None, baseline: bool) -> str:
     if claim is None:
         return "not published"
@@ -103,6 +110,7 @@ def main(
                 mean_std(r["summary"]),
                 interval(r["summary"]),
                 delta,
+                _both_weights(r),
             ]
         )
     where = f"ImageNet-1k {claim.backbone}" if claim else "ImageNet-1k"
@@ -119,6 +127,7 @@ def main(
             f"reproduced top-1 ({run_label}), mean ± std",
             f"{confidence:.0%} CI",
             f"Δ vs {baseline}, paired by seed [CI]",
+            "raw / EMA weights' top-1",
         ],
         body,
         (f"Published: {claim.source} (which structure gave {claim.proposed:g} is not stated). " if claim else "")

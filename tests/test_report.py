@@ -310,3 +310,17 @@ def test_missing_reference_file_names_it(tmp_path):
     with pytest.raises(SystemExit, match="nowhere.yaml: reference file not found"):
         build(tmp_path, results, params, published=tmp_path / "nowhere.yaml")
     assert not (tmp_path / "reports").exists()
+
+
+def test_both_weights_accuracies_reach_the_report(tmp_path):
+    """Runs that kept an EMA report both accuracies; the column says which one test_top1 is."""
+    results = fake_results(tmp_path / "results")
+    for seed, acc in zip(SEEDS, ACC["sne"], strict=True):
+        path = results / f"pretrain/sne-{seed}/metrics.json"
+        metrics = json.loads(path.read_text())
+        metrics.update(weights="raw", raw_test_top1=acc, ema_test_top1=acc + 1.0)
+        write_json(path, metrics)
+    main = rows(build(tmp_path, results, params_file(tmp_path)), "main")
+    mean = sum(ACC["sne"]) / 3
+    assert main[1]["raw / EMA weights' top-1"] == f"raw {mean:.2f}, EMA {mean + 1:.2f} (reported: raw)"
+    assert main[0]["raw / EMA weights' top-1"] == "no EMA"

@@ -90,7 +90,7 @@ def _nodes(tmp: Path, params: Path, data: Path, port: int) -> list[subprocess.Po
     folder (the filesystem two cluster nodes share)."""
     procs = []
     for node in (0, 1):
-        slurm = {"SLURM_JOB_ID": "7", "SLURM_NNODES": "2", "SLURM_NODEID": str(node), "SLURM_STEP_ID": "0"}
+        slurm = {"SLURM_JOB_ID": "7", "SLURM_NNODES": "2", "SLURM_NODEID": str(node), launch.NODE_TASK: "1"}
         env = _env(**slurm, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         cmd = [sys.executable, "-m", "pipeline.launch", "--nproc-per-node", "1", "-m", "pipeline.pretrain"]
         procs.append(
@@ -281,7 +281,13 @@ def test_the_prepared_images_are_memory_mapped_not_copied(synthetic):
         ({}, ["--standalone", "-m", "pipeline.pretrain", "--x"]),
         ({"PET_NNODES": "2", "PET_NODE_RANK": "1"}, ["-m", "pipeline.pretrain", "--x"]),
         (
-            {"SLURM_JOB_ID": "42", "SLURM_NNODES": "2", "SLURM_NODEID": "1", "SLURM_STEP_ID": "0", "MASTER_ADDR": "n1"},
+            {
+                "SLURM_JOB_ID": "42",
+                "SLURM_NNODES": "2",
+                "SLURM_NODEID": "1",
+                launch.NODE_TASK: "1",
+                "MASTER_ADDR": "n1",
+            },
             [
                 "--nnodes",
                 "2",
@@ -307,5 +313,5 @@ def test_launcher_takes_the_nodes_from_the_environment(env, expected):
 def test_launcher_in_a_slurm_batch_script_starts_one_task_per_node():
     env = {"SLURM_JOB_ID": "42", "SLURM_NNODES": "4", "SLURM_GPUS_ON_NODE": "8"}
     cmd = launch.command(["-m", "pipeline.pretrain", "--x"], env)
-    assert cmd[:3] == ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
-    assert cmd[4:] == ["-m", "pipeline.launch", "--nproc-per-node", "8", "-m", "pipeline.pretrain", "--x"]
+    assert cmd[:4] == ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1", f"--export=ALL,{launch.NODE_TASK}=1"]
+    assert cmd[5:] == ["-m", "pipeline.launch", "--nproc-per-node", "8", "-m", "pipeline.pretrain", "--x"]
