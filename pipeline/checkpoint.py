@@ -117,23 +117,23 @@ def load(folder: Path, expected: dict, rank: int) -> tuple[dict, dict] | None:
     return shared, torch.load(own, map_location="cpu", weights_only=True)
 
 
-def rng_state(cuda: bool) -> dict:
-    """Torch's (CPU and, on a GPU, CUDA), NumPy's and Python's global generators."""
+def rng_state(device: torch.device) -> dict:
+    """Torch's (CPU and, on a GPU, this rank's CUDA device's), NumPy's and Python's global generators."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "python": random.getstate(),
     }
-    if cuda:
-        state["cuda"] = torch.cuda.get_rng_state_all()  # CUDA only
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)  # CUDA only
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state:
-        torch.cuda.set_rng_state_all(state["cuda"])  # CUDA only
+        torch.cuda.set_rng_state(state["cuda"], device)  # CUDA only
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(tuple(state["python"]) if not isinstance(state["python"], tuple) else state["python"])

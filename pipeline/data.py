@@ -18,16 +18,17 @@ measured by the bench stage.
 
 from __future__ import annotations
 
+import functools
 import json
-import random
-from collections.abc import Iterator
+import mmap
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.batched import TensorBatches, epoch_generator
+from pipeline import samples
+from pipeline.batched import TensorBatches
 from pipeline.config import Augment, ParamsError
 
 __all__ = ["Loaders", "build_loaders", "read_meta"]
@@ -41,7 +42,8 @@ class Loaders:
 
     train: object
     val: object
-    test: object
+    test: object  # every split sharded over the ranks
+    diagnostic: object  # the test split unsharded and in order, for rank 0's Q/K/V diagnostic
     meta: dict  # the prepared dataset's meta.json (classes, mean, std, synthetic, ...)
 
     @property
@@ -57,140 +59,6 @@ def read_meta(prepared: str | Path) -> dict:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
-
-
-class _EpochSampler(torch.utils.data.Sampler):
-    """The indices of one rank's share of an epoch, paired with the seed each sample is transformed under.
-
-    Training: shuffled by (seed, epoch) (with ``repeats > 1`` by timm's RepeatAugSampler, which spreads each
-    image's copies over the ranks); each sample's seed is a pure function of (seed, epoch, rank, position), so
-    the result depends neither on the number of loader workers nor on where a resumed run restarts, and persistent
-    workers see every epoch's seeds (they travel with the indices). Evaluation: every image once, rank r taking
-    images r, r + world_size, ...
-    """
-
-    def __init__(self, n: int, *, train: bool, seed: int, rank: int, world_size: int, repeats: int = 1):
-        self.n, self.train, self.seed, self.rank, self.world_size = n, train, seed, rank, world_size
-        self.epoch = 0
-        self.repeat = None
-        if train and repeats > 1:
-            from timm.data.distributed_sampler import RepeatAugSampler
-
-            self.repeat = RepeatAugSampler(range(n), num_replicas=world_size, rank=rank, num_repeats=repeats)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _indices(self) -> list[int]:
-        if not self.train:
-            return list(range(self.rank, self.n, self.world_size))
-        if self.repeat is not None:
-            self.repeat.set_epoch(self.seed * 1_000_003 + self.epoch)  # timm seeds its shuffle with the epoch alone
-            return list(self.repeat)
-        order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch))
-        per_rank = self.n // self.world_size  # the last partial round is dropped, as DistributedSampler's
-        return order[: per_rank * self.world_size][self.rank :: self.world_size].tolist()
-
-    def __len__(self) -> int:
-        if not self.train:
-            return len(range(self.rank, self.n, self.world_size))
-        return len(self.repeat) if self.repeat is not None else self.n // self.world_size
-
-    def __iter__(self) -> Iterator[tuple[int, int | None]]:
-        for position, index in enumerate(self._indices()):
-            if not self.train:
-                yield index, None  # evaluation transforms draw nothing
-                continue
-            entropy = [self.seed, self.epoch, self.rank, position]
-            yield index, int(np.random.SeedSequence(entropy).generate_state(1)[0])
-
-
-class _ImageDataset(torch.utils.data.Dataset):
-    """Per-sample access for timm transforms: PIL images from memory (tensor storage) or from files. A key is
-    ``(index, seed)``: the transform runs under ``seed`` (Python's, NumPy's and torch's global generators, as
-    timm's transforms draw from all three), and the caller's generator states are restored afterwards."""
-
-    def __init__(
-        self,
-        labels: torch.Tensor,
-        transform,
-        *,
-        images: np.ndarray | None = None,
-        files: list[str] | None = None,
-        root: Path | None = None,
-    ):
-        self.labels, self.transform, self.images, self.files, self.root = labels, transform, images, files, root
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, key: tuple[int, int | None]):
-        from PIL import Image
-
-        i, seed = key
-        if self.images is not None:
-            image = Image.fromarray(np.ascontiguousarray(self.images[i].transpose(1, 2, 0)))  # (3, S, S) -> (S, S, 3)
-        else:
-            with Image.open(self.root / self.files[i]) as f:
-                image = f.convert("RGB")
-        if seed is None:
-            return self.transform(image), self.labels[i]
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        try:
-            with torch.random.fork_rng(devices=[]):
-                random.seed(seed)
-                np.random.seed(seed)
-                torch.default_generator.manual_seed(seed)  # the CPU generator only: the transforms run on the CPU,
-                # and torch.manual_seed would also reseed (and leave reseeded) every CUDA generator
-                return self.transform(image), self.labels[i]
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
-
-
-def _timm_loader(
-    dataset: _ImageDataset,
-    *,
-    batch_size: int,
-    train: bool,
-    workers: int,
-    seed: int,
-    shard: dict,
-    repeats: int,
-    pin: bool,
-) -> torch.utils.data.DataLoader:
-    from torch.utils.data import DataLoader
-
-    sampler = _EpochSampler(len(dataset), train=train, seed=seed, repeats=repeats, **shard)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        drop_last=train,
-        num_workers=workers,
-        generator=epoch_generator(seed, 0),
-        persistent_workers=workers > 0,  # started once, not once per epoch and per evaluation
-        pin_memory=pin,
-    )
-
-
-def _timm_transform(augment: Augment, train: bool, img_size: int, mean: list[float], std: list[float]):
-    from timm.data import create_transform
-
-    return create_transform(
-        img_size,
-        is_training=train,
-        scale=(augment.scale_min, 1.0),
-        hflip=augment.hflip,
-        auto_augment=augment.auto_augment,
-        color_jitter=augment.color_jitter,
-        re_prob=augment.re_prob,
-        interpolation=augment.interpolation,
-        re_mode=augment.re_mode,
-        mean=tuple(mean),
-        std=tuple(std),
-        crop_pct=augment.crop_pct,
-    )
 
 
 def build_loaders(
@@ -229,29 +97,46 @@ def build_loaders(
             f"augment.repeated_aug: {augment.repeated_aug} needs at least one training image per process; the "
             f"training split of {prepared} has {n_train} for {world_size} processes"
         )
-    loaders = {}
-    for split in SPLITS:
-        train = split == "train"
-        bs = batch_size if train else eval_batch_size
-        data, labels = split_data[split]
-        shard = {"rank": rank, "world_size": world_size}
-        if augment.mode == "batched":
-            mean, std = meta["mean"], meta["std"]
-            loaders[split] = TensorBatches(
-                data, labels, batch_size=bs, train=train, augment=augment, img_size=img_size, mean=mean, std=std,
-                seed=seed, **shard,
-            )  # fmt: skip
-            continue
-        transform = _timm_transform(augment, train, img_size, meta["mean"], meta["std"])
-        if meta["storage"] == "tensor":
-            dataset = _ImageDataset(labels, transform, images=data)
-        else:
-            dataset = _ImageDataset(labels, transform, files=data, root=Path(meta["root"]).expanduser())
-        loaders[split] = _timm_loader(
-            dataset, batch_size=bs, train=train, workers=workers, seed=seed, shard=shard,
-            repeats=augment.repeated_aug, pin=pin,
+    if augment.repeated_aug > 1:
+        selected = samples.EpochSampler(n_train, train=True, seed=seed, rank=rank, world_size=world_size,
+                                 repeats=augment.repeated_aug)  # fmt: skip
+        if len(selected) < batch_size:
+            raise ParamsError(
+                f"augment.repeated_aug: timm's RepeatAugSampler keeps {len(selected)} of the {n_train} training "
+                f"images per process and epoch, fewer than a batch ({batch_size}); lower the batch or the processes"
+            )
+    make = functools.partial(
+        _loader, split_data, meta, augment, img_size=img_size, seed=seed, pin=pin, world_size=world_size
+    )
+    return Loaders(
+        make("train", batch_size, rank=rank, workers=workers),
+        make("val", eval_batch_size, rank=rank, workers=workers),
+        make("test", eval_batch_size, rank=rank, workers=workers),
+        make("test", eval_batch_size, rank=0, workers=0, world_size=1),
+        meta,
+    )
+
+
+def _loader(split_data, meta, augment, split, batch_size, *, img_size, seed, pin, rank, world_size, workers):
+    """One split's loader: batched tensors, or timm transforms in a DataLoader."""
+    train = split == "train"
+    data, labels = split_data[split]
+    shard = {"rank": rank, "world_size": world_size}
+    if augment.mode == "batched":
+        mean, std = meta["mean"], meta["std"]
+        return TensorBatches(
+            data, labels, batch_size=batch_size, train=train, augment=augment, img_size=img_size, mean=mean,
+            std=std, seed=seed, **shard,
         )  # fmt: skip
-    return Loaders(loaders["train"], loaders["val"], loaders["test"], meta)
+    transform = samples.transform(augment, train, img_size, meta["mean"], meta["std"])
+    if meta["storage"] == "tensor":
+        dataset = samples.ImageDataset(labels, transform, images=data)
+    else:
+        dataset = samples.ImageDataset(labels, transform, files=data, root=Path(meta["root"]).expanduser())
+    return samples.loader(
+        dataset, batch_size=batch_size, train=train, workers=workers, seed=seed, shard=shard,
+        repeats=augment.repeated_aug, pin=pin,
+    )  # fmt: skip
 
 
 def _read_tensors(prepared: Path) -> dict[str, tuple[np.ndarray, torch.Tensor]]:
@@ -262,6 +147,20 @@ def _read_tensors(prepared: Path) -> dict[str, tuple[np.ndarray, torch.Tensor]]:
         raise FileNotFoundError(f"{path}: prepared data not found (run the prepare stage for it)")
     mapped = _map_safetensors(path)
     return {s: (mapped[f"{s}_images"], torch.from_numpy(np.array(mapped[f"{s}_labels"]))) for s in SPLITS}
+
+
+class _Mapped(np.memmap):
+    """A read-only ``np.memmap`` that pickles as its file region, not its bytes: DataLoader workers started by
+    spawn or forkserver (macOS, Python 3.14) reopen the mapping instead of receiving a copy of the dataset."""
+
+    def __reduce__(self):
+        if isinstance(self.base, mmap.mmap):  # the whole mapped tensor
+            return _open_mapped, (str(self.filename), self.dtype.str, self.offset, self.shape)
+        return np.array, (np.asarray(self),)  # a view of one: its data
+
+
+def _open_mapped(path: str, dtype: str, offset: int, shape: tuple) -> _Mapped:
+    return _Mapped(path, np.dtype(dtype), "r", offset=offset, shape=shape)
 
 
 def _map_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -281,7 +180,7 @@ def _map_safetensors(path: Path) -> dict[str, np.ndarray]:
         if end == begin:  # an empty split
             out[name] = np.zeros(shape, dtypes[info["dtype"]])
             continue
-        out[name] = np.memmap(path, dtypes[info["dtype"]], "r", offset=8 + length + begin, shape=shape)
+        out[name] = _open_mapped(str(path), np.dtype(dtypes[info["dtype"]]).str, 8 + length + begin, shape)
     return out
 
 

@@ -15,7 +15,16 @@ import torch.distributed as dist
 
 from pipeline.config import ParamsError
 
-__all__ = ["Dist", "all_sum", "barrier", "configure_torch", "init", "rank_seed"]
+__all__ = [
+    "Dist",
+    "all_sum",
+    "barrier",
+    "broadcast_buffers",
+    "configure_torch",
+    "init",
+    "rank_seed",
+    "same_everywhere",
+]
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,13 @@ def init(device: str) -> Dist:
                 f"device: 'cuda' asked for, but torch {torch.__version__} sees no CUDA device here (no GPU, or a "
                 "driver too old for this build); set device: cpu to run on the CPU"
             )
-        where = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # CUDA only
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():  # CUDA only
+            raise ParamsError(
+                f"launcher: process {local} of this node has no GPU: torch sees {torch.cuda.device_count()} "
+                "(lower --nproc-per-node to the node's GPU count)"
+            )
+        where = torch.device("cuda", local)  # CUDA only
         torch.cuda.set_device(where)  # CUDA only
     else:
         where = torch.device("cpu")
@@ -62,6 +77,25 @@ def all_sum(env: Dist, values: list[float]) -> list[float]:
     total = torch.tensor(values, dtype=torch.float64, device=env.device)
     dist.all_reduce(total)
     return total.tolist()
+
+
+def same_everywhere(env: Dist, value: int) -> bool:
+    """Whether every rank holds the same integer ``value`` (called on every rank)."""
+    if env.world_size == 1:
+        return True
+    low = torch.tensor([value], dtype=torch.int64, device=env.device)
+    high = low.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return low.item() == high.item()
+
+
+def broadcast_buffers(env: Dist, module: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank, so every rank evaluates the weights rank 0
+    saves: each rank's own batches move them apart in training (they are synchronised only on CUDA)."""
+    if env.world_size > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, 0)
 
 
 def rank_seed(seed: int, rank: int) -> int:

@@ -41,13 +41,18 @@ def _first_host(nodelist: str) -> str:
         raise SystemExit(
             f"launch: error: cannot expand SLURM_JOB_NODELIST={nodelist!r} with scontrol ({exc}); set MASTER_ADDR"
         ) from None
-    return out.stdout.split()[0]
+    hosts = out.stdout.split()
+    if not hosts:
+        raise SystemExit(f"launch: error: scontrol found no host in SLURM_JOB_NODELIST={nodelist!r}; set MASTER_ADDR")
+    return hosts[0]
 
 
 def command(argv: list[str], env: dict[str, str]) -> list[str]:
     """The command to run for ``python -m pipeline.launch <argv>`` in environment ``env``."""
     nproc = None
     if argv[:1] == ["--nproc-per-node"]:
+        if len(argv) < 2 or not argv[1].isdigit() or int(argv[1]) < 1:
+            raise SystemExit(f"launch: error: --nproc-per-node needs a positive number, got {argv[1:2] or 'nothing'}")
         nproc, argv = argv[1], argv[2:]
     if argv[:1] != ["-m"] or len(argv) < 2:
         raise SystemExit("launch: error: usage: python -m pipeline.launch [--nproc-per-node N] -m MODULE ARGS...")
@@ -55,8 +60,12 @@ def command(argv: list[str], env: dict[str, str]) -> list[str]:
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", nproc]
     nodes = int(env.get("SLURM_NNODES", "1")) if "SLURM_JOB_ID" in env else 1
     if nodes > 1 and NODE_TASK not in env:  # the batch script: one task per node, each runs this again
-        return ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1", f"--export=ALL,{NODE_TASK}=1",
-                sys.executable, "-m", "pipeline.launch", "--nproc-per-node", nproc, *argv]  # fmt: skip
+        # --nodes/--ntasks override the job's own task count (srun would inherit SLURM_NTASKS); each task gets the
+        # node's CPUs for its ranks and their loader workers (srun no longer inherits --cpus-per-task since 22.05)
+        cpus = [f"--cpus-per-task={env['SLURM_CPUS_ON_NODE']}"] if "SLURM_CPUS_ON_NODE" in env else []
+        return ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", *cpus, "--kill-on-bad-exit=1",
+                f"--export=ALL,{NODE_TASK}=1", sys.executable, "-m", "pipeline.launch", "--nproc-per-node", nproc,
+                *argv]  # fmt: skip
     if nodes > 1:
         addr = env.get("MASTER_ADDR") or _first_host(env["SLURM_JOB_NODELIST"])
         port = env.get("MASTER_PORT") or str(29500 + int(env["SLURM_JOB_ID"]) % 20000)

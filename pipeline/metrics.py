@@ -29,8 +29,10 @@ def final_metrics(
     test = ema_test if recipe.weights == "ema" else raw_test
     chosen = ema if recipe.weights == "ema" else model
     best = max(curves, key=lambda r: r["val_top1"])
+    if not env.main:  # the diagnostic and the record are rank 0's (no collective below)
+        return {}
     n = recipe.diagnostic_images
-    images = torch.cat([x for x, _ in _take(loaders.test, n)])[:n]
+    images = torch.cat([x for x, _ in _take(loaders.diagnostic, n)])[:n]  # the first n test images, any world size
     similarity = qkv.qkv_similarity(chosen, images.to(env.device))
     metrics = {
         "profile": run.profile,

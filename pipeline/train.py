@@ -175,6 +175,11 @@ def _setup(run: TrainConfig, data: Path, resume_dir: Path, init_weights: Path | 
 
 def _resume(state: _State) -> None:
     saved = checkpoint.load(state.resume_dir, state.fingerprint, state.env.rank)
+    if not distributed.same_everywhere(state.env, saved[0]["epoch"] if saved else 0):
+        raise ValueError(
+            f"{state.resume_dir}: the ranks found different checkpoints in it (some none): the resume folder must be "
+            "on storage every node shares (the workspace on a shared filesystem); delete it to start over"
+        )
     if saved is None:
         return
     shared, own = saved
@@ -184,7 +189,7 @@ def _resume(state: _State) -> None:
     if state.ema is not None:
         state.ema.load_state_dict(shared["ema"])
     state.start_epoch, state.curves = shared["epoch"], json.loads(shared["curves"])
-    checkpoint.set_rng_state(own["rng"])
+    checkpoint.set_rng_state(own["rng"], state.env.device)
     state.last_finite = own["last_finite"]
     if state.env.main:
         log.info("%s: resumed from epoch %d of %d (%s)", state.run.name, state.start_epoch, state.run.recipe.epochs,
@@ -237,6 +242,7 @@ def _train_epoch(state: _State, epoch: int, progress: bool) -> None:
     state.epoch_rate = count * env.world_size / (time.perf_counter() - t0)
     if env.world_size > 1:  # the epoch's training loss and accuracy over every rank's share
         loss_sum, correct, count = distributed.all_sum(env, [loss_sum, correct, count])
+    distributed.broadcast_buffers(env, state.model)  # every rank evaluates rank 0's weights
     val = evaluate(state.model, state.loaders.val, env, state.amp)  # every rank its shard
     state.curves.append(
         {
@@ -265,8 +271,7 @@ def _end_epoch(state: _State, epoch: int, seconds: float) -> None:
         )  # fmt: skip
     if (epoch + 1) % run.runtime.checkpoint_every or epoch + 1 == run.recipe.epochs:
         return
-    cuda = env.device.type == "cuda"
-    own = {"rng": checkpoint.rng_state(cuda), "last_finite": state.last_finite}
+    own = {"rng": checkpoint.rng_state(env.device), "last_finite": state.last_finite}
     checkpoint.save_rank(state.resume_dir, env.rank, epoch + 1, own)
     distributed.barrier(env)  # every rank's state is on disk before the shared state says this epoch is done
     if env.main:
@@ -292,6 +297,9 @@ def _finish(state: _State) -> TrainResult:
         }
     )
     ema = state.ema.module if state.ema is not None else None
+    for module in (state.model, ema):
+        if module is not None:
+            distributed.broadcast_buffers(env, module)  # the weights rank 0 writes, on every rank
     result = TrainResult(state.model, ema, env, state.curves, timing)
     metrics = final_metrics(  # every rank evaluates its shard
         state.run, env, state.loaders, state.model, ema, curves=state.curves, params=state.params

@@ -10,19 +10,27 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import config, train
+from pipeline import config, distributed, train
 from pipeline.recipe import evaluate
 
 
 def main(params: str, data: str, out: str) -> None:
     run = config.load_pretrain(params, "linear", 0)
     state = train._setup(run, Path(data), Path(out) / "resume", None)
+    env = state.env
     record = {
-        "world_size": state.env.world_size,
+        "world_size": env.world_size,
         "torch": torch.rand(4).tolist(),
         "numpy": np.random.rand(4).tolist(),
-        "test": evaluate(state.model, state.loaders.test, state.env, amp=False),
+        "test": evaluate(state.model, state.loaders.test, env, amp=False),
+        "diagnostic": torch.cat([x for x, _ in state.loaders.diagnostic])[:8].sum().item(),
+        "same_rank": distributed.same_everywhere(env, env.rank),
+        "same_seed": distributed.same_everywhere(env, run.seed),
     }
+    for buffer in state.model.buffers():  # each rank's own running statistics, then rank 0's on every rank
+        buffer.fill_(env.rank)
+    distributed.broadcast_buffers(env, state.model)
+    record["buffers"] = sum(b.float().sum().item() for b in state.model.buffers())
     Path(out, f"rank-{state.env.rank}.json").write_text(json.dumps(record))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -69,6 +70,10 @@ def test_every_rank_draws_its_own_stream_and_evaluates_its_shard(tmp_path, synth
     for rank in two:
         assert rank["test"]["top1"] == one["test"]["top1"] and rank["test"]["top5"] == one["test"]["top5"]
         assert rank["test"]["loss"] == pytest.approx(one["test"]["loss"], rel=1e-5)
+        # the Q/K/V diagnostic sees the first test images whatever the world size; rank 0's BatchNorm statistics
+        # are what every rank evaluates; the ranks notice when they disagree (a resume folder nodes do not share)
+        assert rank["diagnostic"] == one["diagnostic"]
+        assert rank["buffers"] == 0.0 and rank["same_seed"] and not rank["same_rank"]
 
 
 def _argv(tmp: Path, params: Path, data: Path) -> list[str]:
@@ -232,15 +237,15 @@ def test_repeated_augmentation_spreads_each_image_over_the_ranks():
     under its own seed."""
     from collections import Counter
 
-    from pipeline.data import _EpochSampler
+    from pipeline.samples import EpochSampler
 
-    ranks = [_EpochSampler(24, train=True, seed=0, rank=r, world_size=3, repeats=3) for r in range(3)]
+    ranks = [EpochSampler(24, train=True, seed=0, rank=r, world_size=3, repeats=3) for r in range(3)]
     draws = [list(s) for s in ranks]
     indices = [i for d in draws for i, _ in d]
     assert len(indices) == 24 and set(Counter(indices).values()) == {3}
     assert all(len({i for i, _ in d}) == len(d) for d in draws), "one rank got two copies of an image"
     assert len({seed for d in draws for _, seed in d}) == 24
-    other_seed = _EpochSampler(24, train=True, seed=1, rank=0, world_size=3, repeats=3)
+    other_seed = EpochSampler(24, train=True, seed=1, rank=0, world_size=3, repeats=3)
     assert [i for i, _ in other_seed] != [i for i, _ in draws[0]]
 
 
@@ -252,6 +257,19 @@ def test_repeated_augmentation_needs_an_image_per_rank(synthetic):
         data.build_loaders(
             synthetic, augment, img_size=16, batch_size=0, eval_batch_size=8, workers=0, seed=0, world_size=100
         )
+
+
+def test_repeated_augmentation_that_leaves_less_than_a_batch_is_refused(tmp_path):
+    """timm's RepeatAugSampler keeps floor(n / 256) * 256 / world_size images per rank (n >= 256)."""
+    from pipeline import data, prepare
+
+    entry = {**tiny_params()["datasets"]["synthetic"], "img_size": 8, "per_class": 170}  # 306 training images
+    files, _ = prepare.run("big", Dataset(**entry))
+    write_outputs({tmp_path / k: v for k, v in files.items()})
+    augment = Augment("timm", 0.5, 0, 0.5, None, None, 0.25, "pixel", 3, "bicubic", 1.0)
+    with pytest.raises(ValueError, match=r"RepeatAugSampler keeps 128 of the 306 training images per process"):
+        data.build_loaders(tmp_path, augment, img_size=8, batch_size=140, eval_batch_size=8, workers=0, seed=0,
+                           world_size=2)  # fmt: skip
 
 
 def test_random_erasing_uses_the_recipes_mode(synthetic):
@@ -311,7 +329,28 @@ def test_launcher_takes_the_nodes_from_the_environment(env, expected):
 
 
 def test_launcher_in_a_slurm_batch_script_starts_one_task_per_node():
-    env = {"SLURM_JOB_ID": "42", "SLURM_NNODES": "4", "SLURM_GPUS_ON_NODE": "8"}
+    env = {"SLURM_JOB_ID": "42", "SLURM_NNODES": "4", "SLURM_GPUS_ON_NODE": "8", "SLURM_CPUS_ON_NODE": "64"}
     cmd = launch.command(["-m", "pipeline.pretrain", "--x"], env)
-    assert cmd[:4] == ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1", f"--export=ALL,{launch.NODE_TASK}=1"]
-    assert cmd[5:] == ["-m", "pipeline.launch", "--nproc-per-node", "8", "-m", "pipeline.pretrain", "--x"]
+    assert cmd[:7] == [
+        "srun",
+        "--nodes=4",
+        "--ntasks=4",
+        "--ntasks-per-node=1",
+        "--cpus-per-task=64",
+        "--kill-on-bad-exit=1",
+        f"--export=ALL,{launch.NODE_TASK}=1",
+    ]
+    assert cmd[8:] == ["-m", "pipeline.launch", "--nproc-per-node", "8", "-m", "pipeline.pretrain", "--x"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--nproc-per-node"], "--nproc-per-node needs a positive number, got nothing"),
+        (["--nproc-per-node", "x", "-m", "m"], "--nproc-per-node needs a positive number, got ['x']"),
+        (["pipeline.pretrain"], "usage: python -m pipeline.launch [--nproc-per-node N] -m MODULE ARGS..."),
+    ],
+)
+def test_launcher_bad_arguments_are_one_line(argv, message):
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        launch.command(argv, {})

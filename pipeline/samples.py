@@ -1,0 +1,152 @@
+"""The per-sample loader path (``augment.mode: timm``): timm's transforms on one image at a time, in DataLoader
+workers that persist across epochs. Every training sample is transformed under its own seed, a pure function of
+(seed, epoch, rank, position) that travels with its index, so results depend neither on the number of workers
+nor on where a resumed run restarts."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.batched import epoch_generator
+from pipeline.config import Augment
+
+__all__ = ["EpochSampler", "ImageDataset", "loader", "transform"]
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """The indices of one rank's share of an epoch, paired with the seed each sample is transformed under.
+
+    Training: shuffled by (seed, epoch) (with ``repeats > 1`` by timm's RepeatAugSampler, which spreads each
+    image's copies over the ranks); each sample's seed is a pure function of (seed, epoch, rank, position), so
+    the result depends neither on the number of loader workers nor on where a resumed run restarts, and persistent
+    workers see every epoch's seeds (they travel with the indices). Evaluation: every image once, rank r taking
+    images r, r + world_size, ...
+    """
+
+    def __init__(self, n: int, *, train: bool, seed: int, rank: int, world_size: int, repeats: int = 1):
+        self.n, self.train, self.seed, self.rank, self.world_size = n, train, seed, rank, world_size
+        self.epoch = 0
+        self.repeat = None
+        if train and repeats > 1:
+            from timm.data.distributed_sampler import RepeatAugSampler
+
+            self.repeat = RepeatAugSampler(range(n), num_replicas=world_size, rank=rank, num_repeats=repeats)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> list[int]:
+        if not self.train:
+            return list(range(self.rank, self.n, self.world_size))
+        if self.repeat is not None:
+            self.repeat.set_epoch(self.seed * 1_000_003 + self.epoch)  # timm seeds its shuffle with the epoch alone
+            return list(self.repeat)
+        order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch))
+        per_rank = self.n // self.world_size  # the last partial round is dropped, as DistributedSampler's
+        return order[: per_rank * self.world_size][self.rank :: self.world_size].tolist()
+
+    def __len__(self) -> int:
+        if not self.train:
+            return len(range(self.rank, self.n, self.world_size))
+        return len(self.repeat) if self.repeat is not None else self.n // self.world_size
+
+    def __iter__(self) -> Iterator[tuple[int, int | None]]:
+        for position, index in enumerate(self._indices()):
+            if not self.train:
+                yield index, None  # evaluation transforms draw nothing
+                continue
+            entropy = [self.seed, self.epoch, self.rank, position]
+            yield index, int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Per-sample access for timm transforms: PIL images from memory (tensor storage) or from files. A key is
+    ``(index, seed)``: the transform runs under ``seed`` (Python's, NumPy's and torch's global generators, as
+    timm's transforms draw from all three), and the caller's generator states are restored afterwards."""
+
+    def __init__(
+        self,
+        labels: torch.Tensor,
+        transform,
+        *,
+        images: np.ndarray | None = None,
+        files: list[str] | None = None,
+        root: Path | None = None,
+    ):
+        self.labels, self.transform, self.images, self.files, self.root = labels, transform, images, files, root
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key: tuple[int, int | None]):
+        from PIL import Image
+
+        i, seed = key
+        if self.images is not None:
+            image = Image.fromarray(np.ascontiguousarray(self.images[i].transpose(1, 2, 0)))  # (3, S, S) -> (S, S, 3)
+        else:
+            with Image.open(self.root / self.files[i]) as f:
+                image = f.convert("RGB")
+        if seed is None:
+            return self.transform(image), self.labels[i]
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                random.seed(seed)
+                np.random.seed(seed)
+                torch.default_generator.manual_seed(seed)  # the CPU generator only: the transforms run on the CPU,
+                # and torch.manual_seed would also reseed (and leave reseeded) every CUDA generator
+                return self.transform(image), self.labels[i]
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+def loader(
+    dataset: ImageDataset,
+    *,
+    batch_size: int,
+    train: bool,
+    workers: int,
+    seed: int,
+    shard: dict,
+    repeats: int,
+    pin: bool,
+) -> torch.utils.data.DataLoader:
+    from torch.utils.data import DataLoader
+
+    sampler = EpochSampler(len(dataset), train=train, seed=seed, repeats=repeats, **shard)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=train,
+        num_workers=workers,
+        generator=epoch_generator(seed, 0),
+        persistent_workers=workers > 0,  # started once, not once per epoch and per evaluation
+        pin_memory=pin,
+    )
+
+
+def transform(augment: Augment, train: bool, img_size: int, mean: list[float], std: list[float]):
+    from timm.data import create_transform
+
+    return create_transform(
+        img_size,
+        is_training=train,
+        scale=(augment.scale_min, 1.0),
+        hflip=augment.hflip,
+        auto_augment=augment.auto_augment,
+        color_jitter=augment.color_jitter,
+        re_prob=augment.re_prob,
+        interpolation=augment.interpolation,
+        re_mode=augment.re_mode,
+        mean=tuple(mean),
+        std=tuple(std),
+        crop_pct=augment.crop_pct,
+    )
