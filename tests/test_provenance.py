@@ -1,0 +1,200 @@
+"""The provenance record in small temporary DVC repositories: dependency hashes equal to what `dvc repro` writes
+to dvc.lock (computed by a stage command while `dvc repro` runs it), code identity limited to the instance's
+sources, and the GPU entry of a CPU run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import provenance
+from pipeline.outputs import json_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DVC_YAML = """\
+stages:
+  make:
+    cmd: mkdir -p made && echo made > made/x.txt
+    outs:
+      - made:
+          cache: false
+  run:
+    matrix:
+      size: [small]
+      seed: [0]
+    cmd: '{python} code.py results/${{item.size}}-${{item.seed}}.json'
+    deps:
+      - code.py
+      - data
+      - made
+    params:
+      - lr
+    outs:
+      - results/${{item.size}}-${{item.seed}}.json:
+          cache: false
+"""
+
+# The stage command: notes the locks the parent `dvc repro` holds meanwhile, then writes its provenance record.
+CODE = """\
+import json, os, sys, time
+from pathlib import Path
+import zc.lockfile
+from pipeline import provenance
+from pipeline.outputs import json_bytes
+try:
+    zc.lockfile.LockFile(".dvc/tmp/lock").close()
+    repo_lock = "free"
+except zc.lockfile.LockError:
+    repo_lock = "held"
+rw = json.loads(Path(".dvc/tmp/rwlock").read_text())
+rwlock = {mode: sorted(os.path.relpath(p) for p in rw[mode]) for mode in ("read", "write")}
+record = provenance.record("run", {"lr": 0.1}, started=time.time(), extra={"repo_lock": repo_lock, "rwlock": rwlock})
+out = Path(sys.argv[1])
+out.parent.mkdir(exist_ok=True)
+out.write_bytes(json_bytes(record))
+"""
+
+
+def _env(repo: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("DVC_STAGE", "DVC_ROOT")}
+    return {
+        **env,
+        "PYTHONPATH": str(ROOT),
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_SITE_CACHE_DIR": str(repo / ".dvc-site"),
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+
+
+def sh(*args: str, cwd: Path) -> str:
+    done = subprocess.run(args, cwd=cwd, env=_env(cwd), capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def dvc(*args: str, cwd: Path) -> str:
+    return sh(sys.executable, "-m", "dvc", *args, cwd=cwd)
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """A git + DVC repository, committed and reproduced: a `make` stage writing a git-tracked folder, and one
+    matrix instance `run@small-0` reading a file, a data folder, that folder and a param."""
+    repo = tmp_path / "repo"
+    (repo / "data" / "sub").mkdir(parents=True)
+    (repo / "data" / "a.txt").write_text("a\n")
+    (repo / "data" / "sub" / "b.bin").write_bytes(bytes(range(256)) * 3)
+    (repo / "code.py").write_text(CODE)
+    (repo / "params.yaml").write_text("lr: 0.1\nunused: 1\n")
+    (repo / "dvc.yaml").write_text(DVC_YAML.format(python=sys.executable))
+    (repo / ".gitignore").write_text(".dvc-site/\n")
+    sh("git", "init", "-q", cwd=repo)
+    dvc("init", "-q", cwd=repo)
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "code", cwd=repo)
+    dvc("repro", cwd=repo)  # writes dvc.lock, made/ and the result, all new to git
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "results", cwd=repo)
+    return repo
+
+
+def test_deps_hashed_as_in_dvc_lock_during_dvc_repro(repo):
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["run@small-0"]
+    record = json.loads((repo / "results" / "small-0.json").read_text())
+    # Read while `dvc repro` ran the command: it releases the repo lock for that time (dvc.stage.run.unlocked_repo)
+    # and keeps its read/write locks on the instance's deps and outs.
+    assert record["repo_lock"] == "free"
+    assert {"code.py", "data", "made", "params.yaml"} <= set(record["rwlock"]["read"])
+    assert record["rwlock"]["write"] == ["results/small-0.json"]
+    assert record["stage"] == "run" and record["stage_instance"] == "run@small-0"
+    assert record["deps"] == lock["deps"]
+    assert {d["path"]: d["md5"].endswith(".dir") for d in record["deps"]} == {
+        "code.py": False,
+        "data": True,
+        "made": True,
+    }
+    assert record["dep_params"] == lock["params"] == {"params.yaml": {"lr": 0.1}}
+    assert record["git_commit"] == sh("git", "rev-parse", "HEAD~1", cwd=repo).strip()  # the code's commit
+    assert record["code_changed"] is False and record["changed_files"] == []  # not dvc.lock, made/, results/
+    assert "git_dirty" not in record and record["gpu"] is None
+
+
+def _record(repo: Path) -> dict:
+    return provenance.record("run", {}, started=time.time(), dvc_stage="run@small-0", root=repo)
+
+
+def test_code_changed_covers_only_the_instance_sources(repo):
+    head = sh("git", "rev-parse", "HEAD", cwd=repo).strip()
+    (repo / "results" / "small-0.json").write_text("{}\n")  # rewritten result, lock and upstream output: no
+    (repo / "dvc.lock").write_text((repo / "dvc.lock").read_text() + "# rewritten\n")
+    (repo / "made" / "x.txt").write_text("made again\n")
+    (repo / "elsewhere.py").write_text("# not a dependency\n")
+    record = _record(repo)
+    assert record["git_commit"] == head
+    assert record["code_changed"] is False and record["changed_files"] == []
+    before = {d["path"]: d["md5"] for d in record["deps"]}
+
+    (repo / "code.py").write_text(CODE + "# edited\n")
+    (repo / "data" / "sub" / "new.txt").write_text("untracked\n")
+    record = _record(repo)
+    assert record["code_changed"] is True
+    assert record["changed_files"] == ["code.py", "data/sub/new.txt"]
+    after = {d["path"]: d["md5"] for d in record["deps"]}
+    assert after["code.py"] != before["code.py"] and after["data"] != before["data"] and after["made"] == before["made"]
+
+    sh("git", "checkout", "--", "code.py", cwd=repo)
+    (repo / "data" / "sub" / "new.txt").unlink()
+    (repo / "params.yaml").write_text("lr: 0.2\nunused: 1\n")
+    sh("git", "add", "params.yaml", cwd=repo)  # staged counts too
+    record = _record(repo)
+    assert record["code_changed"] is True and record["changed_files"] == ["params.yaml"]
+    assert record["dep_params"] == {"params.yaml": {"lr": 0.2}}
+
+
+def test_outside_dvc_repro_no_instance(tmp_path, monkeypatch):
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    record = provenance.record("run", {"lr": 0.1}, started=time.time() - 2, extra={"device": "cpu"})
+    assert record["stage_instance"] is None and record["deps"] is None and record["dep_params"] is None
+    assert record["code_changed"] is None and record["changed_files"] is None and record["git_commit"] is None
+    assert record["params"] == {"lr": 0.1} and record["device"] == "cpu" and record["wall_time_s"] >= 2
+    json_bytes(record)  # plain JSON
+
+
+def test_unknown_instance_is_reported_not_raised(repo, capsys):
+    record = provenance.record("run", {}, started=time.time(), dvc_stage="nope@x", root=repo)
+    assert record["stage_instance"] == "nope@x" and record["deps"] is None and record["code_changed"] is None
+    assert "dependencies of nope@x not recorded" in capsys.readouterr().err
+
+
+def test_gpu_null_on_cpu(monkeypatch):
+    torch = pytest.importorskip("torch")
+    assert (provenance._gpu() is None) == (not torch.cuda.is_initialized())
+    monkeypatch.delitem(sys.modules, "torch")
+    assert provenance._gpu() is None
+    cpu_torch = types.SimpleNamespace(cuda=types.SimpleNamespace(is_initialized=lambda: False))
+    monkeypatch.setitem(sys.modules, "torch", cpu_torch)
+    assert provenance._gpu() is None
+
+
+def test_gpu_entry_when_cuda_is_in_use(monkeypatch):
+    cuda = types.SimpleNamespace(
+        is_initialized=lambda: True, device_count=lambda: 2, get_device_name=lambda i: f"Fake GPU {i}"
+    )
+    fake = types.SimpleNamespace(cuda=cuda, version=types.SimpleNamespace(cuda="12.8"))
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    monkeypatch.setattr(provenance, "_run", lambda *cmd, cwd=None: "570.1\n570.1\n")
+    assert provenance._gpu() == {"models": ["Fake GPU 0", "Fake GPU 1"], "driver": "570.1", "cuda": "12.8"}
