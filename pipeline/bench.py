@@ -47,7 +47,7 @@ from pipeline.data import read_meta
 from pipeline.distributed import configure_torch
 from pipeline.outputs import csv_bytes, json_bytes, round_measurement, write_outputs
 
-PARAMS = ("profile", "variants", "model", "device", "pretrain.dataset", "pretrain.recipe", "bench")
+PARAMS = ("profile", "variants", "backbones", "device", "pretrain.dataset", "pretrain.recipe", "bench")
 
 
 def measure(settings: config.BenchConfig, prepared: Path, *, progress: bool = False) -> tuple[dict, list[dict]]:

@@ -1,10 +1,11 @@
 """Stage ``finetune``: transfer one pretrained variant to one target dataset with one seed
-(``finetune@<variant>-<dataset>-<seed>``): load the pretrained weights, replace the head, fine-tune, evaluate.
+(``finetune@<backbone>-<variant>-<dataset>-<seed>``): load the pretrained weights, replace the head, fine-tune,
+evaluate.
 
-Reads:  params.yaml ``profile``, ``variants.<variant>``, ``model``, ``device``, ``pretrain.recipe.weights`` (which
-        pretrained weights to start from), ``finetune.recipe`` (and ``runtime``, which
-        never change what is computed); the prepared target dataset; the pretrained weights of the same variant
-        and seed.
+Reads:  params.yaml ``profile``, ``variants.<variant>``, ``backbones.<backbone>``, ``device``,
+        ``pretrain.recipe.weights`` (which pretrained weights to start from), ``finetune.recipe`` (and ``runtime``,
+        which never change what is computed); the prepared target dataset; the pretrained weights of the same
+        backbone, variant and seed.
 Writes: --weights-out, --metrics, --curves, --provenance: as the pretrain stage.
 A variant listed here with no pretrained weights is an error that says so.
 """
@@ -16,7 +17,14 @@ from pathlib import Path
 from pipeline import config, runner
 from pipeline.cli import run_stage
 
-PARAMS = ("profile", "variants.{variant}", "model", "device", "pretrain.recipe.weights", "finetune.recipe")
+PARAMS = (
+    "profile",
+    "variants.{variant}",
+    "backbones.{backbone}",
+    "device",
+    "pretrain.recipe.weights",
+    "finetune.recipe",
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     args, outputs = runner.parse_args("finetune", __doc__, argv, inputs)
 
     def body() -> None:
-        run = config.load_finetune(args.params, args.variant, args.dataset, args.seed)
+        run = config.load_finetune(args.params, args.backbone, args.variant, args.dataset, args.seed)
         init = Path(args.pretrained) / f"{run.pretrained_weights}.safetensors"  # pretrain.recipe.weights
         runner.train_and_write(run, data=Path(args.data), outputs=outputs, init_weights=init)
 

@@ -19,7 +19,7 @@ from B)::
     # on node A                                   # on node B
     export PET_NNODES=2 PET_NODE_RANK=0           export PET_NNODES=2 PET_NODE_RANK=1
     export PET_MASTER_ADDR=nodeA PET_MASTER_PORT=29500   (the same two)
-    dvc repro --single-item pretrain@sne-0        python -m pipeline.launch --nproc-per-node 8 -m pipeline.pretrain ...
+    dvc repro --single-item pretrain@n12-sne-0    python -m pipeline.launch --nproc-per-node 8 -m pipeline.pretrain ...
 """
 
 from __future__ import annotations

@@ -37,6 +37,8 @@ def final_metrics(
     metrics = {
         "profile": run.profile,
         "stage": run.stage,
+        "backbone": run.backbone,
+        "model": run.net.name,
         "variant": run.net.variant,
         "seed": run.seed,
         "dataset": loaders.meta["dataset"],

@@ -1,7 +1,8 @@
-"""Stage ``pretrain``: train one variant with one seed on the source dataset (``pretrain@<variant>-<seed>``).
+"""Stage ``pretrain``: train one variant on one backbone with one seed on the source dataset
+(``pretrain@<backbone>-<variant>-<seed>``).
 
-Reads:  params.yaml ``profile``, ``variants.<variant>``, ``model``, ``device``, ``pretrain.dataset``,
-        ``pretrain.recipe``
+Reads:  params.yaml ``profile``, ``variants.<variant>``, ``backbones.<backbone>``, ``device``,
+        ``pretrain.dataset``, ``pretrain.recipe``
         (and ``runtime``, which never changes what is computed); the prepared source dataset.
 Writes: --weights-out  folder of safetensors weights: raw.safetensors, and ema.safetensors with EMA (DVC cache).
         --metrics      JSON: test top-1/top-5 of the final model, final and best val top-1, epochs, parameters,
@@ -19,7 +20,14 @@ from pathlib import Path
 from pipeline import config, runner
 from pipeline.cli import run_stage
 
-PARAMS = ("profile", "variants.{variant}", "model", "device", "pretrain.dataset", "pretrain.recipe")
+PARAMS = (
+    "profile",
+    "variants.{variant}",
+    "backbones.{backbone}",
+    "device",
+    "pretrain.dataset",
+    "pretrain.recipe",
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     args, outputs = runner.parse_args("pretrain", __doc__, argv, inputs)
 
     def body() -> None:
-        run = config.load_pretrain(args.params, args.variant, args.seed)
+        run = config.load_pretrain(args.params, args.backbone, args.variant, args.seed)
         runner.train_and_write(run, data=Path(args.data), outputs=outputs)
 
     run_stage("pretrain", body)

@@ -3,13 +3,14 @@
 Every number on the page is read from a result file another stage declared, or cited from
 ``references/published.yaml``; the page says which. Nothing is recomputed and torch is never imported.
 
-Reads:  params.yaml ``profile``, ``variants``, ``model.{name,img_size,patch_size}``, ``seeds``, ``datasets``,
+Reads:  params.yaml ``profile``, ``variants``, ``backbones``, ``seeds``, ``datasets``,
         ``pretrain.{dataset,variants}``, ``finetune.{datasets,variants}``, ``forensics.{model,img_size}``,
-        ``report``; the flops, bench,
-        prepare, pretrain and finetune result files (paths given as patterns); references/published.yaml and
-        references/assumptions.yaml.
+        ``report``; the flops, bench, prepare, pretrain and finetune result files (paths given as patterns);
+        references/published.yaml and references/assumptions.yaml; --plan, the profile that can settle the
+        claims (its seeds, confidence and power: what a claim this profile does not test would need).
 Writes: --out/index.html (figures inlined, no network), --out/tables/*.{csv,md,tex},
-        --out/figures/*.{png,svg}. Byte-identical when re-run on the same inputs.
+        --out/figures/*.{png,svg}, --headline (DVC metrics: per claim its verdict, per backbone and variant the
+        mean top-1, the paired difference and its interval). Byte-identical when re-run on the same inputs.
 """
 
 from __future__ import annotations
@@ -19,18 +20,17 @@ import hashlib
 import json
 from pathlib import Path
 
-from pipeline import cli, config, figures, tables
+from pipeline import cli, config, figures, study_tables, tables
+from pipeline.claims import RULE, Verdict, judge
 from pipeline.cli import run_stage
 from pipeline.config import Published, ReportConfig
-from pipeline.outputs import write_outputs
-from pipeline.results import RULE, Inputs, Paths, pretraining, read_curves, read_inputs, read_record, transfer, verdicts
+from pipeline.outputs import json_bytes, round_result, write_outputs
+from pipeline.results import Inputs, Paths, pretraining, read_curves, read_inputs, read_record, transfer
 
 PARAMS = (
     "profile",
     "variants",
-    "model.name",
-    "model.img_size",
-    "model.patch_size",
+    "backbones",
     "seeds",
     "datasets",
     "pretrain.dataset",
@@ -51,12 +51,14 @@ def provenance_rows(cfg: ReportConfig, paths: Paths, inputs: Inputs) -> list[lis
         ("bench", paths.bench.with_name("provenance.json"), None),
         *[(f"prepare@{d}", paths.prepare_metrics(d).with_suffix(".provenance.json"), d) for d in cfg.datasets],
         *[
-            (f"pretrain@{v}-{s}", paths.pretrain_dir(v, s) / "provenance.json", cfg.source)
+            (f"pretrain@{b}-{v}-{s}", paths.pretrain_dir(b, v, s) / "provenance.json", cfg.source)
+            for b in cfg.backbones
             for v in cfg.pretrained
             for s in cfg.seeds
         ],
         *[
-            (f"finetune@{v}-{d}-{s}", paths.finetune_dir(v, d, s) / "provenance.json", d)
+            (f"finetune@{b}-{v}-{d}-{s}", paths.finetune_dir(b, v, d, s) / "provenance.json", d)
+            for b in cfg.backbones
             for v in cfg.transferred
             for d in cfg.targets
             for s in cfg.seeds
@@ -76,7 +78,7 @@ def provenance_rows(cfg: ReportConfig, paths: Paths, inputs: Inputs) -> list[lis
                 name,
                 (record.get("params") or {}).get("profile", "?"),
                 params_hash,
-                (record.get("git_commit") or "?")[:10] + (" (dirty)" if record.get("git_dirty") else ""),
+                (record.get("git_commit") or "?")[:10] + _code_state(record),
                 f"torch {packages.get('torch', '?')}, timm {packages.get('timm', '?')}",
                 record.get("hardware", {}).get("cpu", "?"),
                 content,
@@ -85,43 +87,57 @@ def provenance_rows(cfg: ReportConfig, paths: Paths, inputs: Inputs) -> list[lis
     return rows
 
 
+def _code_state(record: dict) -> str:
+    """Whether the stage's code and params differed from the commit when it ran (its dependencies only)."""
+    changed = record.get("code_changed")
+    if changed is None:
+        return " (code state unknown)"
+    return f" (+{len(record.get('changed_files') or [])} changed file(s))" if changed else ""
+
+
 def build(cfg: ReportConfig, paths: Paths) -> dict[str, bytes]:
-    """Everything the report writes, as ``relative path -> bytes``."""
+    """Everything the report writes, as ``relative path -> bytes`` (the headline metrics under ``headline``)."""
     published = config.load_published(paths.published)
     register = config.load_assumptions(paths.assumptions)
+    plan = config.load(paths.plan)
     inputs = read_inputs(cfg, paths)
-    backbone, baseline = cfg.backbone, cfg.report.baseline
+    baseline = cfg.report.baseline
     synthetic = any(m and m.get("synthetic") for m in [*inputs.pretrain.values(), *inputs.finetune.values()])
     source_synthetic = any(m and m.get("synthetic") for m in inputs.pretrain.values())
     imagenet = cfg.datasets[cfg.source].source == "imagenet"
-    run_label = f"{cfg.source}{' [SYNTHETIC]' if source_synthetic else ''}, {cfg.img_size} px, profile {cfg.profile}"
+    sizes = ", ".join(sorted({f"{m.img_size} px" for m in cfg.backbones.values()}))
+    run_label = f"{cfg.source}{' [SYNTHETIC]' if source_synthetic else ''}, {sizes}, profile {cfg.profile}"
     source = cfg.source + (" — SYNTHETIC data" if source_synthetic else "") + ("." if imagenet else "; not ImageNet.")
 
-    pre_rows, differences = pretraining(cfg, inputs)
-    fine_rows = transfer(cfg, inputs)
-    outcomes = verdicts(cfg, published, differences)
+    pre_rows, fine_rows = pretraining(cfg, inputs), transfer(cfg, inputs)
+    outcomes = judge(cfg, published, inputs, plan)
     rule = RULE.format(confidence=cfg.report.confidence, baseline=baseline)
-    pretrain_claim = published.claim_for("pretrain", backbone)
+    labels = {b: m.backbone for b, m in cfg.backbones.items()}
     table_list = [
-        tables.main(
+        study_tables.main(
             pre_rows,
-            claim=pretrain_claim,
+            claims={b: published.claim_for("pretrain", label) for b, label in labels.items()},
             baseline=baseline,
             run_label=run_label,
             source=source,
             confidence=cfg.report.confidence,
         ),
-        tables.transfer(
-            fine_rows, datasets=cfg.targets, claim=published.claim_for("transfer", backbone), baseline=baseline
+        study_tables.transfer(
+            fine_rows,
+            datasets=cfg.targets,
+            claims={b: published.claim_for("transfer", label) for b, label in labels.items()},
+            baseline=baseline,
+            confidence=cfg.report.confidence,
         ),
         tables.forensics(inputs.flops, published.claims, model=cfg.forensics_model, img_size=cfg.forensics_img_size),
         tables.bench(inputs.bench),
         tables.assumptions(register, cfg.variants),
-        tables.verdicts(outcomes, rule),
+        study_tables.verdicts(outcomes, rule),
+        study_tables.needs(outcomes, published.claims, cfg.report, plan),
         tables.provenance(provenance_rows(cfg, paths, inputs)),
     ]
     drawn = _figures(cfg, paths, inputs, published, pre_rows, fine_rows, run_label)
-    files: dict[str, bytes] = {}
+    files: dict[str, bytes] = {"headline": json_bytes(headline(cfg, pre_rows, fine_rows, outcomes))}
     inline = {}
     for name, fig in drawn.items():
         rendered = figures.save(fig)
@@ -143,10 +159,31 @@ def build(cfg: ReportConfig, paths: Paths) -> dict[str, bytes]:
     return files
 
 
-def _figures(cfg, paths: Paths, inputs: Inputs, published: Published, pre_rows, fine_rows, run_label: str) -> dict:
-    """The report's figures (matplotlib Figures by name), from the same rows as the tables."""
-    published_points = [
-        {"label": f"XCiT-{m.backbone}/{m.patch}", "kind": "baseline", "variant": cfg.report.baseline, **vars(m)}
+def headline(cfg: ReportConfig, pre_rows: list[dict], fine_rows: list[dict], outcomes: list[Verdict]) -> dict:
+    """The answer to "did the embedding help?" in a dozen numbers, for ``dvc metrics show/diff`` and ``dvc exp
+    show``: each claim's verdict, and per backbone and variant the mean test top-1 of pretraining and of the
+    transfer average with their seed-paired differences to the baseline and intervals."""
+
+    def stats(summary: dict, diff: dict | None, prefix: str) -> dict:
+        out = {f"{prefix}top1": summary["mean"]}
+        if diff is not None:
+            out.update({f"{prefix}diff": diff["mean"], f"{prefix}ci_low": diff["ci_low"]})
+            out[f"{prefix}ci_high"] = diff["ci_high"]
+        return out
+
+    study: dict[str, dict] = {}
+    for r in pre_rows:
+        study.setdefault(r["backbone"], {})[r["variant"]] = stats(r["summary"], r["diff"], "")
+    for r in fine_rows:
+        cell = study.setdefault(r["backbone"], {}).setdefault(r["variant"], {})
+        cell.update(stats(r["average"], r["average_diff"], "transfer_"))
+    return round_result({"profile": cfg.profile, "claims": {v.claim: v.outcome for v in outcomes}, **study})
+
+
+def _published_points(baseline: str, published: Published) -> list[dict]:
+    """The published models of the accuracy-against-cost figures: XCiT's baselines and the proposed models."""
+    return [
+        {"label": f"XCiT-{m.backbone}/{m.patch}", "kind": "baseline", "variant": baseline, **vars(m)}
         for m in published.xcit.models
     ] + [
         {
@@ -159,9 +196,19 @@ def _figures(cfg, paths: Paths, inputs: Inputs, published: Published, pre_rows, 
         for c in published.claims
         if c.kind == "pretrain" and c.params_m is not None
     ]
+
+
+def _figures(cfg, paths: Paths, inputs: Inputs, published: Published, pre_rows, fine_rows, run_label: str) -> dict:
+    """The report's figures (matplotlib Figures by name), from the same rows as the tables."""
+    published_points = _published_points(cfg.report.baseline, published)
+    several = len(cfg.backbones) > 1
+
+    def name(backbone: str, variant: str) -> str:  # a series of the figures
+        return f"{backbone}/{variant}" if several else variant
+
     reproduced = [
         {
-            "variant": r["variant"],
+            "variant": name(r["backbone"], r["variant"]),
             "params_m": r["params"] / 1e6,
             "gflops": r["gflops"],
             "mean": r["summary"]["mean"],
@@ -172,23 +219,25 @@ def _figures(cfg, paths: Paths, inputs: Inputs, published: Published, pre_rows, 
         if r["summary"]["n"]
     ]
     curves, similarity = {}, {}
-    for v in cfg.pretrained:
-        runs = [c for c in (read_curves(paths.pretrain_dir(v, s) / "curves.csv") for s in cfg.seeds) if c]
-        if runs:
-            epochs = min(len(r) for r in runs)
-            curves[v] = [
-                {"epoch": runs[0][e]["epoch"], "val_top1": sum(r[e]["val_top1"] for r in runs) / len(runs)}
-                for e in range(epochs)
-            ]
-        metrics = [m["qkv_similarity"] for (vv, _), m in inputs.pretrain.items() if vv == v and m]
-        if metrics:
-            blocks = sorted((k for k in metrics[0] if k.startswith("blocks.")), key=lambda k: int(k.split(".")[1]))
-            similarity[v] = [sum(max(r[b].values()) for r in metrics) / len(metrics) for b in blocks]
+    for b in cfg.backbones:
+        for v in cfg.pretrained:
+            runs = [c for c in (read_curves(paths.pretrain_dir(b, v, s) / "curves.csv") for s in cfg.seeds) if c]
+            if runs:
+                epochs = min(len(r) for r in runs)
+                curves[name(b, v)] = [
+                    {"epoch": runs[0][e]["epoch"], "val_top1": sum(r[e]["val_top1"] for r in runs) / len(runs)}
+                    for e in range(epochs)
+                ]
+            metrics = [m["qkv_similarity"] for (bb, vv, _), m in inputs.pretrain.items() if (bb, vv) == (b, v) and m]
+            if metrics:
+                blocks = sorted((k for k in metrics[0] if k.startswith("blocks.")), key=lambda k: int(k.split(".")[1]))
+                similarity[name(b, v)] = [sum(max(r[k].values()) for r in metrics) / len(metrics) for k in blocks]
     bars = [
-        {"variant": r["variant"], "dataset": d, "n": s["n"], "mean": s["mean"], "std": s["std"]}
+        {"variant": name(r["backbone"], r["variant"]), "dataset": d, "n": s["n"], "mean": s["mean"], "std": s["std"]}
         for r in fine_rows
         for d, s in zip(cfg.targets, r["cells"], strict=True)
     ]
+    series = [name(b, v) for b in cfg.backbones for v in cfg.transferred]
     return {
         "accuracy_vs_params": figures.accuracy_vs_cost(
             published_points, reproduced, cost="params_m", reproduced_label=run_label
@@ -197,7 +246,7 @@ def _figures(cfg, paths: Paths, inputs: Inputs, published: Published, pre_rows, 
             published_points, reproduced, cost="gflops", reproduced_label=run_label
         ),
         "training_curves": figures.training_curves(curves, title=f"pretraining ({run_label})"),
-        "transfer": figures.transfer_bars(bars, list(cfg.targets), list(cfg.transferred)),
+        "transfer": figures.transfer_bars(bars, list(cfg.targets), series),
         "qkv_similarity": figures.similarity(similarity, title=f"Q/K/V similarity after pretraining ({run_label})"),
     }
 
@@ -222,18 +271,21 @@ def main(argv: list[str] | None = None) -> None:
             "--params": "params.yaml",
             "--published": "references/published.yaml",
             "--assumptions": "references/assumptions.yaml",
+            "--plan": "the params of the profile that can settle the claims (profiles/paper.yaml)",
             "--flops": "flops metrics JSON",
             "--bench": "bench metrics JSON",
             "--prepare": "pattern of prepare metrics, with {dataset}",
             "--pretrain": "pattern of pretrain result folders, {variant} {seed}",
             "--finetune": "pattern of finetune folders, {variant} {dataset} {seed}",
             "--out": "report folder",
+            "--headline": "headline metrics JSON to write (DVC metrics)",
         },
     )
     args = parser.parse_args(argv)
     paths = Paths(
         Path(args.published),
         Path(args.assumptions),
+        Path(args.plan),
         Path(args.flops),
         Path(args.bench),
         args.prepare,
@@ -244,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def body() -> None:
         files = build(config.load_report(args.params), paths)
-        write_outputs({paths.out / name: content for name, content in files.items()})
+        headline_json = files.pop("headline")
+        write_outputs({Path(args.headline): headline_json, **{paths.out / name: data for name, data in files.items()}})
         print(f"report: {paths.out / 'index.html'} ({len(files)} files)")
 
     run_stage("report", body)

@@ -1,4 +1,5 @@
-"""Reading the pipeline's result files for the report, and the statistics and verdicts computed from them.
+"""Reading the pipeline's result files for the report, and the per-backbone, per-variant statistics of a study
+(:mod:`pipeline.stats`); the verdicts on the published claims are :mod:`pipeline.claims`'.
 
 No torch here: the report stage reads JSON and CSV only and never recomputes a result.
 """
@@ -7,27 +8,23 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import Claim, Published, ReportConfig
+from pipeline.config import ReportConfig
+from pipeline.stats import paired, summary
 
 __all__ = [
-    "RULE",
     "Inputs",
     "Paths",
-    "Verdict",
+    "accuracies",
     "load_json",
-    "paired",
     "pretraining",
     "read_curves",
     "read_inputs",
     "read_record",
-    "summary",
     "transfer",
-    "verdict",
-    "verdicts",
+    "transfer_average",
 ]
 
 
@@ -45,15 +42,22 @@ def _read_object(path: Path, what: str) -> dict | None:
     return data
 
 
-def load_json(path: Path, profile: str) -> dict | None:
-    """A result file, or None when its stage instance has not run. A malformed file, or one written under
-    another profile, is an error naming the file."""
+def load_json(path: Path, profile: str, instance: dict | None = None) -> dict | None:
+    """A result file, or None when its stage instance has not run. A malformed file, one written under another
+    profile, or one whose own record of its instance (``instance``: backbone, variant, seed, ...) differs from
+    the instance it is read for is an error naming the file."""
     data = _read_object(path, "result file")
     if data is not None and data.get("profile") != profile:
         raise ValueError(
             f"{path} was written by profile {data.get('profile')!r}, but params.yaml is profile {profile!r}: results "
             "of two profiles are never mixed (re-run the stage, or restore its results)"
         )
+    for key, expected in (instance or {}).items() if data is not None else ():
+        if data.get(key) != expected:
+            raise ValueError(
+                f"{path}: written for {key} {data.get(key)!r}, but read as the result of {key} {expected!r}: a "
+                "result file copied or renamed from another instance (re-run this instance: dvc repro)"
+            )
     return data
 
 
@@ -72,83 +76,17 @@ def read_curves(path: Path) -> list[dict]:
         raise ValueError(f"{path}: malformed curves file ({exc})") from None
 
 
-def _t_quantile(confidence: float, dof: int) -> float:
-    from scipy.stats import t
-
-    return float(t.ppf(0.5 + confidence / 2, dof))
-
-
-def summary(values: list[float], confidence: float) -> dict:
-    """n, mean, sample std and a t confidence interval of ``values`` (None where undefined)."""
-    n = len(values)
-    if n == 0:
-        return {"n": 0, "mean": None, "std": None, "ci_low": None, "ci_high": None}
-    mean = sum(values) / n
-    if n == 1:
-        return {"n": 1, "mean": mean, "std": None, "ci_low": None, "ci_high": None}
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = _t_quantile(confidence, n - 1) * std / math.sqrt(n)
-    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
-
-
-def paired(values: dict[int, float], baseline: dict[int, float], confidence: float) -> dict:
-    """Summary of ``values[seed] - baseline[seed]`` over the seeds both have."""
-    seeds = sorted(set(values) & set(baseline))
-    return summary([values[s] - baseline[s] for s in seeds], confidence)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    claim: str
-    outcome: str  # "reproduced", "not reproduced", "not run at this profile"
-    detail: str
-
-
-RULE = (
-    "A claim is tested only when the profile trains on the claim's datasets with the claim's backbone, resolution "
-    "and patch size; otherwise it is 'not run at this profile'. A tested claim is 'reproduced' when, for at least "
-    "one proposed variant, the {confidence:.0%} confidence interval of the seed-paired difference to the "
-    "{baseline} baseline lies above zero and contains the published difference; otherwise 'not reproduced'."
-)
-
-
-def verdict(claim: Claim, *, tested: bool, differences: dict[str, dict]) -> Verdict:
-    """The verdict on one published claim from the paired differences (variant -> summary) of this run."""
-    published = claim.difference
-    if not tested:
-        return Verdict(
-            claim.id, "not run at this profile", f"needs {claim.backbone} trained on {', '.join(claim.datasets)}"
-        )
-    matching = [
-        v
-        for v, d in differences.items()
-        if d["ci_low"] is not None and d["ci_low"] > 0 and d["ci_low"] <= published <= d["ci_high"]
-    ]
-    if matching:
-        return Verdict(
-            claim.id, "reproduced", f"published +{published:.1f} pp inside the interval of {', '.join(matching)}"
-        )
-    shown = (
-        "; ".join(
-            f"{v}: {d['mean']:+.2f} [{d['ci_low']:+.2f}, {d['ci_high']:+.2f}]"
-            for v, d in differences.items()
-            if d["ci_low"] is not None
-        )
-        or "fewer than two paired seeds"
-    )
-    return Verdict(claim.id, "not reproduced", f"published +{published:.1f} pp; measured {shown}")
-
-
 # ----------------------------------------------------------------------------------------------------
 # The report's inputs, and the statistics of one study.
 
 
 @dataclass(frozen=True)
 class Paths:
-    """Where the report reads (patterns with ``{dataset}``, ``{variant}``, ``{seed}``) and writes."""
+    """Where the report reads (patterns with ``{backbone}``, ``{dataset}``, ``{variant}``, ``{seed}``) and writes."""
 
     published: Path
     assumptions: Path
+    plan: Path  # the params of the profile that can settle the claims (profiles/paper.yaml)
     flops: Path
     bench: Path
     prepare: str  # metrics JSON of a prepare instance
@@ -156,11 +94,11 @@ class Paths:
     finetune: str  # folder of a finetune instance
     out: Path
 
-    def pretrain_dir(self, variant: str, seed: int) -> Path:
-        return Path(self.pretrain.format(variant=variant, seed=seed))
+    def pretrain_dir(self, backbone: str, variant: str, seed: int) -> Path:
+        return Path(self.pretrain.format(backbone=backbone, variant=variant, seed=seed))
 
-    def finetune_dir(self, variant: str, dataset: str, seed: int) -> Path:
-        return Path(self.finetune.format(variant=variant, dataset=dataset, seed=seed))
+    def finetune_dir(self, backbone: str, variant: str, dataset: str, seed: int) -> Path:
+        return Path(self.finetune.format(backbone=backbone, variant=variant, dataset=dataset, seed=seed))
 
     def prepare_metrics(self, dataset: str) -> Path:
         return Path(self.prepare.format(dataset=dataset))
@@ -173,23 +111,30 @@ class Inputs:
     flops: dict | None
     bench: dict | None
     prepare: dict[str, dict | None]
-    pretrain: dict[tuple[str, int], dict | None]  # (variant, seed) -> metrics
-    finetune: dict[tuple[str, str, int], dict | None]  # (variant, dataset, seed) -> metrics
+    pretrain: dict[tuple[str, str, int], dict | None]  # (backbone, variant, seed) -> metrics
+    finetune: dict[tuple[str, str, str, int], dict | None]  # (backbone, variant, dataset, seed) -> metrics
 
 
 def read_inputs(cfg: ReportConfig, paths: Paths) -> Inputs:
-    profile = cfg.profile
+    profile, models = cfg.profile, {b: m.name for b, m in cfg.backbones.items()}
+
+    def result(folder: Path, b: str, v: str, s: int, **more) -> dict | None:
+        instance = {"backbone": b, "model": models[b], "variant": v, "seed": s, **more}
+        return load_json(folder / "metrics.json", profile, instance)
+
     return Inputs(
         load_json(paths.flops, profile),
         load_json(paths.bench, profile),
         {d: load_json(paths.prepare_metrics(d), profile) for d in cfg.datasets},
         {
-            (v, s): load_json(paths.pretrain_dir(v, s) / "metrics.json", profile)
+            (b, v, s): result(paths.pretrain_dir(b, v, s), b, v, s, dataset=cfg.source)
+            for b in cfg.backbones
             for v in cfg.pretrained
             for s in cfg.seeds
         },
         {
-            (v, d, s): load_json(paths.finetune_dir(v, d, s) / "metrics.json", profile)
+            (b, v, d, s): result(paths.finetune_dir(b, v, d, s), b, v, s, dataset=d)
+            for b in cfg.backbones
             for v in cfg.transferred
             for d in cfg.targets
             for s in cfg.seeds
@@ -197,68 +142,71 @@ def read_inputs(cfg: ReportConfig, paths: Paths) -> Inputs:
     )
 
 
-def _accuracies(runs: dict, key: tuple, field: str = "test_top1") -> dict[int, float]:
+def accuracies(runs: dict, key: tuple, field: str = "test_top1") -> dict[int, float]:
     """``field`` (test top-1 of the reported weights by default) per seed of the instances whose key starts with
     ``key`` and that have it."""
     return {k[-1]: m[field] for k, m in runs.items() if k[:-1] == key and m is not None and field in m}
 
 
-def pretraining(cfg: ReportConfig, inputs: Inputs) -> tuple[list[dict], dict[str, dict]]:
-    """Per variant: the summary over seeds, the paired difference to the baseline, a run's size; and the
-    differences alone (for the verdicts)."""
+def pretraining(cfg: ReportConfig, inputs: Inputs) -> list[dict]:
+    """Per backbone and variant: the summary over seeds, the paired difference to the baseline (None for the
+    baseline itself), both weights' accuracies and a run's size."""
     confidence, baseline = cfg.report.confidence, cfg.report.baseline
-    base = _accuracies(inputs.pretrain, (baseline,))
-    rows, differences = [], {}
-    for v in cfg.pretrained:
-        acc = _accuracies(inputs.pretrain, (v,))
-        run = next((m for (vv, _), m in inputs.pretrain.items() if vv == v and m), None)
-        diff = paired(acc, base, confidence) if v != baseline else None
-        if diff is not None:
-            differences[v] = diff
-        rows.append(
-            {
-                "variant": v,
-                "embedding": cfg.variants[v].get("qkv_embed", v),
-                "backbone": cfg.backbone,
-                "params": run["params"] if run else None,
-                "gflops": run["gflops"] if run else None,
-                "summary": summary(list(acc.values()), confidence),
-                "diff": diff,
-                # both sets of weights where the run kept an EMA (test_top1 is the recipe's `weights`)
-                "raw": summary(list(_accuracies(inputs.pretrain, (v,), "raw_test_top1").values()), confidence),
-                "ema": summary(list(_accuracies(inputs.pretrain, (v,), "ema_test_top1").values()), confidence),
-                "weights": run.get("weights", "raw") if run else None,
-            }
-        )
-    return rows, differences
-
-
-def transfer(cfg: ReportConfig, inputs: Inputs) -> list[dict]:
-    """Per variant: a summary per target dataset, and of the per-seed averages over the targets."""
-    confidence, rows = cfg.report.confidence, []
-    for v in cfg.transferred:
-        cells, per_seed = [], {}
-        for d in cfg.targets:
-            acc = _accuracies(inputs.finetune, (v, d))
-            cells.append(summary(list(acc.values()), confidence))
-            for seed, a in acc.items():
-                per_seed.setdefault(seed, []).append(a)
-        complete = [sum(a) / len(a) for a in per_seed.values() if len(a) == len(cfg.targets)]
-        rows.append({"variant": v, "cells": cells, "average": summary(complete, confidence)})
+    rows = []
+    for b, model in cfg.backbones.items():
+        base = accuracies(inputs.pretrain, (b, baseline))
+        for v in cfg.pretrained:
+            acc = accuracies(inputs.pretrain, (b, v))
+            run = next((m for (bb, vv, _), m in inputs.pretrain.items() if (bb, vv) == (b, v) and m), None)
+            rows.append(
+                {
+                    "backbone": b,
+                    "label": model.backbone,
+                    "variant": v,
+                    "embedding": cfg.variants[v].get("qkv_embed", v),
+                    "params": run["params"] if run else None,
+                    "gflops": run["gflops"] if run else None,
+                    "summary": summary(list(acc.values()), confidence),
+                    "diff": paired(acc, base, confidence) if v != baseline else None,
+                    # both sets of weights where the run kept an EMA (test_top1 is the recipe's `weights`)
+                    "raw": summary(list(accuracies(inputs.pretrain, (b, v), "raw_test_top1").values()), confidence),
+                    "ema": summary(list(accuracies(inputs.pretrain, (b, v), "ema_test_top1").values()), confidence),
+                    "weights": run.get("weights", "raw") if run else None,
+                }
+            )
     return rows
 
 
-def verdicts(cfg: ReportConfig, published: Published, differences: dict[str, dict]) -> list:
-    source = cfg.datasets[cfg.source].source
-    return [
-        verdict(
-            claim,
-            tested=claim.kind == "pretrain"
-            and source in claim.datasets
-            and cfg.backbone == claim.backbone
-            and claim.img_size in (None, cfg.img_size)
-            and claim.patch in (None, cfg.patch_size),
-            differences=differences,
-        )
-        for claim in published.claims
-    ]
+def transfer_average(inputs: Inputs, backbone: str, variant: str, targets: tuple[str, ...]) -> dict[int, float]:
+    """Per seed, the mean test top-1 over ``targets``, for the seeds that have every one of them."""
+    per_seed: dict[int, list[float]] = {}
+    for d in targets:
+        for seed, a in accuracies(inputs.finetune, (backbone, variant, d)).items():
+            per_seed.setdefault(seed, []).append(a)
+    return {s: sum(a) / len(a) for s, a in per_seed.items() if len(a) == len(targets)}
+
+
+def transfer(cfg: ReportConfig, inputs: Inputs) -> list[dict]:
+    """Per backbone and variant: a summary and a seed-paired difference to the baseline per target dataset,
+    and the same of the per-seed averages over the targets."""
+    confidence, baseline, rows = cfg.report.confidence, cfg.report.baseline, []
+    for b in cfg.backbones:
+        for v in cfg.transferred:
+            cells, diffs = [], []
+            for d in cfg.targets:
+                acc, base = (accuracies(inputs.finetune, (b, x, d)) for x in (v, baseline))
+                cells.append(summary(list(acc.values()), confidence))
+                diffs.append(paired(acc, base, confidence) if v != baseline else None)
+            average = transfer_average(inputs, b, v, cfg.targets)
+            base_average = transfer_average(inputs, b, baseline, cfg.targets)
+            rows.append(
+                {
+                    "backbone": b,
+                    "variant": v,
+                    "cells": cells,
+                    "diffs": diffs,
+                    "average": summary(list(average.values()), confidence),
+                    "average_diff": paired(average, base_average, confidence) if v != baseline else None,
+                }
+            )
+    return rows

@@ -45,6 +45,7 @@ def parse_args(
         "--resume-dir": "where resume checkpoints live (not a DVC output)",
     }
     parser = cli.parser(f"python -m pipeline.{stage}", doc, {"--params": "params.yaml", **inputs, **outputs})
+    parser.add_argument("--backbone", required=True, help="entry of backbones")
     parser.add_argument("--seed", required=True, type=int, help="entry of seeds")
     args = parser.parse_args(argv)
     paths = (args.weights_out, args.metrics, args.curves, args.provenance, args.resume_dir)

@@ -1,7 +1,8 @@
 """The report's tables: one function per table, each taking plain data (result dicts, summaries computed by
 :mod:`pipeline.results`, entries of the reference files) and returning a :class:`Table`; :func:`files` renders
 any table as CSV, Markdown and LaTeX, :func:`text` for a terminal. The bench stage prints its table through
-the same function the report uses. Published numbers come from ``references/published.yaml`` only."""
+the same function the report uses. The tables of the study and the claims are in :mod:`pipeline.study_tables`.
+Published numbers come from ``references/published.yaml`` only."""
 
 from __future__ import annotations
 
@@ -15,11 +16,8 @@ __all__ = [
     "bench",
     "files",
     "forensics",
-    "main",
     "provenance",
     "text",
-    "transfer",
-    "verdicts",
 ]
 
 
@@ -70,87 +68,7 @@ def interval(s: dict, signed: bool = False) -> str:
     return "n/a" if s["ci_low"] is None else f"[{fmt(s['ci_low'], signed=signed)}, {fmt(s['ci_high'], signed=signed)}]"
 
 
-def _both_weights(row: dict) -> str:
-    """Both accuracies of runs that kept an EMA, marking the one reported; "no EMA" otherwise."""
-    if not row["ema"]["n"]:
-        return "no EMA"
-    return f"raw {fmt(row['raw']['mean'])}, EMA {fmt(row['ema']['mean'])} (reported: {row['weights']})"
-
-
-def _published(claim: Claim | None, baseline: bool) -> str:
-    if claim is None:
-        return "not published"
-    return f"{claim.baseline:g}" if baseline else f"{claim.proposed:g} (structure not stated)"
-
-
 # ----------------------------------------------------------------------------------------------------
-
-
-def main(
-    rows: list[dict], *, claim: Claim | None, baseline: str, run_label: str, source: str, confidence: float
-) -> Table:
-    """The ImageNet claim's columns beside this run's pretraining. ``rows``: per variant ``variant``,
-    ``embedding``, ``backbone``, ``params`` and ``gflops`` (of a run, or None), ``summary`` and ``diff`` (None for
-    the baseline)."""
-    body = []
-    for r in rows:
-        diff = r["diff"]
-        if diff is None:
-            delta = "baseline"
-        else:
-            delta = f"{fmt(diff['mean'], signed=True)} {interval(diff, signed=True)}" if diff["n"] else "not run"
-        body.append(
-            [
-                r["variant"],
-                r["embedding"],
-                r["backbone"],
-                fmt(r["params"] / 1e6, 3) if r["params"] is not None else "not run",
-                fmt(r["gflops"], 4) if r["gflops"] is not None else "not run",
-                _published(claim, r["variant"] == baseline),
-                mean_std(r["summary"]),
-                interval(r["summary"]),
-                delta,
-                _both_weights(r),
-            ]
-        )
-    where = f"ImageNet-1k {claim.backbone}" if claim else "ImageNet-1k"
-    return Table(
-        "main",
-        "Main table: the ImageNet claim (published) and this run (reproduced)",
-        [
-            "variant",
-            "embedding",
-            "backbone",
-            "params (M, this run)",
-            "GFLOPs (this run)",
-            f"published top-1, {where}",
-            f"reproduced top-1 ({run_label}), mean ± std",
-            f"{confidence:.0%} CI",
-            f"Δ vs {baseline}, paired by seed [CI]",
-            "raw / EMA weights' top-1",
-        ],
-        body,
-        (f"Published: {claim.source} (which structure gave {claim.proposed:g} is not stated). " if claim else "")
-        + f"Reproduced: test top-1 of this profile's runs on {source}",
-    )
-
-
-def transfer(rows: list[dict], *, datasets: tuple[str, ...], claim: Claim | None, baseline: str) -> Table:
-    """Transfer accuracy per target. ``rows``: per variant ``variant``, ``cells`` (a summary per dataset) and
-    ``average`` (the summary of per-seed averages over the datasets)."""
-    body = [
-        [r["variant"], *map(mean_std, r["cells"]), mean_std(r["average"]), _published(claim, r["variant"] == baseline)]
-        for r in rows
-    ]
-    published = f"published average ({claim.backbone}, {len(claim.datasets)} datasets)" if claim else "published"
-    return Table(
-        "transfer",
-        "Transfer: test top-1 per target dataset",
-        ["variant", *datasets, "average (per seed, then over seeds)", published],
-        body,
-        (f"Published: {claim.source}, over {', '.join(claim.datasets)}; " if claim else "")
-        + f"reproduced: this profile's targets ({', '.join(datasets)}).",
-    )
 
 
 def forensics(flops: dict | None, claims: tuple[Claim, ...], *, model: str, img_size: int) -> Table:
@@ -247,13 +165,6 @@ def assumptions(register: tuple[Assumption, ...], variants: dict[str, dict]) -> 
         "Assumption register: details the abstracts leave open",
         ["detail", "alternatives", "default and why", "this run (params.yaml variants)"],
         rows,
-    )
-
-
-def verdicts(outcomes: list, rule: str) -> Table:
-    """One row per published claim (:class:`pipeline.results.Verdict`)."""
-    return Table(
-        "verdicts", "Verdicts", ["claim", "outcome", "detail"], [[v.claim, v.outcome, v.detail] for v in outcomes], rule
     )
 
 

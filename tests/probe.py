@@ -15,7 +15,7 @@ from pipeline.recipe import evaluate
 
 
 def main(params: str, data: str, out: str) -> None:
-    run = config.load_pretrain(params, "linear", 0)
+    run = config.load_pretrain(params, "n12", "linear", 0)
     state = train._setup(run, Path(data), Path(out) / "resume", None)
     env = state.env
     record = {

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import audit, bench, config
+from pipeline import bench, compare, config
 from pipeline.config import Dataset
 from pipeline.outputs import write_outputs
 
@@ -124,7 +124,7 @@ def test_bench_bad_params(tmp_path, prepared, updates, message):
 def test_bench_reference_without_the_models_stem_is_refused(tmp_path, prepared):
     with pytest.raises(SystemExit) as exc:
         run_bench(tmp_path, prepared, variants=["linear"], reference="xcit_nano_12_p8_224", rounds=1)
-    assert "bench.reference: timm's XCiT has no patch-4 stem (model.patch_size)" in str(exc.value)
+    assert "bench.reference: timm's XCiT has no patch-4 stem (backbones.n12.patch_size)" in str(exc.value)
     assert not (tmp_path / "bench").exists()
 
 
@@ -165,11 +165,11 @@ def test_audit_compares_a_measurement_by_its_ratios():
     slower_machine = json.loads(json.dumps(old))
     slower_machine["models"]["linear"]["train_step_ms"] = 250.0  # absolute timings are not judged
     slower_machine["models"]["sne"]["step_time_ratio"] = 1.3
-    beyond, compared = audit.compare_measured(old, slower_machine, 0.25)
+    beyond, compared = compare.compare_measured(old, slower_machine, 0.25)
     assert beyond == [] and len(compared) == 3
     slower_machine["models"]["sne"]["step_time_ratio"] = 2.0
-    beyond, _ = audit.compare_measured(old, slower_machine, 0.25)
+    beyond, _ = compare.compare_measured(old, slower_machine, 0.25)
     assert beyond == ["models.sne.step_time_ratio: 1.2 -> 2 (+66.7%)"]
     del slower_machine["loader"]
-    beyond, _ = audit.compare_measured(old, slower_machine, 0.25)
-    assert "loader.over_train: 40.0 -> None" in beyond
+    beyond, _ = compare.compare_measured(old, slower_machine, 0.25)
+    assert "loader.over_train: 40.0 -> <missing>" in beyond

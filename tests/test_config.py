@@ -110,9 +110,9 @@ def test_names_must_be_safe(tmp_path, name, where):
     [
         (dict(seeds=[]), "seeds: expected at least one seed (every training stage runs once per seed)"),
         (dict(seeds=[0, 0]), "seeds: expected distinct non-negative integers, got [0, 0]"),
-        (dict(model={"img_size": 30}), "model.img_size: 30 is not a positive multiple of patch_size 4"),
-        (dict(model={"patch_size": 2}), "model.patch_size: 2 is not one of: 4, 8, 16"),
-        (dict(model={"name": "xcit_nano_12_p16"}), "model.name: unknown model 'xcit_nano_12_p16'"),
+        (dict(model={"img_size": 30}), "backbones.n12.img_size: 30 is not a positive multiple of patch_size 4"),
+        (dict(model={"patch_size": 2}), "backbones.n12.patch_size: 2 is not one of: 4, 8, 16"),
+        (dict(model={"name": "xcit_nano_12_p16"}), "backbones.n12.name: unknown model 'xcit_nano_12_p16'"),
         (dict(finetune={"datasets": ["nope"]}), "finetune.datasets: unknown dataset 'nope'; known: synthetic, digits"),
         (dict(finetune={"datasets": ["digits", "digits"]}), "finetune.datasets: digits listed twice"),
         (dict(pretrain={"variants": []}), "pretrain.variants: expected at least one entry"),
@@ -126,8 +126,14 @@ def test_names_must_be_safe(tmp_path, name, where):
         (dict(variants={"linear": {"qkv_embed": ["linear"]}}), "variants.linear.qkv_embed: expected a plain value"),
         (
             dict(bench={"reference": "xcit_nano_12_p8_224"}),
-            "bench.reference: timm's XCiT has no patch-4 stem (model.patch_size); set bench.reference: null",
+            "bench.reference: timm's XCiT has no patch-4 stem (backbones.n12.patch_size); set bench.reference: null",
         ),
+        (dict(bench={"backbone": "t12"}), "bench.backbone: 't12' is not an entry of backbones (n12)"),
+        (
+            dict(backbones={**tiny_params()["backbones"], "again": tiny_params()["backbones"]["n12"]}),
+            "backbones.again: the same backbone as backbones.n12 (N12/4 at 16 px)",
+        ),
+        (dict(backbones={"n-12": tiny_params()["backbones"]["n12"]}), "backbones: 'n-12' is not a valid name"),
         (
             dict(pretrain={"augment": {**tiny_params()["pretrain"]["recipe"]["augment"], "pad_crop": 16}}),
             "pretrain.recipe.augment.pad_crop: 16 px of reflect padding needs images larger than that; "
@@ -166,15 +172,21 @@ def test_cross_field_rules(tmp_path, updates, message):
 
 def test_stage_loaders_return_their_instance(tmp_path):
     path = write_params(tmp_path / "params.yaml", tiny_params(seeds=[0, 3]))
-    run = config.load_pretrain(path, "fsne", 3)
-    assert (run.stage, run.name, run.dataset, run.seed) == ("pretrain", "pretrain@fsne-3", "synthetic", 3)
+    run = config.load_pretrain(path, "n12", "fsne", 3)
+    assert (run.stage, run.name, run.dataset, run.seed) == ("pretrain", "pretrain@n12-fsne-3", "synthetic", 3)
     assert run.net.embed.kind == "fsne" and run.net.arch.embed_dim == 32 and run.net.img_size == 16
     assert run.runtime.threads == 1 and run.recipe.lr_effective == pytest.approx(3.2e-2 * 16 / 512)
-    assert config.load_finetune(path, "linear", "digits", 0).name == "finetune@linear-digits-0"
+    assert config.load_finetune(path, "n12", "linear", "digits", 0).name == "finetune@n12-linear-digits-0"
     for call, message in (
-        (lambda: config.load_pretrain(path, "sne", 0), "pretrain.variants: 'sne' is not listed; listed: linear, fsne"),
-        (lambda: config.load_pretrain(path, "fsne", 1), "seeds: 1 is not listed; listed: 0, 3"),
-        (lambda: config.load_finetune(path, "fsne", "synthetic", 0), "finetune.datasets: 'synthetic' is not listed"),
+        (
+            lambda: config.load_pretrain(path, "n12", "sne", 0),
+            "pretrain.variants: 'sne' is not listed; listed: linear, fsne",
+        ),
+        (lambda: config.load_pretrain(path, "n12", "fsne", 1), "seeds: 1 is not listed; listed: 0, 3"),
+        (
+            lambda: config.load_finetune(path, "n12", "fsne", "synthetic", 0),
+            "finetune.datasets: 'synthetic' is not listed",
+        ),
         (lambda: config.load_prepare(path, "cifar"), "datasets: 'cifar' is not listed; listed: synthetic, digits"),
     ):
         with pytest.raises(ParamsError, match=re.escape(message)):
@@ -188,7 +200,7 @@ def test_every_variant_is_checked_by_the_library_in_every_model_stage(tmp_path):
     params["variants"]["sne"] = {"qkv_embed": "sne", "qkv_shared": "first"}
     path = write_params(tmp_path / "params.yaml", params)
     for call in (
-        lambda: config.load_pretrain(path, "linear", 0),
+        lambda: config.load_pretrain(path, "n12", "linear", 0),
         lambda: config.load_prepare(path, "digits"),
         lambda: config.load_bench(path),
     ):
@@ -207,7 +219,7 @@ def test_hidden_ratio_must_give_whole_units(tmp_path):
     params = tiny_params()
     params["variants"]["fsne"]["qkv_hidden_ratio"] = 0.3  # 0.3 x 32 = 9.6 units
     with pytest.raises(ParamsError, match=r"variants.fsne: qkv_hidden_ratio=0.3 gives a non-integer hidden width"):
-        config.load_pretrain(write_params(tmp_path / "params.yaml", params), "fsne", 0)
+        config.load_pretrain(write_params(tmp_path / "params.yaml", params), "n12", "fsne", 0)
 
 
 def test_backbone_labels_cover_the_registered_models():
@@ -272,3 +284,10 @@ def test_the_check_every_stage_command_starts_with(tmp_path):
     ]
     good = write_params(tmp_path / "good.yaml", tiny_params())
     assert subprocess.run([sys.executable, "-m", "pipeline.config", str(good)], cwd=ROOT).returncode == 0
+
+
+def test_a_profile_without_backbones_is_refused(tmp_path):
+    params = tiny_params()
+    params["backbones"] = {}
+    with pytest.raises(ParamsError, match="backbones: expected at least one backbone"):
+        _load(tmp_path, params)

@@ -76,10 +76,10 @@ def test_dvc_repro_then_nothing_to_do(tmp_path):
         "bench",
         "prepare@synthetic",
         "prepare@digits",
-        "pretrain@linear-0",
-        "pretrain@fsne-0",
-        "finetune@linear-digits-0",
-        "finetune@fsne-digits-0",
+        "pretrain@n12-linear-0",
+        "pretrain@n12-fsne-0",
+        "finetune@n12-linear-digits-0",
+        "finetune@n12-fsne-digits-0",
     ):
         assert f"Running stage '{stage}'" in first
     metrics = json.loads((repo / "results/flops/metrics.json").read_text())
@@ -121,7 +121,7 @@ def test_dvc_repro_then_nothing_to_do(tmp_path):
     write_params(repo / "params.yaml", params)
     third = sh(dvc, "repro", cwd=repo)
     ran = sorted(line.split("'")[1] for line in third.splitlines() if line.startswith("Running stage"))
-    assert ran == ["finetune@fsne-digits-0", "finetune@linear-digits-0", "prepare@digits", "report"]
+    assert ran == ["finetune@n12-fsne-digits-0", "finetune@n12-linear-digits-0", "prepare@digits", "report"]
 
     # A setting that cannot change a result changes nothing DVC tracks: no stage is stale.
     for key, value in (("threads", 2), ("checkpoint_every", 5), ("workers", 2), ("eval_batch_size", 7)):
@@ -135,7 +135,7 @@ def test_dvc_repro_then_nothing_to_do(tmp_path):
     }
     grown["finetune"] = {**params["finetune"], "datasets": ["digits", "faces"]}
     write_params(repo / "params.yaml", grown)
-    assert stale(repo) == {"prepare@faces", "finetune@linear-faces-0", "finetune@fsne-faces-0", "report"}
+    assert stale(repo) == {"prepare@faces", "finetune@n12-linear-faces-0", "finetune@n12-fsne-faces-0", "report"}
     write_params(repo / "params.yaml", params)
 
     # A name pasted into a shell command cannot run anything, even one that closes dvc.yaml's single quotes:
@@ -188,9 +188,9 @@ def test_kill_during_dvc_repro_then_repro_gives_the_same_result(tmp_path):
     dvc = str(Path(sys.executable).parent / "dvc")
     sh(dvc, "repro", "prepare@synthetic", cwd=repo)
 
-    checkpoint = repo / ".resume/pretrain/linear-0/checkpoint.pt"
+    checkpoint = repo / ".resume/pretrain/n12-linear-0/checkpoint.pt"
     proc = subprocess.Popen(
-        [dvc, "repro", "pretrain@linear-0"],
+        [dvc, "repro", "pretrain@n12-linear-0"],
         cwd=repo,
         env=_env(repo),
         start_new_session=True,
@@ -202,10 +202,10 @@ def test_kill_during_dvc_repro_then_repro_gives_the_same_result(tmp_path):
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # dvc and the training process it started
     assert proc.wait() == -signal.SIGKILL, "dvc repro finished before it could be killed"
-    assert checkpoint.exists() and not (repo / "results/pretrain/linear-0/metrics.json").exists()
+    assert checkpoint.exists() and not (repo / "results/pretrain/n12-linear-0/metrics.json").exists()
 
-    sh(dvc, "repro", "pretrain@linear-0", cwd=repo)
-    resumed = {n: (repo / "results/pretrain/linear-0" / n).read_bytes() for n in ("metrics.json", "curves.csv")}
-    sh(dvc, "repro", "--force", "pretrain@linear-0", cwd=repo)  # uninterrupted, from scratch
+    sh(dvc, "repro", "pretrain@n12-linear-0", cwd=repo)
+    resumed = {n: (repo / "results/pretrain/n12-linear-0" / n).read_bytes() for n in ("metrics.json", "curves.csv")}
+    sh(dvc, "repro", "--force", "pretrain@n12-linear-0", cwd=repo)  # uninterrupted, from scratch
     for name, content in resumed.items():
-        assert (repo / "results/pretrain/linear-0" / name).read_bytes() == content, name
+        assert (repo / "results/pretrain/n12-linear-0" / name).read_bytes() == content, name

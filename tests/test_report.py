@@ -12,8 +12,9 @@ import pytest
 from scipy import stats
 
 from pipeline import report
+from pipeline.claims import verdict
 from pipeline.config import Claim
-from pipeline.results import paired, summary, verdict
+from pipeline.stats import paired, summary
 
 from .tiny import ROOT, tiny_params, write_params
 
@@ -46,11 +47,11 @@ def fake_results(root: Path, *, profile: str = "embedded", skip: tuple = ()) -> 
         for s, a in zip(SEEDS, accs, strict=True):
             if (v, s) in skip:
                 continue
-            folder = root / f"pretrain/{v}-{s}"
+            folder = root / f"pretrain/n12-{v}-{s}"
             write_json(
                 folder / "metrics.json",
                 {
-                    "profile": profile,
+                    **instance(profile, v, s, "synthetic"),
                     "test_top1": a,
                     "params": 1000 + len(v),
                     "gflops": 0.01,
@@ -62,9 +63,24 @@ def fake_results(root: Path, *, profile: str = "embedded", skip: tuple = ()) -> 
             )
             (folder / "curves.csv").write_text("epoch,val_top1\n1,50.0\n2,80.5\n")
             write_json(folder / "provenance.json", {"params": {"profile": profile}, "packages": {"torch": "2.14.1"}})
-            ft = root / f"finetune/{v}-digits-{s}"
-            write_json(ft / "metrics.json", {"profile": profile, "test_top1": a - 5, "synthetic": False})
+            ft = root / f"finetune/n12-{v}-digits-{s}"
+            write_json(
+                ft / "metrics.json", {**instance(profile, v, s, "digits"), "test_top1": a - 5, "synthetic": False}
+            )
     return root
+
+
+def instance(profile: str, variant: str, seed: int, dataset: str, backbone: str = "n12", model: str = "") -> dict:
+    """What a training stage's metrics file records of its own instance (the report checks it)."""
+    model = model or tiny_params()["backbones"]["n12"]["name"]
+    return {
+        "profile": profile,
+        "backbone": backbone,
+        "model": model,
+        "variant": variant,
+        "seed": seed,
+        "dataset": dataset,
+    }
 
 
 def fake_bench(profile: str) -> dict:
@@ -132,6 +148,8 @@ def build(
             str(published),
             "--assumptions",
             str(ROOT / "references/assumptions.yaml"),
+            "--plan",
+            str(ROOT / "profiles/paper.yaml"),
             "--flops",
             str(results / "flops/metrics.json"),
             "--bench",
@@ -139,11 +157,13 @@ def build(
             "--prepare",
             str(results / "prepare/{dataset}.json"),
             "--pretrain",
-            str(results / "pretrain/{variant}-{seed}"),
+            str(results / "pretrain/{backbone}-{variant}-{seed}"),
             "--finetune",
-            str(results / "finetune/{variant}-{dataset}-{seed}"),
+            str(results / "finetune/{backbone}-{variant}-{dataset}-{seed}"),
             "--out",
             str(out_dir),
+            "--headline",
+            str(out_dir / "headline.json"),
         ]
     )
     return out_dir
@@ -225,7 +245,7 @@ def test_statistics_against_scipy():
     assert d["n"] == 2 and d["mean"] == pytest.approx(2.5)
 
 
-CLAIM = Claim("c", "claim", "source", "pretrain", ("imagenet",), "N12", 69.9, 71.4, None, 224, 16)
+CLAIM = Claim("c", "claim", "source", "pretrain", ("imagenet",), "N12", 69.9, 71.4, None, 224, 16, None)
 
 
 @pytest.mark.parametrize(
@@ -259,15 +279,15 @@ def test_missing_instance_reads_not_run(tmp_path):
 
 def test_malformed_metrics_names_the_file(tmp_path):
     results = fake_results(tmp_path / "results")
-    (results / "pretrain/sne-1/metrics.json").write_text('{"profile": "embedded", "test_top1": 9')
-    with pytest.raises(SystemExit, match="pretrain/sne-1/metrics.json: malformed or truncated"):
+    (results / "pretrain/n12-sne-1/metrics.json").write_text('{"profile": "embedded", "test_top1": 9')
+    with pytest.raises(SystemExit, match="pretrain/n12-sne-1/metrics.json: malformed or truncated"):
         build(tmp_path, results, params_file(tmp_path))
     assert not (tmp_path / "reports").exists()
 
 
 def test_other_profile_is_refused_naming_both(tmp_path):
     results = fake_results(tmp_path / "results")
-    write_json(results / "finetune/sne-digits-2/metrics.json", {"profile": "paper", "test_top1": 1.0})
+    write_json(results / "finetune/n12-sne-digits-2/metrics.json", {"profile": "paper", "test_top1": 1.0})
     with pytest.raises(
         SystemExit,
         match="sne-digits-2/metrics.json was written by profile 'paper', but params.yaml is profile 'embedded'",
@@ -316,7 +336,7 @@ def test_both_weights_accuracies_reach_the_report(tmp_path):
     """Runs that kept an EMA report both accuracies; the column says which one test_top1 is."""
     results = fake_results(tmp_path / "results")
     for seed, acc in zip(SEEDS, ACC["sne"], strict=True):
-        path = results / f"pretrain/sne-{seed}/metrics.json"
+        path = results / f"pretrain/n12-sne-{seed}/metrics.json"
         metrics = json.loads(path.read_text())
         metrics.update(weights="raw", raw_test_top1=acc, ema_test_top1=acc + 1.0)
         write_json(path, metrics)
@@ -324,3 +344,16 @@ def test_both_weights_accuracies_reach_the_report(tmp_path):
     mean = sum(ACC["sne"]) / 3
     assert main[1]["raw / EMA weights' top-1"] == f"raw {mean:.2f}, EMA {mean + 1:.2f} (reported: raw)"
     assert main[0]["raw / EMA weights' top-1"] == "no EMA"
+
+
+def test_a_result_file_of_another_instance_is_refused(tmp_path):
+    """A metrics file copied from another backbone's (or variant's) folder names both."""
+    results = fake_results(tmp_path / "results")
+    path = results / "pretrain/n12-sne-1/metrics.json"
+    metrics = json.loads(path.read_text())
+    write_json(path, {**metrics, "backbone": "t12"})
+    with pytest.raises(SystemExit, match="n12-sne-1/metrics.json: written for backbone 't12', but read as the result"):
+        build(tmp_path, results, params_file(tmp_path))
+    write_json(path, {**metrics, "variant": "linear"})
+    with pytest.raises(SystemExit, match="written for variant 'linear', but read as the result of variant 'sne'"):
+        build(tmp_path, results, params_file(tmp_path))

@@ -78,7 +78,7 @@ def test_every_rank_draws_its_own_stream_and_evaluates_its_shard(tmp_path, synth
 
 def _argv(tmp: Path, params: Path, data: Path) -> list[str]:
     return [
-        "--params", str(params), "--variant", "linear", "--seed", "0", "--data", str(data),
+        "--params", str(params), "--backbone", "n12", "--variant", "linear", "--seed", "0", "--data", str(data),
         "--weights-out", str(tmp / "weights"), "--metrics", str(tmp / "metrics.json"),
         "--curves", str(tmp / "curves.csv"), "--provenance", str(tmp / "provenance.json"),
         "--resume-dir", str(tmp.parent / "resume"),
@@ -154,7 +154,7 @@ def test_two_nodes_with_the_paper_recipe_resume_exactly_after_a_kill(tmp_path, s
     params = write_params(tmp_path / "params.yaml", tiny_params(**paper_recipe(epochs=epochs)))
     whole = tmp_path / "whole" / "out"
     logs = _wait(_nodes(whole, params, synthetic, _free_port()))
-    lines = [line for line in logs[0].splitlines() if line.startswith("pretrain@linear-0 epoch ")]
+    lines = [line for line in logs[0].splitlines() if line.startswith("pretrain@n12-linear-0 epoch ")]
     assert len(lines) == epochs and "ETA" in lines[0] and "img/s" in lines[0], logs[0][-2000:]
     assert not any(" epoch " in line for line in logs[1].splitlines()), "only rank 0 logs"
 
@@ -175,7 +175,7 @@ def test_two_nodes_with_the_paper_recipe_resume_exactly_after_a_kill(tmp_path, s
     }
     assert len((killed / "curves.csv").read_text().splitlines()) >= epoch + 1, "live curves lag behind"
     logs = _wait(_nodes(killed, params, synthetic, _free_port()))
-    assert f"pretrain@linear-0: resumed from epoch {epoch} of {epochs}" in logs[0]
+    assert f"pretrain@n12-linear-0: resumed from epoch {epoch} of {epochs}" in logs[0]
     assert _outputs(killed) == _outputs(whole)
     metrics = json.loads((whole / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["weights"] == "raw"

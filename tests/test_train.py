@@ -38,6 +38,8 @@ def pretrain_argv(tmp: Path, params: Path, data: Path, variant: str = "linear", 
     return [
         "--params",
         str(params),
+        "--backbone",
+        "n12",
         "--variant",
         variant,
         "--seed",
@@ -101,19 +103,20 @@ def _run(tmp: Path, prepared: dict, name: str, **updates) -> dict[str, bytes]:
 def test_runtime_settings_do_not_change_the_result(tmp_path, prepared):
     """The `runtime` section is listed by no stage in dvc.yaml, because it cannot change what is computed: the
     checkpoint interval and the number of loader workers (timm path, with RandAugment and random erasing) leave
-    every byte alike; threads and the evaluation batch reorder float sums, so their metrics stay within
-    audit.abs_tol (and here identical)."""
-    from pipeline.audit import compare_metrics
+    every byte alike; threads and the evaluation batch reorder float sums, so their outputs (metrics, curves,
+    weights) stay within the audit's tolerances."""
+    from pipeline import config
+    from pipeline.compare import compare_outputs
 
     timm = {"augment": {**tiny_params()["pretrain"]["recipe"]["augment"], **TIMM_AUGMENT}, "epochs": 3}
     base = _run(tmp_path, prepared, "base", pretrain=timm)
     for name, runtime in (("every2", {"checkpoint_every": 2}), ("workers2", {"workers": 2})):
         assert _run(tmp_path, prepared, name, pretrain=timm, runtime=runtime) == base, f"runtime {runtime}"
-    abs_tol = tiny_params()["audit"]["abs_tol"]
+    tolerances = config.load_audit(tmp_path / "base.yaml")
     for name, runtime in (("threads2", {"threads": 2}), ("eval7", {"eval_batch_size": 7})):
-        other = _run(tmp_path, prepared, name, pretrain=timm, runtime=runtime)
-        beyond, _ = compare_metrics(json.loads(base["metrics.json"]), json.loads(other["metrics.json"]), abs_tol)
-        assert beyond == [], f"runtime {runtime}: {beyond}"
+        _run(tmp_path, prepared, name, pretrain=timm, runtime=runtime)
+        verdict, details = compare_outputs(tmp_path / "base/fsne-0", tmp_path / name / "fsne-0", list(base), tolerances)
+        assert verdict == "identical" or verdict.startswith("equal within tolerance"), (runtime, verdict, details)
 
 
 def test_the_model_trains_at_its_own_resolution(tmp_path, prepared):
@@ -125,7 +128,7 @@ def test_the_model_trains_at_its_own_resolution(tmp_path, prepared):
     params = write_params(tmp_path / "params.yaml", tiny_params(model={"img_size": 32}))
     pretrain.main(pretrain_argv(tmp_path, params, prepared["synthetic"]))
     metrics = json.loads((tmp_path / "linear-0" / "metrics.json").read_text())
-    net = config.load_pretrain(params, "linear", 0).net
+    net = config.load_pretrain(params, "n12", "linear", 0).net
     assert net.img_size == 32 and metrics["gflops"] == round(forward_flops(net, 3) / 1e9, 6)
     from torch.nn.modules.module import register_module_forward_pre_hook
 
@@ -225,6 +228,8 @@ def test_finetune_from_pretrained(tmp_path, prepared):
     argv = [
         "--params",
         str(params),
+        "--backbone",
+        "n12",
         "--variant",
         "fsne",
         "--dataset",
@@ -249,7 +254,8 @@ def test_finetune_from_pretrained(tmp_path, prepared):
     finetune.main(argv)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_classes"] == 10 and metrics["dataset"] == "digits" and metrics["stage"] == "finetune"
-    missing = [*argv[:11], str(tmp_path / "nowhere"), *argv[12:]]
+    missing = list(argv)
+    missing[argv.index("--pretrained") + 1] = str(tmp_path / "nowhere")
     with pytest.raises(SystemExit, match="no pretrained weights for variant 'fsne' at .*nowhere"):
         finetune.main(missing)
 
@@ -264,7 +270,7 @@ def test_finetune_from_pretrained(tmp_path, prepared):
         (dict(pretrain={"epochs": -1}), "pretrain.recipe.epochs: expected a positive integer, got -1"),
         (dict(pretrain={"epochs": "2"}), "pretrain.recipe.epochs: expected an integer, got '2'"),
         (dict(pretrain={"batch_size": 0}), "pretrain.recipe.batch_size: expected a positive integer, got 0"),
-        (dict(model={"embed_dim": 30}), "model: embed_dim=30 is not divisible by num_heads=4"),
+        (dict(model={"embed_dim": 30}), "backbones.n12: embed_dim=30 is not divisible by num_heads=4"),
         (
             dict(variants={"linear": {"qkv_embed": "linear"}, "fsne": {"qkv_embed": "fsne", "qkv_hidden": 0}}),
             "variants.fsne: qkv_hidden must be a positive integer, got 0",
@@ -274,8 +280,8 @@ def test_finetune_from_pretrained(tmp_path, prepared):
         # every stage checks the whole file, so the first stage dvc runs refuses it
         (dict(finetune={"variants": ["psne"]}), "finetune.variants: 'psne' has no pretrained weights"),
         (dict(variants={"linear": {"qkv_embed": "linear"}, "x;touch": {}}), "variants: 'x;touch' is not a valid name"),
-        (dict(model={"img_size": 18}), "model.img_size: 18 is not a positive multiple of patch_size 4"),
-        (dict(model={"img_size": 2}), "model.img_size: 2 is not a positive multiple of patch_size 4"),
+        (dict(model={"img_size": 18}), "backbones.n12.img_size: 18 is not a positive multiple of patch_size 4"),
+        (dict(model={"img_size": 2}), "backbones.n12.img_size: 2 is not a positive multiple of patch_size 4"),
         (dict(seeds=[]), "seeds: expected at least one seed"),
         (dict(runtime={"checkpoint_every": 0}), "runtime.checkpoint_every: expected a positive integer, got 0"),
     ],
@@ -307,6 +313,8 @@ def test_finetune_variant_without_pretraining_is_a_params_error(tmp_path, prepar
             [
                 "--params",
                 str(params),
+                "--backbone",
+                "n12",
                 "--variant",
                 "sne",
                 "--dataset",

@@ -14,7 +14,8 @@ def tiny_params(**section_updates) -> dict:
     """The embedded profile shrunk: synthetic source, digits target, a depth-1 model, 2 epochs.
 
     ``section_updates`` maps a section name to a dict merged into it (``runtime={"threads": 2}``); for
-    ``pretrain`` and ``finetune`` the keys of the recipe may be given directly (``pretrain={"epochs": 3}``).
+    ``pretrain`` and ``finetune`` the keys of the recipe may be given directly (``pretrain={"epochs": 3}``);
+    ``model`` updates the profile's one backbone (``backbones.n12``).
     """
     params = yaml.safe_load((ROOT / "profiles" / "embedded.yaml").read_text())
     params["flops"].update(models=["qkv_xcit_nano_12_p16"], img_size=32, num_classes=[10])
@@ -26,7 +27,7 @@ def tiny_params(**section_updates) -> dict:
         ),
         "digits": dict(source="digits", img_size=16, val_fraction=0.1, test_fraction=0.2, seed=0),
     }
-    params["model"].update(img_size=16, patch_size=4, depth=1, embed_dim=32, num_heads=4)
+    params["backbones"]["n12"].update(img_size=16, patch_size=4, depth=1, embed_dim=32, num_heads=4)
     params["seeds"] = [0]
     params["runtime"].update(threads=1, eval_batch_size=64)
     for section in ("pretrain", "finetune"):
@@ -50,7 +51,9 @@ def tiny_params(**section_updates) -> dict:
     # Two timing rounds of a depth-1 model are noise: the audit of the tiny bench checks the machinery only.
     params["audit"] = {**params["audit"], "ratio_rel_tol": 10.0}
     for section, values in section_updates.items():
-        if section in ("pretrain", "finetune") and isinstance(values, dict):
+        if section == "model":
+            params["backbones"]["n12"].update(values)
+        elif section in ("pretrain", "finetune") and isinstance(values, dict):
             recipe = {k: v for k, v in values.items() if k in params[section]["recipe"]}
             params[section]["recipe"].update(recipe)
             params[section].update({k: v for k, v in values.items() if k not in recipe})

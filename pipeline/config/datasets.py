@@ -79,7 +79,7 @@ class Dataset:
     """One entry of ``datasets`` (its key names the prepared dataset, ``prepare@<key>``)."""
 
     source: str  # a key of SOURCES
-    img_size: int  # stored resolution (3 channels, img_size x img_size); the loaders resize to model.img_size
+    img_size: int  # stored resolution (3 channels, img_size x img_size); loaders resize to the backbone's
     val_fraction: float  # of the training images (or of all images where there is no official test split)
     seed: int  # split seed
     test_fraction: float | None = None  # only for sources without an official test split

@@ -73,6 +73,7 @@ class Targets:
 
 @dataclass(frozen=True)
 class Bench:
+    backbone: str  # the entry of `backbones` every variant is timed on
     variants: tuple[str, ...]  # keys of `variants`
     baseline: str  # the variant (one of ``variants``) the ratios are taken against
     reference: str | None  # timm model timed beside the variants (same recipe), e.g. xcit_nano_12_p8_224
@@ -99,18 +100,23 @@ class Bench:
 class Report:
     confidence: float  # two-sided t intervals of means and of seed-paired differences
     baseline: str  # the variant every difference is taken against (one of pretrain.variants)
+    power: float  # the probability of detection "what a claim needs" is computed for
 
     def check(self, where: str) -> None:
         fraction(f"{where}.confidence", self.confidence)
+        fraction(f"{where}.power", self.power)
 
 
 @dataclass(frozen=True)
 class Audit:
     abs_tol: float  # metrics within this of the committed ones are "equal within tolerance"
     ratio_rel_tol: float  # measurements (bench): ratios within this relative difference
+    weights_abs_tol: float  # weights (and prepared tensors): every element within this of the committed one
 
     def check(self, where: str) -> None:
-        non_negative(where, abs_tol=self.abs_tol, ratio_rel_tol=self.ratio_rel_tol)
+        non_negative(
+            where, abs_tol=self.abs_tol, ratio_rel_tol=self.ratio_rel_tol, weights_abs_tol=self.weights_abs_tol
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -125,7 +131,7 @@ class Params:
     flops: Flops
     forensics: Forensics
     datasets: dict[str, Dataset]
-    model: Model
+    backbones: dict[str, Model]  # name (in stage names) -> backbone: the study's backbone axis
     launcher: str  # how training stages start: python, or torchrun ... (part of their command)
     device: str  # "cpu" or "cuda": where the training stages and the bench run
     seeds: tuple[int, ...]
@@ -144,6 +150,7 @@ class Params:
             check_options(f"variants.{name}", options)
         for name in self.datasets:
             check_name("datasets", name)
+        self._check_backbones()
         if not self.launcher.strip():
             raise ParamsError("launcher: expected a command (python, or torchrun ...), got an empty string")
         if self.device not in ("cpu", "cuda"):
@@ -167,10 +174,15 @@ class Params:
         names_in("bench.variants", self.bench.variants, known=self.variants, what="variant")
         if self.report.baseline not in self.pretrain.variants:
             raise ParamsError(f"report.baseline: {self.report.baseline!r} is not in pretrain.variants")
-        if self.bench.reference and self.model.patch_size not in (8, 16):
+        if self.bench.backbone not in self.backbones:
             raise ParamsError(
-                f"bench.reference: timm's XCiT has no patch-{self.model.patch_size} stem (model.patch_size); set "
-                "bench.reference: null"
+                f"bench.backbone: {self.bench.backbone!r} is not an entry of backbones ({', '.join(self.backbones)})"
+            )
+        patch = self.backbones[self.bench.backbone].patch_size
+        if self.bench.reference and patch not in (8, 16):
+            raise ParamsError(
+                f"bench.reference: timm's XCiT has no patch-{patch} stem (backbones.{self.bench.backbone}.patch_size); "
+                "set bench.reference: null"
             )
         for stage, recipe, datasets in (
             ("pretrain", self.pretrain.recipe, (self.pretrain.dataset,)),
@@ -183,6 +195,23 @@ class Params:
                         f"{stage}.recipe.augment.pad_crop: {pad} px of reflect padding needs images larger than "
                         f"that; datasets.{name}.img_size is {self.datasets[name].img_size}"
                     )
+
+    def _check_backbones(self) -> None:
+        """At least one backbone; names safe in stage names; no two entries with one setting (a claim about that
+        backbone would get two results)."""
+        if not self.backbones:
+            raise ParamsError("backbones: expected at least one backbone (e.g. n12: {name: qkv_xcit_nano_12_p16, ...})")
+        seen: dict[tuple, str] = {}
+        for name, model in self.backbones.items():
+            check_name("backbones", name)
+            key = (*model.setting, model.arch_overrides().get("depth"), model.arch_overrides().get("embed_dim"))
+            if key in seen:
+                raise ParamsError(
+                    f"backbones.{name}: the same backbone as backbones.{seen[key]} ({model.backbone}/"
+                    f"{model.patch_size} at {model.img_size} px): its results would answer the same claims twice; "
+                    "keep one entry"
+                )
+            seen[key] = name
 
 
 def load(path: str | Path) -> Params:

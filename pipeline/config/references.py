@@ -32,6 +32,7 @@ class Claim:
     params_m: float | None  # parameters of the proposed model (M), where stated
     img_size: int | None  # resolution of the published runs, where known
     patch: int | None  # patch size of the published baseline, where known
+    pretrained_on: str | None  # transfer claims: the registry source the transferred models were pretrained on
 
     @property
     def difference(self) -> float:
@@ -43,8 +44,17 @@ class Claim:
         if self.backbone not in BACKBONES.values():
             raise ParamsError(f"{where}.backbone: {self.backbone!r} is not one of: {', '.join(BACKBONES.values())}")
         unknown = [d for d in self.datasets if d not in SOURCES]
-        if unknown:
-            raise ParamsError(f"{where}.datasets: unknown dataset(s) {', '.join(unknown)}; known: {', '.join(SOURCES)}")
+        if unknown or not self.datasets:
+            raise ParamsError(
+                f"{where}.datasets: unknown dataset(s) {', '.join(unknown) or '(none given)'}; "
+                f"known: {', '.join(SOURCES)}"
+            )
+        if (self.kind == "transfer") != (self.pretrained_on is not None):
+            raise ParamsError(f"{where}.pretrained_on: a transfer claim names its pretraining source, others null")
+        if self.pretrained_on is not None and self.pretrained_on not in SOURCES:
+            raise ParamsError(
+                f"{where}.pretrained_on: unknown dataset {self.pretrained_on!r}; known: {', '.join(SOURCES)}"
+            )
 
 
 @dataclass(frozen=True)

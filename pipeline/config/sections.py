@@ -31,7 +31,7 @@ BACKBONES = {"nano": "N12", "tiny": "T12", "small": "S12"}
 _MODEL_NAME = re.compile(r"qkv_xcit_(nano|tiny|small)_12_p(8|16)")
 
 
-def registered(model_name: str, where: str = "model.name") -> tuple[str, int]:
+def registered(model_name: str, where: str = "backbones.<name>.name") -> tuple[str, int]:
     """The paper's label (N12, T12, S12) and the patch size of a registered ``qkv_xcit_*`` model name."""
     match = _MODEL_NAME.fullmatch(model_name)
     if match is None:
@@ -50,12 +50,13 @@ def backbone_label(model_name: str) -> str:
 
 @dataclass(frozen=True)
 class Model:
-    """The ``model`` section: the registered backbone every variant is built on and its timm arguments."""
+    """One entry of the ``backbones`` section: a registered backbone and its timm arguments. Its key names the
+    backbone in stage names and result paths (``pretrain@<backbone>-<variant>-<seed>``)."""
 
     name: str  # a qkv_xcit_* entrypoint
     img_size: int  # the resolution the model is built for, trained and evaluated at (loaders resize to it)
     patch_size: int  # 4 (the pipeline's stem), 8 or 16
-    drop_path_rate: float | dict[str, float]  # one rate, or one per backbone label (XCiT sets it per model)
+    drop_path_rate: float  # stochastic depth of this backbone (XCiT sets it per model)
     depth: int | None = None  # None: the registered model's
     embed_dim: int | None = None
     num_heads: int | None = None
@@ -64,6 +65,11 @@ class Model:
     def backbone(self) -> str:
         """The paper's label of the backbone (N12, T12, S12)."""
         return backbone_label(self.name)
+
+    @property
+    def setting(self) -> tuple[str, int, int]:
+        """What a published claim is about: (label, patch size, resolution)."""
+        return self.backbone, self.patch_size, self.img_size
 
     def arch_overrides(self) -> dict[str, int]:
         """The backbone arguments this section sets (the registered model's own where None)."""
@@ -81,18 +87,7 @@ class Model:
         for key in ("depth", "embed_dim", "num_heads"):
             if getattr(self, key) is not None:
                 positive(where, **{key: getattr(self, key)})
-        if isinstance(self.drop_path_rate, dict) and self.backbone not in self.drop_path_rate:
-            raise ParamsError(
-                f"{where}.drop_path_rate: no rate for {self.backbone} ({self.name}); "
-                f"given: {', '.join(self.drop_path_rate) or 'none'}"
-            )
-        fraction(f"{where}.drop_path_rate", self.drop_path, closed=True)
-
-    @property
-    def drop_path(self) -> float:
-        """The stochastic-depth rate of this backbone."""
-        rate = self.drop_path_rate
-        return rate[self.backbone] if isinstance(rate, dict) else rate
+        fraction(f"{where}.drop_path_rate", self.drop_path_rate, closed=True)
 
 
 @dataclass(frozen=True)

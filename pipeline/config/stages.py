@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from .datasets import Dataset
 from .params import Audit, Bench, Params, Report, load
 from .schema import ParamsError
-from .sections import Model, Recipe, Runtime, backbone_label
+from .sections import Model, Recipe, Runtime
 
 if TYPE_CHECKING:
     from qkv import EmbedConfig, XcitArch
@@ -51,9 +51,12 @@ class Net:
         }
 
 
-def network(name: str, variant: str, options: dict, *, img_size: int, model: Model | None = None, where: str) -> Net:
+def network(
+    name: str, variant: str, options: dict, *, img_size: int, model: Model | None = None, where: str, at: str = ""
+) -> Net:
     """Check ``options`` (a variant's ``qkv_*`` options) and the backbone with the qkv library and return them
-    as a :class:`Net`; ``model`` (the ``model`` section) adds its overrides and drop path."""
+    as a :class:`Net`; ``model`` (an entry of ``backbones``, at params key ``at``) adds its overrides and drop
+    path."""
     import qkv  # torch: the torch stages' loaders call this, the report's never does
 
     overrides = model.arch_overrides() if model else {}
@@ -66,7 +69,7 @@ def network(name: str, variant: str, options: dict, *, img_size: int, model: Mod
         if arch.embed_dim % arch.num_heads:
             raise ValueError(f"embed_dim={arch.embed_dim} is not divisible by num_heads={arch.num_heads}")
     except ValueError as exc:
-        raise ParamsError(f"{'model' if model else where}: {exc}") from None
+        raise ParamsError(f"{at if model else where}: {exc}") from None
     try:
         embed.hidden_width(arch.embed_dim)  # a hidden ratio must give a whole number of units
     except ValueError as exc:
@@ -78,7 +81,7 @@ def network(name: str, variant: str, options: dict, *, img_size: int, model: Mod
         class_attn,
         arch,
         img_size,
-        model.drop_path if model else 0.0,
+        model.drop_path_rate if model else 0.0,
         tuple(sorted(overrides.items())),
     )
 
@@ -88,8 +91,9 @@ def _load_checked(path: str | Path) -> Params:
     section, every flops model and every forensics reading. Every torch stage's loader uses it, so the first
     stage ``dvc repro`` runs refuses a variant that only a later stage would build."""
     params = load(path)
-    for variant in params.variants:
-        _model_net(params, variant)
+    for backbone in params.backbones:
+        for variant in params.variants:
+            _model_net(params, backbone, variant)
     for name in params.flops.models:
         network(name, "", {}, img_size=params.flops.img_size, where="flops.models")
     forensics = params.forensics
@@ -103,11 +107,11 @@ def _load_checked(path: str | Path) -> Params:
     return params
 
 
-def _model_net(params: Params, variant: str) -> Net:
-    model = params.model
-    return network(
-        model.name, variant, params.variants[variant], img_size=model.img_size, model=model, where=f"variants.{variant}"
-    )
+def _model_net(params: Params, backbone: str, variant: str) -> Net:
+    model = params.backbones[backbone]
+    options = params.variants[variant]
+    where, at = f"variants.{variant}", f"backbones.{backbone}"
+    return network(model.name, variant, options, img_size=model.img_size, model=model, where=where, at=at)
 
 
 def _listed(where: str, value, listed: tuple) -> None:
@@ -172,7 +176,8 @@ class TrainConfig:
 
     stage: str  # "pretrain" or "finetune"
     profile: str
-    net: Net  # variants.<variant> on the model section
+    backbone: str  # the entry of `backbones`
+    net: Net  # variants.<variant> on backbones.<backbone>
     seed: int
     dataset: str  # the prepared dataset it trains on
     recipe: Recipe  # pretrain.recipe or finetune.recipe
@@ -184,32 +189,38 @@ class TrainConfig:
     def name(self) -> str:
         """The DVC stage instance."""
         middle = f"-{self.dataset}" if self.stage == "finetune" else ""
-        return f"{self.stage}@{self.net.variant}{middle}-{self.seed}"
+        return f"{self.stage}@{self.backbone}-{self.net.variant}{middle}-{self.seed}"
 
 
-def load_pretrain(path: str | Path, variant: str, seed: int) -> TrainConfig:
+def load_pretrain(path: str | Path, backbone: str, variant: str, seed: int) -> TrainConfig:
     params = _load_checked(path)
+    _listed("backbones", backbone, tuple(params.backbones))
     _listed("pretrain.variants", variant, params.pretrain.variants)
     _listed("seeds", seed, params.seeds)
-    pre = params.pretrain
-    net = _model_net(params, variant)
-    return TrainConfig("pretrain", params.profile, net, seed, pre.dataset, pre.recipe, params.device, params.runtime)
+    pre, net = params.pretrain, _model_net(params, backbone, variant)
+    return TrainConfig(
+        "pretrain", params.profile, backbone, net, seed, pre.dataset, pre.recipe, params.device, params.runtime
+    )
 
 
-def load_finetune(path: str | Path, variant: str, dataset: str, seed: int) -> TrainConfig:
+def load_finetune(path: str | Path, backbone: str, variant: str, dataset: str, seed: int) -> TrainConfig:
     params = _load_checked(path)
+    _listed("backbones", backbone, tuple(params.backbones))
     _listed("finetune.variants", variant, params.finetune.variants)
     _listed("finetune.datasets", dataset, params.finetune.datasets)
     _listed("seeds", seed, params.seeds)
-    net = _model_net(params, variant)
+    net = _model_net(params, backbone, variant)
     recipe, init = params.finetune.recipe, params.pretrain.recipe.weights
-    return TrainConfig("finetune", params.profile, net, seed, dataset, recipe, params.device, params.runtime, init)
+    return TrainConfig(
+        "finetune", params.profile, backbone, net, seed, dataset, recipe, params.device, params.runtime, init
+    )
 
 
 @dataclass(frozen=True)
 class BenchConfig:
     profile: str
-    nets: tuple[Net, ...]  # bench.variants on the model section
+    backbone: str  # bench.backbone
+    nets: tuple[Net, ...]  # bench.variants on backbones.<bench.backbone>
     dataset: str  # pretrain.dataset: the loader is timed on it
     recipe: Recipe  # pretrain.recipe: the step timed is the pretraining step
     device: str
@@ -218,9 +229,10 @@ class BenchConfig:
 
 def load_bench(path: str | Path) -> BenchConfig:
     params = _load_checked(path)
-    nets = tuple(_model_net(params, v) for v in params.bench.variants)
+    backbone = params.bench.backbone
+    nets = tuple(_model_net(params, backbone, v) for v in params.bench.variants)
     pre = params.pretrain
-    return BenchConfig(params.profile, nets, pre.dataset, pre.recipe, params.device, params.bench)
+    return BenchConfig(params.profile, backbone, nets, pre.dataset, pre.recipe, params.device, params.bench)
 
 
 @dataclass(frozen=True)
@@ -229,9 +241,7 @@ class ReportConfig:
 
     profile: str
     variants: dict[str, dict]  # the qkv_* options as written (for the assumption register)
-    model_name: str  # model.name
-    img_size: int  # model.img_size
-    patch_size: int  # model.patch_size
+    backbones: dict[str, Model]  # the backbone axis
     seeds: tuple[int, ...]
     datasets: dict[str, Dataset]
     source: str  # pretrain.dataset
@@ -242,20 +252,13 @@ class ReportConfig:
     forensics_img_size: int  # forensics.img_size
     report: Report
 
-    @property
-    def backbone(self) -> str:
-        """The paper's label of the backbone (N12, T12, S12)."""
-        return backbone_label(self.model_name)
-
 
 def load_report(path: str | Path) -> ReportConfig:
     p = load(path)
     return ReportConfig(
         p.profile,
         p.variants,
-        p.model.name,
-        p.model.img_size,
-        p.model.patch_size,
+        p.backbones,
         p.seeds,
         p.datasets,
         p.pretrain.dataset,
@@ -278,12 +281,13 @@ def instances(path: str | Path) -> list[tuple[str, object]]:
     params = load(path)
     out: list[tuple[str, object]] = [(f"prepare@{d}", load_prepare(path, d)) for d in params.datasets]
     out.append(("flops", load_flops(path)))
-    for v in params.pretrain.variants:
-        for s in params.seeds:
-            out.append((f"pretrain@{v}-{s}", load_pretrain(path, v, s)))
-    for v in params.finetune.variants:
-        for d in params.finetune.datasets:
+    for b in params.backbones:
+        for v in params.pretrain.variants:
             for s in params.seeds:
-                out.append((f"finetune@{v}-{d}-{s}", load_finetune(path, v, d, s)))
+                out.append((f"pretrain@{b}-{v}-{s}", load_pretrain(path, b, v, s)))
+        for v in params.finetune.variants:
+            for d in params.finetune.datasets:
+                for s in params.seeds:
+                    out.append((f"finetune@{b}-{v}-{d}-{s}", load_finetune(path, b, v, d, s)))
     out += [("bench", load_bench(path)), ("report", load_report(path)), ("audit", load_audit(path))]
     return out
