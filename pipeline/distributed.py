@@ -22,6 +22,8 @@ __all__ = [
     "broadcast_buffers",
     "configure_torch",
     "init",
+    "largest",
+    "launched_rank",
     "rank_seed",
     "same_everywhere",
 ]
@@ -43,7 +45,7 @@ def init(device: str) -> Dist:
     """This process's place in the run on ``device`` ("cpu" or "cuda"), joining the process group when there
     are several. Asking for CUDA on a machine where torch sees none is an error, not a CPU run."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
+    rank = launched_rank()
     if device == "cuda":
         if not torch.cuda.is_available():
             raise ParamsError(
@@ -63,6 +65,11 @@ def init(device: str) -> Dist:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if where.type == "cuda" else "gloo")
     return Dist(rank, world_size, where)
+
+
+def launched_rank() -> int:
+    """This process's rank as its launcher set it (0 without one), before the process group is joined."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def barrier(env: Dist) -> None:
@@ -88,6 +95,15 @@ def same_everywhere(env: Dist, value: int) -> bool:
     dist.all_reduce(low, op=dist.ReduceOp.MIN)
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     return low.item() == high.item()
+
+
+def largest(env: Dist, value: int) -> int:
+    """The largest of the ranks' integers ``value`` (called on every rank): how the ranks agree to stop."""
+    if env.world_size == 1:
+        return value
+    total = torch.tensor([value], dtype=torch.int64, device=env.device)
+    dist.all_reduce(total, op=dist.ReduceOp.MAX)
+    return int(total.item())
 
 
 def broadcast_buffers(env: Dist, module: torch.nn.Module) -> None:

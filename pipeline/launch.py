@@ -13,7 +13,13 @@ taken from the environment the cluster sets:
 - with neither, one node (``--standalone``).
 
 Processes per node: ``--nproc-per-node``, else ``PET_NPROC_PER_NODE``, else ``SLURM_GPUS_ON_NODE``, else 1.
-``--dry-run`` prints the command instead of running it. Two nodes by hand (shared filesystem, node A reachable
+``--dry-run`` prints the command instead of running it.
+
+Stopping: torchrun's agent runs in this process (no extra process between DVC and it) and passes SIGTERM,
+SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 on to its workers (``PET_SIGNALS_TO_HANDLE`` changes the list),
+which stop cleanly (:mod:`pipeline.signals`) within ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` seconds (30 unless set)
+before it kills them. It then exits with 128 + the signal's number, as do workers that stopped on their own
+(after their one line), without torchrun's traceback. Two nodes by hand (shared filesystem, node A reachable
 from B)::
 
     # on node A                                   # on node B
@@ -78,12 +84,37 @@ def command(argv: list[str], env: dict[str, str]) -> list[str]:
     return [*torchrun, *rendezvous, *argv]
 
 
+STOP_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"  # what torchrun's agent passes on to its workers
+
+
+def _torchrun(args: list[str]) -> None:
+    """torchrun with ``args``, in this process; a stop (a signal to the agent, or workers that all stopped on a
+    signal or the end of their dvc) ends it with 128 + the signal's number and no traceback."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    os.environ.setdefault("PET_SIGNALS_TO_HANDLE", STOP_SIGNALS)
+    try:
+        torchrun(args)
+    except SignalException as exc:
+        sys.exit(128 + int(exc.sigval))
+    except ChildFailedError as exc:
+        codes = {failure.exitcode for failure in exc.failures.values()}
+        if all(code > 128 for code in codes):  # every failed worker stopped cleanly and said so
+            sys.exit(max(codes))
+        raise
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     dry = "--dry-run" in argv[:1]
     cmd = command(argv[1:] if dry else argv, dict(os.environ))
     if dry:
         print(shlex.join(cmd))
+        return
+    if cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]:
+        _torchrun(cmd[3:])
         return
     os.execvp(cmd[0], cmd)
 

@@ -1,11 +1,15 @@
-"""Running one training instance end to end, as both training stages do: fit (rewriting the curves after every
-epoch, so ``dvc plots`` and ``tail -f`` follow a running job), then write the weights (raw, and EMA when the
-recipe keeps one), metrics, curves and provenance all at once (rank 0), remove the resume state and print a
-one-line summary."""
+"""Running one training instance end to end, as both training stages do: hold its resume folder (a second run of
+the instance at the same time is refused), check that every folder it writes is writable, fit (rewriting the
+curves after every epoch, so ``dvc plots`` and ``tail -f`` follow a running job), then write the weights (raw,
+and EMA when the recipe keeps one), metrics, curves and provenance all at once (rank 0), remove the resume
+state and print a one-line summary. A run asked to stop (:mod:`pipeline.signals`) writes none of them: it
+ends with one line saying where its resume state is, and exit status 128 + the signal's number."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shutil
 import sys
 import tempfile
@@ -13,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import cli, provenance
+from pipeline import checkpoint, cli, distributed, provenance, signals
 from pipeline.config import TrainConfig
 from pipeline.outputs import csv_bytes, json_bytes, write_outputs
 from pipeline.train import fit
@@ -61,9 +65,43 @@ def _safetensors(model) -> bytes:
         return path.read_bytes()
 
 
+def probe_writable(folders: list[Path], *, keep: bool = False) -> None:
+    """Create each folder if missing, write and delete a file in it; a folder that cannot be written is one line.
+    The folders created are removed again unless ``keep``."""
+    for folder in folders:
+        created = [p for p in (folder, *folder.parents) if not p.exists()]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe.", suffix=".tmp")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise ValueError(f"cannot write to {folder}: {exc.strerror or exc}; the run writes there") from None
+        finally:
+            for made in [] if keep else created:
+                with contextlib.suppress(OSError):
+                    made.rmdir()
+
+
 def train_and_write(run: TrainConfig, *, data: Path, outputs: TrainOutputs, init_weights: Path | None = None) -> None:
     """Fit ``run`` on the prepared dataset ``data``; rank 0 then writes ``outputs``, all or nothing (the curves
-    are also rewritten, atomically, after every epoch)."""
+    are also rewritten, atomically, after every epoch). Rank 0 holds the resume folder from start to end."""
+    main = distributed.launched_rank() == 0
+    folders = [outputs.weights, *dict.fromkeys(p.parent for p in (outputs.metrics, outputs.curves, outputs.provenance))]
+    probe_writable([outputs.resume_dir], keep=True)
+    with signals.StopRequests(run.runtime.stop_signals) as stop:
+        with checkpoint.hold(outputs.resume_dir) if main else contextlib.nullcontext():
+            probe_writable(folders if main else [])
+            try:
+                _train_and_write(run, data, outputs, init_weights, stop)
+            except signals.Stopped as stopped:
+                if main:
+                    with contextlib.suppress(OSError):  # stderr may have gone with the dvc that started the run
+                        print(f"{run.name}: {stopped.line}", file=sys.stderr, flush=True)
+                sys.exit(stopped.status)
+
+
+def _train_and_write(run: TrainConfig, data: Path, outputs: TrainOutputs, init_weights: Path | None, stop) -> None:
     started = time.time()
 
     def live_curves(curves: list[dict]) -> None:
@@ -76,6 +114,7 @@ def train_and_write(run: TrainConfig, *, data: Path, outputs: TrainOutputs, init
         init_weights=init_weights,
         progress=sys.stderr.isatty(),
         on_epoch=live_curves,
+        stop=stop,
     )
     if not result.env.main:
         return

@@ -7,8 +7,12 @@ synchronised on GPU). Every rank draws its own random stream (Mixup/CutMix, drop
 is seeded per sample by the loaders) and evaluates its shard of every split. Deterministic on CPU for a seed
 and a world size. Every ``runtime.checkpoint_every`` epochs the full training state is written atomically to a
 resume folder (:mod:`pipeline.checkpoint`), so a run killed part-way continues from its last checkpoint and
-ends with the same weights and metrics as an uninterrupted run. One line per epoch goes to the log (stderr),
-whether or not it is a terminal; the tqdm bar only to a terminal.
+ends with the same weights and metrics as an uninterrupted run. A run asked to stop (:mod:`pipeline.signals`:
+SIGTERM, SIGINT, a configured signal, the end of its ``dvc repro``) stops before its next step on every rank
+at once, saves its state there (part-way through an epoch too: the resumed epoch loads and skips the batches
+already trained on, whose order and augmentation are functions of the seed, epoch and position) and raises
+:class:`pipeline.signals.Stopped`. One line per epoch goes to the log (stderr), whether or not it is a
+terminal; the tqdm bar only to a terminal.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline import checkpoint, distributed
+from pipeline import checkpoint, distributed, signals
 from pipeline import model as models
 from pipeline.config import ParamsError, TrainConfig
 from pipeline.data import Loaders, build_loaders
@@ -74,8 +78,12 @@ class _State:
     fingerprint: dict
     resume_dir: Path
     params: int
+    stop: signals.StopRequests | None
     curves: list[dict] = field(default_factory=list)
     start_epoch: int = 0
+    start_step: int = 0  # steps of epoch start_epoch already trained on (a run stopped part-way through it)
+    partial: tuple = (0.0, 0, 0)  # this rank's loss sum, correct and count over those steps
+    saved: tuple[int, int] | None = None  # (epoch, step) of the checkpoint in the resume folder
     last_finite: float | None = None
     seen: int = 0
     train_seconds: float = 0.0
@@ -98,22 +106,28 @@ def fit(
     init_weights: Path | None = None,
     progress: bool = False,
     on_epoch: Callable[[list[dict]], None] | None = None,
+    stop: signals.StopRequests | None = None,
 ) -> TrainResult:
     """Train ``run`` on the prepared dataset at ``data`` to the end, resuming from ``resume_dir`` if it holds a
     checkpoint of the same run; ``init_weights`` (finetune) are the pretrained weights. ``on_epoch(curves)``
     runs on rank 0 after each epoch (the runner writes the live curves with it). Raises
-    :class:`TrainingDiverged` on a non-finite loss."""
-    state = _setup(run, data, resume_dir, init_weights)
+    :class:`TrainingDiverged` on a non-finite loss, :class:`pipeline.signals.Stopped` once ``stop`` asked for
+    it and the resume state is saved (also when it asks during the final evaluation: a resumed run redoes it)."""
+    state = _setup(run, data, resume_dir, init_weights, stop)
     for epoch in range(state.start_epoch, run.recipe.epochs):
         started = time.perf_counter()
         _train_epoch(state, epoch, progress)
-        _end_epoch(state, epoch, time.perf_counter() - started)
-        if on_epoch is not None and state.env.main:
+        if on_epoch is not None and state.env.main:  # before the checkpoint: the curves never lag behind it
             on_epoch([round_result(r) for r in state.curves])
-    return _finish(state)
+        _end_epoch(state, epoch, time.perf_counter() - started)
+    _stop_point(state, run.recipe.epochs, 0)
+    own = _own(state)  # the state the final evaluation starts from
+    result = _finish(state)
+    _stop_point(state, run.recipe.epochs, 0, own=own)  # no outputs once the run was asked to stop
+    return result
 
 
-def _setup(run: TrainConfig, data: Path, resume_dir: Path, init_weights: Path | None) -> _State:
+def _setup(run: TrainConfig, data: Path, resume_dir: Path, init_weights: Path | None, stop=None) -> _State:
     from timm.utils import ModelEmaV3
 
     recipe = run.recipe
@@ -125,17 +139,10 @@ def _setup(run: TrainConfig, data: Path, resume_dir: Path, init_weights: Path | 
         )
     set_seed(run.seed)  # the same on every rank: every rank builds the same initial weights
     loaders = build_loaders(
-        data,
-        recipe.augment,
-        img_size=run.net.img_size,
-        batch_size=recipe.batch_size // env.world_size,
-        eval_batch_size=run.runtime.eval_batch_size,
-        workers=run.runtime.workers,
-        seed=run.seed,
-        rank=env.rank,
-        world_size=env.world_size,
-        pin=env.device.type == "cuda",
-    )
+        data, recipe.augment, img_size=run.net.img_size, batch_size=recipe.batch_size // env.world_size,
+        eval_batch_size=run.runtime.eval_batch_size, workers=run.runtime.workers, seed=run.seed, rank=env.rank,
+        world_size=env.world_size, pin=env.device.type == "cuda",
+    )  # fmt: skip
     num_classes = loaders.num_classes
     if init_weights is None:
         model = models.build(run.net, num_classes)
@@ -154,45 +161,33 @@ def _setup(run: TrainConfig, data: Path, resume_dir: Path, init_weights: Path | 
     fingerprint = checkpoint.fingerprint(
         run, data_hash=loaders.meta["content_hash"], init_weights=init_weights, world_size=env.world_size
     )
-    state = _State(
-        run,
-        env,
-        loaders,
-        model,
-        net,
-        optimizer,
-        scheduler,
-        mixup,
-        criterion,
-        ema,
-        fingerprint,
-        Path(resume_dir),
-        n_params,
-    )
+    state = _State(run, env, loaders, model, net, optimizer, scheduler, mixup, criterion, ema, fingerprint,
+                   Path(resume_dir), n_params, stop)  # fmt: skip
+    if env.main:
+        checkpoint.check_space(state.resume_dir, checkpoint.size_estimate(model, ema), run.name)
     _resume(state)
     return state
 
 
 def _resume(state: _State) -> None:
     saved = checkpoint.load(state.resume_dir, state.fingerprint, state.env.rank)
-    if not distributed.same_everywhere(state.env, saved[0]["epoch"] if saved else 0):
+    epoch, step = (saved[0]["epoch"], saved[0].get("step", 0)) if saved else (0, 0)
+    if not distributed.same_everywhere(state.env, epoch * (state.updates_per_epoch + 1) + step):
         raise ValueError(
             f"{state.resume_dir}: the ranks found different checkpoints in it (some none): the resume folder must be "
             "on storage every node shares (the workspace on a shared filesystem); delete it to start over"
         )
     if saved is None:
         return
-    shared, own = saved
-    state.model.load_state_dict(shared["model"])
-    state.optimizer.load_state_dict(shared["optimizer"])
-    state.scheduler.load_state_dict(shared["scheduler"])
-    if state.ema is not None:
-        state.ema.load_state_dict(shared["ema"])
-    state.start_epoch, state.curves = shared["epoch"], json.loads(shared["curves"])
-    checkpoint.set_rng_state(own["rng"], state.env.device)
-    state.last_finite = own["last_finite"]
+    stateful = {"model": state.model, "optimizer": state.optimizer, "scheduler": state.scheduler, "ema": state.ema}
+    checkpoint.restore(state.resume_dir, saved, stateful, state.env.device)
+    own = saved[1]
+    state.start_epoch, state.start_step, state.saved = epoch, step, (epoch, step)
+    state.curves, state.last_finite = json.loads(saved[0]["curves"]), own["last_finite"]
+    state.partial = tuple(own.get("partial", (0.0, 0, 0)))
     if state.env.main:
-        log.info("%s: resumed from epoch %d of %d (%s)", state.run.name, state.start_epoch, state.run.recipe.epochs,
+        at = f", step {step} of epoch {epoch + 1}" if step else ""
+        log.info("%s: resumed from epoch %d of %d%s (%s)", state.run.name, epoch, state.run.recipe.epochs, at,
                  state.resume_dir)  # fmt: skip
 
 
@@ -206,7 +201,8 @@ def _stop_if_diverged(loss: torch.Tensor, *, run: TrainConfig, epoch: int, step:
 
 
 def _train_epoch(state: _State, epoch: int, progress: bool) -> None:
-    """One pass over the training split, then validation; appends the epoch's row to the curves."""
+    """One pass over the training split (its first ``start_step`` batches skipped in a resumed epoch), then
+    validation; appends the epoch's row to the curves."""
     from tqdm import tqdm
 
     run, env, loader = state.run, state.env, state.loaders.train
@@ -214,10 +210,14 @@ def _train_epoch(state: _State, epoch: int, progress: bool) -> None:
         if hasattr(epoch_aware, "set_epoch"):  # TensorBatches, the timm path's sampler
             epoch_aware.set_epoch(epoch)
     state.net.train()
-    loss_sum, correct, count, t0 = 0.0, 0, 0, time.perf_counter()
+    skip, resumed = (state.start_step, state.partial) if epoch == state.start_epoch else (0, (0.0, 0, 0))
+    (loss_sum, correct, count), t0 = resumed, time.perf_counter()
     desc = f"{run.stage} {run.net.variant}-{run.seed} epoch {epoch + 1}/{run.recipe.epochs}"
     bar = tqdm(loader, desc=desc, disable=not (progress and env.main), leave=False)
     for step, (images, labels) in enumerate(bar):
+        if step < skip:  # trained on before the run stopped: loaded only to advance the epoch's augmentation
+            continue
+        _stop_point(state, epoch, step, (loss_sum, correct, count))
         images, labels = images.to(env.device, non_blocking=True), labels.to(env.device, non_blocking=True)
         update = epoch * state.updates_per_epoch + step + 1
         lr = state.optimizer.param_groups[0]["lr"]
@@ -235,31 +235,24 @@ def _train_epoch(state: _State, epoch: int, progress: bool) -> None:
         loss_sum += loss.item() * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         count += len(labels)
-        rate = count * env.world_size / (time.perf_counter() - t0)
+        rate = (count - resumed[2]) * env.world_size / (time.perf_counter() - t0)
         bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{100 * correct / count:.1f}", img_s=f"{rate:.0f}")
     state.train_seconds += time.perf_counter() - t0
-    state.seen += count * env.world_size
-    state.epoch_rate = count * env.world_size / (time.perf_counter() - t0)
+    state.seen += (count - resumed[2]) * env.world_size
+    state.epoch_rate = (count - resumed[2]) * env.world_size / (time.perf_counter() - t0)
     if env.world_size > 1:  # the epoch's training loss and accuracy over every rank's share
         loss_sum, correct, count = distributed.all_sum(env, [loss_sum, correct, count])
     distributed.broadcast_buffers(env, state.model)  # every rank evaluates rank 0's weights
     val = evaluate(state.model, state.loaders.val, env, state.amp)  # every rank its shard
     state.curves.append(
-        {
-            "epoch": epoch + 1,
-            "lr": state.optimizer.param_groups[0]["lr"],
-            "train_loss": loss_sum / count,
-            "train_top1": 100.0 * correct / count,
-            "val_loss": val["loss"],
-            "val_top1": val["top1"],
-            "val_top5": val["top5"],
-        }
-    )
+        {"epoch": epoch + 1, "lr": state.optimizer.param_groups[0]["lr"], "train_loss": loss_sum / count,
+         "train_top1": 100.0 * correct / count, "val_loss": val["loss"], "val_top1": val["top1"],
+         "val_top5": val["top5"]}
+    )  # fmt: skip
 
 
 def _end_epoch(state: _State, epoch: int, seconds: float) -> None:
-    """Log the epoch; write the resume checkpoint when one is due (every rank its own state, then rank 0 the
-    shared one)."""
+    """Log the epoch; write the resume checkpoint when one is due."""
     run, env, row = state.run, state.env, state.curves[-1]
     if env.main:
         left = (run.recipe.epochs - epoch - 1) * seconds
@@ -269,33 +262,48 @@ def _end_epoch(state: _State, epoch: int, seconds: float) -> None:
             row["val_top1"], row["val_top5"], row["lr"], state.epoch_rate,
             time.strftime("%H:%M:%S", time.gmtime(left)) if left < 86400 else f"{left / 86400:.1f} days",
         )  # fmt: skip
-    if (epoch + 1) % run.runtime.checkpoint_every or epoch + 1 == run.recipe.epochs:
-        return
-    own = {"rng": checkpoint.rng_state(env.device), "last_finite": state.last_finite}
-    checkpoint.save_rank(state.resume_dir, env.rank, epoch + 1, own)
-    distributed.barrier(env)  # every rank's state is on disk before the shared state says this epoch is done
+    if not (epoch + 1) % run.runtime.checkpoint_every and epoch + 1 < run.recipe.epochs:
+        _save(state, epoch + 1, 0, _own(state))
+
+
+def _own(state: _State, partial: tuple = (0.0, 0, 0)) -> dict:
+    """This rank's part of a checkpoint: its generators, last loss and its sums of the epoch so far."""
+    return {"rng": checkpoint.rng_state(state.env.device), "last_finite": state.last_finite, "partial": list(partial)}
+
+
+def _save(state: _State, epoch: int, step: int, own: dict) -> None:
+    """The resume checkpoint after ``epoch`` epochs and ``step`` steps: every rank its own state, then rank 0 the
+    shared one."""
+    env = state.env
+    checkpoint.save_rank(state.resume_dir, env.rank, epoch, step, own)
+    distributed.barrier(env)  # every rank's state is on disk before the shared state says where the run is
     if env.main:
-        shared = {
-            "model": state.model.state_dict(),
-            "optimizer": state.optimizer.state_dict(),
-            "scheduler": state.scheduler.state_dict(),
-            "ema": state.ema.state_dict() if state.ema is not None else None,
-            "curves": json.dumps(state.curves),
-        }
-        checkpoint.save_shared(state.resume_dir, epoch + 1, state.fingerprint, shared)
+        ema, curves = (state.ema.state_dict() if state.ema is not None else None), json.dumps(state.curves)
+        shared = {"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+                  "scheduler": state.scheduler.state_dict(), "ema": ema, "curves": curves}  # fmt: skip
+        checkpoint.save_shared(state.resume_dir, epoch, step, state.fingerprint, shared)
     distributed.barrier(env)
+    state.saved = (epoch, step)
+
+
+def _stop_point(state: _State, epoch: int, step: int, partial: tuple = (0.0, 0, 0), own: dict | None = None):
+    """Where the ranks agree whether to stop (every rank calls it at the same point): if any was asked to, every
+    rank saves its state here (unless the checkpoint already holds it) and raises Stopped."""
+    code = distributed.largest(state.env, state.stop.code()) if state.stop is not None else 0
+    if not code:
+        return
+    if state.saved != (epoch, step):
+        _save(state, epoch, step, own or _own(state, partial))
+    last = epoch == state.run.recipe.epochs
+    where = f"the end of epoch {epoch} (before the final evaluation)" if last else f"epoch {epoch + 1} step {step}"
+    raise state.stop.stopped(code, where=where, folder=state.resume_dir)
 
 
 def _finish(state: _State) -> TrainResult:
     """The trained weights; on every rank their test evaluation, on rank 0 the metrics and rounded curves."""
     env, seconds = state.env, state.train_seconds
-    timing = round_measurement(
-        {
-            "train_seconds": seconds,
-            "train_images": state.seen,
-            "train_img_per_s": state.seen / seconds if seconds else None,
-        }
-    )
+    rate = state.seen / seconds if seconds else None
+    timing = round_measurement({"train_seconds": seconds, "train_images": state.seen, "train_img_per_s": rate})
     ema = state.ema.module if state.ema is not None else None
     for module in (state.model, ema):
         if module is not None:

@@ -205,12 +205,23 @@ class Runtime:
     checkpoint_every: int  # epochs between resume checkpoints
     workers: int  # DataLoader worker processes per rank (timm loader path)
     eval_batch_size: int  # images per forward pass in evaluation, per process
+    # Signals that stop a run cleanly (finish the step, save the resume state, exit) besides SIGTERM and SIGINT:
+    # SLURM's warning before a time limit (`#SBATCH --signal=USR1@120`) is one.
+    stop_signals: tuple[str, ...] = ()
 
     def check(self, where: str) -> None:
         non_negative(where, threads=self.threads, workers=self.workers)
         for key in ("checkpoint_every", "eval_batch_size"):
             if getattr(self, key) <= 0:
                 raise ParamsError(f"{where}.{key}: expected a positive integer, got {getattr(self, key)}")
+        for name in self.stop_signals:
+            if name not in STOP_SIGNALS:
+                raise ParamsError(f"{where}.stop_signals: {name!r} is not one of {', '.join(STOP_SIGNALS)}")
+
+
+# The signals a run may be told to stop on: those a scheduler or a user sends to end a job (never SIGKILL or SIGSTOP,
+# which no process can catch, nor the ones the kernel raises for faults).
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGQUIT", "SIGXCPU", "SIGALRM")
 
 
 def check_options(where: str, options: dict) -> None:

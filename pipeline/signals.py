@@ -1,0 +1,141 @@
+"""Stopping a training run cleanly, whatever ends it.
+
+SIGTERM (SLURM's preemption and time limit, ``kill``, torchrun passing on its own), SIGINT (Ctrl-C) and the signals
+of ``runtime.stop_signals`` (SLURM's warning before the limit, ``#SBATCH --signal=USR1@120``) only set a flag
+here. The training loop reads it before every step; every rank takes the largest of the ranks' requests
+(:func:`pipeline.distributed.largest`), so all stop at the same step, write a resume checkpoint and exit with
+one line and status 128 + the signal's number.
+
+A run started by ``dvc repro`` also stops when that dvc process ends: ``kill -TERM`` of dvc ends dvc alone, and
+its command, re-parented, would otherwise run on and write its outputs behind DVC's back (and meet the next
+``dvc repro`` in its resume folder). :class:`StopRequests` records, at the start, the processes between this
+one and its dvc (walking /proc's parent links: DVC runs a stage's command through ``$SHELL -c``, which execs
+it, or through ``pipeline.launch``, which runs torchrun's agent in its own process) and checks about once a second
+that they all still live; a torchrun worker outside DVC watches its agent the same way. The watch needs Linux's
+/proc; elsewhere only signals stop a run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+__all__ = ["ANCESTOR_ENDED", "StopRequests", "Stopped", "watched_ancestors"]
+
+ALWAYS = ("SIGTERM", "SIGINT")
+ANCESTOR_ENDED = 129  # the stop code (and exit status) when a watched ancestor ended: 128 + SIGHUP, a hang-up
+POLL_SECONDS = 1.0  # how often the watched ancestors are looked up
+
+
+class Stopped(Exception):
+    """Raised on every rank once the resume state of a stopped run is saved: ``line`` says where, ``status`` is
+    the exit status."""
+
+    def __init__(self, line: str, status: int):
+        super().__init__(line)
+        self.line, self.status = line, status
+
+
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """``(state, parent pid, start time)`` of a process from /proc, or None if there is none."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # the command name, in parentheses, may hold spaces
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _name(argv: list[str]) -> str:
+    """What a process is, for the stop message: dvc, torchrun, or its program's name."""
+    head = [Path(a).name for a in argv[:3]]
+    if "dvc" in head:  # `dvc ...`, `python .../bin/dvc ...`, `python -m dvc ...`
+        return "dvc"
+    if {"torchrun", "torch.distributed.run", "pipeline.launch"} & set(head):
+        return "torchrun"
+    return head[0] if head else "its parent"
+
+
+def watched_ancestors(environ: dict | None = None) -> list[tuple[int, int, str]]:
+    """``(pid, start time, name)`` of the processes whose end stops this run: under DVC (``DVC_STAGE`` set)
+    every ancestor up to and including the dvc process (its parent if no ancestor is dvc); under torchrun alone
+    (``TORCHELASTIC_RUN_ID``) the agent, its parent; otherwise none (a run started by hand or under nohup goes on
+    when its shell ends)."""
+    environ = os.environ if environ is None else environ
+    if "DVC_STAGE" not in environ and "TORCHELASTIC_RUN_ID" not in environ:
+        return []
+    chain, pid = [], os.getppid()
+    while pid > 1:
+        stat = _stat(pid)
+        if stat is None:
+            break
+        name = _name(_argv(pid))
+        chain.append((pid, stat[2], name))
+        if name == "dvc" or "DVC_STAGE" not in environ:
+            return chain
+        pid = stat[1]
+    return chain[:1]
+
+
+def _alive(pid: int, started: int) -> bool:
+    stat = _stat(pid)
+    return stat is not None and stat[2] == started and stat[0] not in "ZX"  # a zombie has ended
+
+
+class StopRequests:
+    """The stop requests of this process, from the moment it is entered (``with``) until it is left, when the
+    previous signal handlers come back: SIGTERM, SIGINT and ``extra`` (signal names) set a flag, and the end of a
+    watched ancestor (:func:`watched_ancestors`) counts as one."""
+
+    def __init__(self, extra: tuple[str, ...] = (), *, ancestors: list[tuple[int, int, str]] | None = None):
+        self.signals = [getattr(signal, name) for name in dict.fromkeys((*ALWAYS, *extra))]
+        self.ancestors = watched_ancestors() if ancestors is None else ancestors
+        self.received = 0  # the first stop signal's number
+        self.ended: tuple[int, int, str] | None = None  # the watched ancestor that ended
+        self._next_poll = 0.0
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            for signum in self.signals:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame) -> None:
+        self.received = self.received or signum  # a repeated signal changes nothing (SLURM and torchrun may both send)
+
+    def code(self) -> int:
+        """0 to go on; else the signal's number, or :data:`ANCESTOR_ENDED`."""
+        if self.received:
+            return self.received
+        if self.ended is None and self.ancestors and time.monotonic() >= self._next_poll:
+            self._next_poll = time.monotonic() + POLL_SECONDS
+            self.ended = next((a for a in self.ancestors if not _alive(a[0], a[1])), None)
+        return ANCESTOR_ENDED if self.ended is not None else 0
+
+    def stopped(self, code: int, *, where: str, folder: Path) -> Stopped:
+        """The exception that ends the run after its resume state at ``where`` is in ``folder``: the stop this
+        process saw, or else the largest ``code`` of the ranks."""
+        code = self.code() or code
+        if code == ANCESTOR_ENDED:
+            pid, _, name = self.ended or (None, None, "the process that started it")
+            cause = f"because {name}{f' (PID {pid})' if pid else ''} ended"
+            status = ANCESTOR_ENDED
+        else:
+            cause, status = f"by {signal.Signals(code).name}", 128 + code
+        return Stopped(f"stopped {cause} at {where}; resume state saved to {folder}; run dvc repro to continue", status)

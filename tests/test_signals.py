@@ -1,0 +1,551 @@
+"""Stopping a training run cleanly and resuming it exactly: SIGTERM (and SIGINT, and runtime.stop_signals) to a
+training stage, to `dvc repro` (the training process must not outlive it) and to the launcher of two gloo
+processes; one run per resume folder; checkpoint files that are damaged, incomplete or hostile, and a disk that
+fills during a checkpoint: one line each, nothing written to the outputs, the previous checkpoint kept."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline import checkpoint, pretrain, signals
+from pipeline.config import Dataset, ParamsError, load_pretrain
+from pipeline.outputs import write_outputs
+
+from .tiny import ROOT, tiny_params, write_params
+
+NAME = "pretrain@n12-linear-0"
+STOP_LINE = re.compile(
+    rf"{re.escape(NAME)}: stopped (by SIG\w+|because .+ ended) at (epoch (\d+) step (\d+)|the end of epoch \d+ "
+    r"\(before the final evaluation\)); resume state saved to (\S+); run dvc repro to continue"
+)
+STEPS = 4  # training steps per epoch of the tiny profile: 72 training images, batch 16
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    from pipeline import prepare
+
+    files, _ = prepare.run("synthetic", Dataset(**tiny_params()["datasets"]["synthetic"]))
+    out = tmp_path_factory.mktemp("prepared") / "synthetic"
+    write_outputs({out / k: v for k, v in files.items()})
+    return out
+
+
+def _argv(run: Path, params: Path, data: Path) -> list[str]:
+    """A pretraining instance writing to ``run``/out, its resume state in ``run``/resume."""
+    out = run / "out"
+    return [
+        "--params", str(params), "--backbone", "n12", "--variant", "linear", "--seed", "0", "--data", str(data),
+        "--weights-out", str(out / "weights"), "--metrics", str(out / "metrics.json"),
+        "--curves", str(out / "curves.csv"), "--provenance", str(out / "provenance.json"),
+        "--resume-dir", str(run / "resume"),
+    ]  # fmt: skip
+
+
+def _outputs(run: Path) -> dict[str, bytes]:
+    out = run / "out"
+    names = ["metrics.json", "curves.csv", "weights/raw.safetensors", "weights/ema.safetensors"]
+    return {name: (out / name).read_bytes() for name in names if (out / name).exists()}
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PET_", "MASTER_", "DVC_"))}
+    return {**env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
+
+
+def _whole(tmp: Path, params: Path, data: Path) -> dict[str, bytes]:
+    pretrain.main(_argv(tmp / "whole", params, data))
+    return _outputs(tmp / "whole")
+
+
+def _stop_at(monkeypatch, call: int, signum: int = signal.SIGTERM) -> None:
+    """The run's stop requests: nothing until the ``call``-th look (one before every step, one after the last
+    epoch, one after the final evaluation), then ``signum``."""
+    calls = []
+
+    def code(self) -> int:
+        calls.append(1)
+        return signum if len(calls) >= call else 0
+
+    monkeypatch.setattr(signals.StopRequests, "code", code)
+
+
+def _stopped(capsys, excinfo, resume: Path) -> re.Match:
+    assert excinfo.value.code == 128 + signal.SIGTERM
+    lines = [line for line in capsys.readouterr().err.splitlines() if ": stopped " in line]
+    assert len(lines) == 1 and (found := STOP_LINE.fullmatch(lines[0])), lines
+    assert found.group(5) == str(resume)
+    return found
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Where a run stops, and its resume.
+
+
+@pytest.mark.parametrize(
+    ("call", "epoch", "step"),
+    [(6, 1, 1), (5, 1, 0), (3 * STEPS + 1, 3, 0), (3 * STEPS + 2, 3, 0)],
+    ids=["mid-epoch", "epoch-boundary", "before-final-evaluation", "during-final-evaluation"],
+)
+def test_a_stop_anywhere_saves_the_state_there_and_resumes_exactly(tmp_path, synthetic, monkeypatch, capsys, call,
+                                                                   epoch, step):  # fmt: skip
+    """Checkpoints every 2 epochs, so the stop itself writes the state (mid-epoch: the steps done and this rank's
+    sums of the epoch so far); the resumed run ends byte-identical to an uninterrupted one."""
+    updates = tiny_params(pretrain={"epochs": 3}, runtime={"checkpoint_every": 2})
+    params = write_params(tmp_path / "params.yaml", updates)
+    whole = _whole(tmp_path, params, synthetic)
+    argv = _argv(tmp_path / "stopped", params, synthetic)
+    resume = tmp_path / "stopped" / "resume"
+    with monkeypatch.context() as patch:
+        _stop_at(patch, call)
+        with pytest.raises(SystemExit) as excinfo:
+            pretrain.main(argv)
+    found = _stopped(capsys, excinfo, resume)
+    if epoch < 3:
+        assert (int(found.group(3)), int(found.group(4))) == (epoch + 1, step)
+    saved = torch.load(resume / "checkpoint.pt", weights_only=True)
+    assert (saved["epoch"], saved["step"]) == (epoch, step)
+    assert {p.name for p in resume.glob("rank-*")} == {checkpoint.rank_file(resume, 0, epoch, step).name}
+    assert not (tmp_path / "stopped" / "out" / "metrics.json").exists()
+    pretrain.main(argv)
+    assert _outputs(tmp_path / "stopped") == whole
+    assert not resume.exists()
+
+
+def test_a_mid_epoch_stop_resumes_exactly_on_the_timm_path_with_workers(tmp_path, synthetic, monkeypatch, capsys):
+    """Per-sample transforms (RandAugment, random erasing) in 2 loader workers, Mixup/CutMix, EMA, drop path: the
+    resumed epoch skips the batches trained on before the stop and ends byte-identical."""
+    augment = {**tiny_params()["pretrain"]["recipe"]["augment"], "mode": "timm", "auto_augment": "rand-m9-mstd0.5",
+               "re_prob": 0.25, "scale_min": 0.5, "hflip": 0.5}  # fmt: skip
+    recipe = {"epochs": 2, "augment": augment, "mixup": 0.8, "cutmix": 1.0, "ema_decay": 0.9}
+    updates = tiny_params(pretrain=recipe, model={"drop_path_rate": 0.1}, runtime={"workers": 2})
+    params = write_params(tmp_path / "params.yaml", updates)
+    whole = _whole(tmp_path, params, synthetic)
+    argv = _argv(tmp_path / "stopped", params, synthetic)
+    with monkeypatch.context() as patch:
+        _stop_at(patch, STEPS + 3)
+        with pytest.raises(SystemExit) as excinfo:
+            pretrain.main(argv)
+    assert _stopped(capsys, excinfo, tmp_path / "stopped" / "resume").group(2) == "epoch 2 step 2"
+    pretrain.main(argv)
+    assert _outputs(tmp_path / "stopped") == whole and "ema.safetensors" in str(list(whole))
+
+
+def _wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.time() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.02)
+
+
+def test_sigterm_to_a_training_stage(tmp_path, synthetic):
+    """SIGTERM after the first epoch: the stage finishes its step, saves its state, exits with 143 and one line,
+    writes no metrics; while it ran, a second run of the instance was refused with its PID; the re-run resumes
+    and ends byte-identical to an uninterrupted run."""
+    params = write_params(tmp_path / "params.yaml", tiny_params(pretrain={"epochs": 12}))
+    whole = _whole(tmp_path, params, synthetic)
+    argv = _argv(tmp_path / "stopped", params, synthetic)
+    resume, log = tmp_path / "stopped" / "resume", tmp_path / "stderr.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.pretrain", *argv], cwd=ROOT, env=_env(),
+                                stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+    try:
+        _wait_for(proc, lambda: f"{NAME} epoch 1/12" in log.read_text(), "epoch 1")
+        with pytest.raises(SystemExit) as excinfo:  # a second run of the instance meanwhile
+            pretrain.main(_argv(tmp_path / "stopped", params, synthetic))
+        assert excinfo.value.code == (
+            f"pretrain: error: {resume} is in use by PID {proc.pid} (another run of this instance); wait for it or "
+            "stop it"
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    err = log.read_text()
+    lines = [line for line in err.splitlines() if ": stopped " in line]
+    assert len(lines) == 1 and (found := STOP_LINE.fullmatch(lines[0])) and "Traceback" not in err, err[-3000:]
+    assert found.group(1) == "by SIGTERM" and found.group(5) == str(resume)
+    saved = torch.load(resume / "checkpoint.pt", weights_only=True)
+    assert found.group(2) == f"epoch {saved['epoch'] + 1} step {saved['step']}" and 1 <= saved["epoch"] < 12
+    assert not (tmp_path / "stopped" / "out" / "metrics.json").exists()
+    pretrain.main(argv)
+    assert _outputs(tmp_path / "stopped") == whole
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The stop requests and the lock.
+
+
+def test_stop_signals_set_a_flag_and_the_handlers_come_back():
+    before = signal.getsignal(signal.SIGUSR1)
+    with signals.StopRequests(("SIGUSR1",), ancestors=[]) as stop:
+        assert stop.code() == 0
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGTERM)  # a second signal changes nothing
+        time.sleep(0.05)
+        assert stop.code() == signal.SIGUSR1
+        line = str(stop.stopped(0, where="epoch 2 step 3", folder=Path("r")))
+    assert line == "stopped by SIGUSR1 at epoch 2 step 3; resume state saved to r; run dvc repro to continue"
+    assert signal.getsignal(signal.SIGUSR1) == before
+
+
+def test_ctrl_c_is_a_stop_request_not_a_keyboard_interrupt():
+    with signals.StopRequests(ancestors=[]) as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        assert stop.code() == signal.SIGINT
+        assert stop.stopped(0, where="epoch 1 step 0", folder=Path("r")).status == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_end_of_a_watched_ancestor_is_a_stop_request(monkeypatch):
+    monkeypatch.setattr(signals, "POLL_SECONDS", 0.0)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    started = signals._stat(sleeper.pid)[2]
+    with signals.StopRequests(ancestors=[(sleeper.pid, started, "dvc")]) as stop:
+        assert stop.code() == 0
+        sleeper.terminate()
+        time.sleep(0.1)  # a zombie until reaped: ended all the same
+        assert stop.code() == signals.ANCESTOR_ENDED
+        sleeper.wait()
+        stopped = stop.stopped(0, where="epoch 1 step 0", folder=Path("r"))
+    assert stopped.status == signals.ANCESTOR_ENDED
+    assert stopped.line.startswith(f"stopped because dvc (PID {sleeper.pid}) ended at epoch 1 step 0;")
+
+
+def test_under_dvc_the_watch_reaches_the_dvc_process(tmp_path):
+    """DVC runs a command through `$SHELL -c`; here a program named dvc starts a shell that starts Python."""
+    fake = tmp_path / "dvc"
+    code = "from pipeline.signals import watched_ancestors; print([a[2] for a in watched_ancestors()])"
+    fake.write_text(f"#!/bin/sh\n/bin/sh -c '{sys.executable} -c \"{code}\"; true'\n")
+    fake.chmod(0o755)
+    done = subprocess.run([str(fake)], env=_env(DVC_STAGE="x"), capture_output=True, text=True, check=True)
+    assert done.stdout.split("\n")[0].endswith("'dvc']"), done.stdout
+    alone = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, check=True)
+    assert alone.stdout.strip() == "[]", "a run started by hand watches nothing"
+
+
+def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
+    folder = tmp_path / "resume"
+    script = f"from pipeline import checkpoint; import pathlib, time\nwith checkpoint.hold(pathlib.Path('{folder}')):\n"
+    holder = subprocess.Popen([sys.executable, "-c", script + "    print('held', flush=True); time.sleep(60)"],
+                              env=_env(), stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(folder))} is in use by PID {holder.pid} \(another"):
+            with checkpoint.hold(folder):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    with checkpoint.hold(folder):  # SIGKILL left no stale lock
+        assert (folder / checkpoint.LOCK).read_text() == f"{os.getpid()}\n"
+
+
+def test_stop_signals_are_checked_in_params(tmp_path):
+    params = write_params(tmp_path / "params.yaml", tiny_params(runtime={"stop_signals": ["SIGKILL"]}))
+    with pytest.raises(ParamsError, match=r"runtime.stop_signals: 'SIGKILL' is not one of SIGTERM, SIGINT, SIGUSR1"):
+        load_pretrain(params, "n12", "linear", 0)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Checkpoint files checked where they are read.
+
+
+@pytest.fixture(scope="module")
+def stopped_state(tmp_path_factory, synthetic) -> tuple[Path, Path]:
+    """``(params, resume folder)`` of a run stopped in its second epoch (step 1)."""
+    tmp = tmp_path_factory.mktemp("stopped")
+    params = write_params(tmp / "params.yaml", tiny_params(pretrain={"epochs": 3}))
+    with pytest.MonkeyPatch.context() as patch:
+        _stop_at(patch, STEPS + 2)
+        with pytest.raises(SystemExit):
+            pretrain.main(_argv(tmp / "run", params, synthetic))
+    return params, tmp / "run" / "resume"
+
+
+class _Hostile:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _drop(key: str):
+    def damage(path: Path) -> None:
+        state = torch.load(path, weights_only=True)
+        del state[key]
+        torch.save(state, path)
+
+    return damage
+
+
+@pytest.mark.parametrize(
+    ("file", "damage", "problem"),
+    [
+        ("checkpoint.pt", _truncate, "is unreadable, truncated or corrupt (RuntimeError: PytorchStreamReader failed "
+         "reading zip archive: failed finding central directory)"),
+        ("checkpoint.pt", _drop("fingerprint"), "is incomplete: it has no fingerprint"),
+        ("checkpoint.pt", _drop("optimizer"), "is incomplete: it has no optimizer"),
+        ("rank-0-epoch-1-step-1.pt", _truncate, "is unreadable, truncated or corrupt"),
+        ("rank-0-epoch-1-step-1.pt", _drop("partial"), "is incomplete: it has no partial"),
+        ("rank-0-epoch-1-step-1.pt", Path.unlink, "(epoch 1 step 1) has no state for rank 0 "
+         "(rank-0-epoch-1-step-1.pt is missing"),
+        ("checkpoint.pt", "hostile", "holds objects other than tensors and plain values and was refused unread"),
+    ],
+    ids=["truncated", "no-fingerprint", "no-optimizer", "rank-truncated", "rank-incomplete", "rank-missing",
+         "hostile"],
+)  # fmt: skip
+def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path, synthetic, stopped_state, file, damage, problem):
+    params, saved = stopped_state
+    run = tmp_path / "run"
+    shutil.copytree(saved, run / "resume")
+    path = run / "resume" / file
+    marker = tmp_path / "owned"
+    if damage == "hostile":
+        torch.save({"fingerprint": _Hostile(marker), "epoch": 1}, path)
+    else:
+        damage(path)
+    with pytest.raises(SystemExit) as excinfo:
+        pretrain.main(_argv(run, params, synthetic))
+    message = str(excinfo.value.code)
+    shown = run / "resume" / ("checkpoint.pt" if damage is Path.unlink else file)
+    assert message.startswith(f"pretrain: error: checkpoint {shown} {problem}"), message
+    assert message.endswith(f"delete {run / 'resume'} to start over") and "\n" not in message
+    assert "weights_only" not in message and not marker.exists()
+    assert not (run / "out").exists(), "nothing written to the outputs"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The disk: checked before a run; full during a checkpoint.
+
+
+def test_a_disk_without_room_for_a_checkpoint_is_refused_before_training(tmp_path, synthetic, monkeypatch):
+    params = write_params(tmp_path / "params.yaml", tiny_params())
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 4096))
+    with pytest.raises(SystemExit) as excinfo:
+        pretrain.main(_argv(tmp_path / "run", params, synthetic))
+    message = str(excinfo.value.code)
+    assert re.fullmatch(
+        rf"pretrain: error: {re.escape(str(tmp_path / 'run' / 'resume'))}: a resume checkpoint needs about "
+        r"[\d.]+ MB but only 0.0 MB are free there; free space or move the workspace before training",
+        message,
+    ), message
+    assert not (tmp_path / "run" / "out").exists()
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_training(tmp_path, synthetic):
+    params = write_params(tmp_path / "params.yaml", tiny_params())
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "out").write_text("a file where the outputs' folder should be")
+    with pytest.raises(SystemExit) as excinfo:
+        pretrain.main(_argv(tmp_path / "run", params, synthetic))
+    assert str(excinfo.value.code) == (
+        f"pretrain: error: cannot write to {tmp_path / 'run' / 'out' / 'weights'}: Not a directory; the run writes "
+        "there"
+    )
+
+
+def _small_disk(folder: Path, size: int) -> bool:
+    """A tmpfs of ``size`` bytes at ``folder``, if this machine lets us mount one (root in most containers)."""
+    folder.mkdir(parents=True)
+    if shutil.which("mount") is None:
+        return False
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    return done.returncode == 0
+
+
+def _fail_second_checkpoint(monkeypatch, code: int) -> None:
+    """The second write of checkpoint.pt stops half-way with ``code`` (as a full disk or a revoked permission)."""
+    real, writes = checkpoint._write, []
+
+    def write(fd: int, data) -> None:
+        if Path(os.readlink(f"/proc/self/fd/{fd}")).name.startswith(".checkpoint.pt."):
+            writes.append(1)
+            if len(writes) == 2:
+                os.write(fd, bytes(data[: len(data) // 2]))
+                os.close(fd)
+                raise OSError(code, os.strerror(code))
+        real(fd, data)
+
+    monkeypatch.setattr(checkpoint, "_write", write)
+
+
+@pytest.mark.parametrize("how", ["tmpfs", "ENOSPC", "EACCES"])
+def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, synthetic, stopped_state, monkeypatch,
+                                                                 how):  # fmt: skip
+    """The second checkpoint cannot be written (a tmpfs with room for one and a half, or an injected error): one
+    line naming checkpoint.pt, no temporary file left, and the first checkpoint resumes to the uninterrupted
+    result."""
+    params = write_params(tmp_path / "params.yaml", tiny_params(pretrain={"epochs": 3}))
+    run, resume = tmp_path / "run", tmp_path / "run" / "resume"
+    if how == "tmpfs":
+        one = (stopped_state[1] / "checkpoint.pt").stat().st_size
+        needs = checkpoint.size_estimate(*_model_and_ema(params))
+        size = max(3 * one // 2, needs) + 6 * 4096  # the lock, two rank files, tmpfs' pages
+        assert size < 2 * one + 4 * 4096, "room for two checkpoints: the test would prove nothing"
+        if not _small_disk(resume, size):
+            pytest.skip("cannot mount a tmpfs here; the injected errors cover the same path")
+    else:
+        _fail_second_checkpoint(monkeypatch, getattr(errno, how))
+    try:
+        with pytest.raises(SystemExit) as excinfo:
+            pretrain.main(_argv(run, params, synthetic))
+        reason = {"tmpfs": "no space left on device", "ENOSPC": "no space left on device",
+                  "EACCES": "Permission denied"}[how]  # fmt: skip
+        assert re.fullmatch(
+            rf"pretrain: error: cannot write checkpoint {re.escape(str(resume / 'checkpoint.pt'))}: {reason} \(it "
+            rf"needs [\d.]+ MB\); the previous resume state in {re.escape(str(resume))} is kept: free space or make "
+            "the folder writable, then run dvc repro to resume",
+            str(excinfo.value.code),
+        ), excinfo.value.code
+        assert not [p.name for p in resume.iterdir() if p.name.endswith(".tmp")]
+        assert torch.load(resume / "checkpoint.pt", weights_only=True)["epoch"] == 1
+        shutil.copytree(resume, tmp_path / "kept" / "resume")
+    finally:
+        if how == "tmpfs":
+            subprocess.run(["umount", str(resume)], check=True)
+    monkeypatch.undo()
+    pretrain.main(_argv(tmp_path / "kept", params, synthetic))
+    assert _outputs(tmp_path / "kept") == _whole(tmp_path, params, synthetic)
+
+
+def _model_and_ema(params: Path):
+    from pipeline import model as models
+
+    run = load_pretrain(params, "n12", "linear", 0)
+    return models.build(run.net, 3), None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Under the launcher, and under dvc repro.
+
+
+def _processes_with(text: str, cwd: Path | None = None) -> list[int]:
+    """The live processes whose command line holds ``text`` (and whose working folder is ``cwd``)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            here = cwd is None or Path(os.readlink(entry / "cwd")) == cwd
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in argv and here and state != "Z" and int(entry.name) != os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
+def _gone(text: str, cwd: Path | None = None, timeout: float = 30) -> float:
+    """Seconds until no process matches (fails after ``timeout``)."""
+    started = time.time()
+    while _processes_with(text, cwd):
+        assert time.time() - started < timeout, f"still running after {timeout} s: {_processes_with(text, cwd)}"
+        time.sleep(0.05)
+    return time.time() - started
+
+
+def test_sigterm_to_the_launcher_stops_every_rank(tmp_path, synthetic):
+    """`python -m pipeline.launch --nproc-per-node 2` (torchrun's agent and two gloo ranks): SIGTERM to the
+    launcher alone reaches both ranks, which stop at the same step, each saving its state; the launcher exits
+    with 143 and the one line of rank 0, no traceback; the re-run resumes to the uninterrupted result."""
+    params = write_params(tmp_path / "params.yaml", tiny_params(pretrain={"epochs": 30}))
+    launch = [sys.executable, "-m", "pipeline.launch", "--nproc-per-node", "2", "-m", "pipeline.pretrain"]
+
+    def run(name: str) -> subprocess.CompletedProcess:
+        argv = [*launch, *_argv(tmp_path / name, params, synthetic)]
+        return subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+
+    assert (done := run("whole")).returncode == 0, done.stderr[-3000:]
+    resume, log = tmp_path / "stopped" / "resume", tmp_path / "stderr.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([*launch, *_argv(tmp_path / "stopped", params, synthetic)], cwd=ROOT, env=_env(),
+                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)  # fmt: skip
+    try:
+        _wait_for(proc, (resume / "checkpoint.pt").exists, "a checkpoint")
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    finally:
+        proc.kill()
+    err = log.read_text()
+    lines = [line for line in err.splitlines() if ": stopped " in line]
+    assert len(lines) == 1 and STOP_LINE.fullmatch(lines[0]) and "Traceback" not in err, err[-3000:]
+    saved = torch.load(resume / "checkpoint.pt", weights_only=True)
+    assert lines[0].startswith(f"{NAME}: stopped by SIGTERM at epoch {saved['epoch'] + 1} step {saved['step']};")
+    ranks = {checkpoint.rank_file(resume, r, saved["epoch"], saved["step"]).name for r in (0, 1)}
+    assert {p.name for p in resume.glob("rank-*")} == ranks
+    assert _gone(str(resume)) < 5, "a rank outlived its launcher"
+    assert not (tmp_path / "stopped" / "out" / "metrics.json").exists()
+    assert (done := run("stopped")).returncode == 0, done.stderr[-3000:]
+    assert _outputs(tmp_path / "stopped") == _outputs(tmp_path / "whole")
+
+
+def _dvc_env(repo: Path) -> dict:
+    return {
+        **_env(PYTHONPATH=str(repo)),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_SITE_CACHE_DIR": str(repo / ".dvc-site"),
+    }
+
+
+def _dvc(*args: str, repo: Path) -> None:
+    done = subprocess.run(args, cwd=repo, env=_dvc_env(repo), capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+
+
+@pytest.mark.e2e
+def test_sigterm_to_dvc_repro_leaves_no_training_process(tmp_path):
+    """`kill -TERM <dvc>` (dvc alone, as a scheduler or a user ends it): the training process notices that its
+    dvc ended, saves its state and exits within seconds (no orphan writes outputs later); the next `dvc repro`
+    resumes and ends as an uninterrupted run."""
+    repo = tmp_path / "repo"
+    listed = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]  # new files too
+    tracked = subprocess.run(listed, cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in filter(None, tracked.stdout.split("\0")):
+        if (ROOT / name).is_file() and not name.startswith(("results/", "reports/")) and name != "dvc.lock":
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    params = tiny_params(pretrain={"epochs": 40, "variants": ["linear"]}, finetune={"variants": ["linear"]})
+    write_params(repo / "params.yaml", params)
+    for git in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "t"]):
+        subprocess.run(["git", *git], cwd=repo, check=True, capture_output=True)
+    dvc = str(Path(sys.executable).parent / "dvc")
+    _dvc(dvc, "repro", "prepare@synthetic", repo=repo)
+    resume, log = repo / ".resume/pretrain/n12-linear-0", tmp_path / "dvc.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([dvc, "repro", "pretrain@n12-linear-0"], cwd=repo, env=_dvc_env(repo),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        _wait_for(proc, (resume / "checkpoint.pt").exists, "a checkpoint")
+        os.kill(proc.pid, signal.SIGTERM)  # dvc alone: not its process group
+        assert proc.wait(timeout=60) != 0
+    finally:
+        proc.kill()
+    assert _gone("pipeline.pretrain", cwd=repo, timeout=30) < 10, "the training process outlived its dvc repro"
+    assert not (repo / "results/pretrain/n12-linear-0/metrics.json").exists(), "outputs written behind DVC's back"
+    assert f"stopped because dvc (PID {proc.pid}) ended at epoch " in log.read_text(), log.read_text()[-3000:]
+    assert 1 <= torch.load(resume / "checkpoint.pt", weights_only=True)["epoch"] < 40
+    _dvc(dvc, "repro", "pretrain@n12-linear-0", repo=repo)
+    results = repo / "results/pretrain/n12-linear-0"
+    resumed = {n: (results / n).read_bytes() for n in ("metrics.json", "curves.csv")}
+    _dvc(dvc, "repro", "--force", "pretrain@n12-linear-0", repo=repo)  # uninterrupted, from scratch
+    assert {n: (results / n).read_bytes() for n in resumed} == resumed
