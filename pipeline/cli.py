@@ -9,7 +9,7 @@ import sys
 import warnings
 from collections.abc import Callable
 
-__all__ = ["parser", "run_stage"]
+__all__ = ["os_message", "parser", "run_stage"]
 
 
 def parser(prog: str, doc: str, required: dict[str, str]) -> argparse.ArgumentParser:
@@ -22,9 +22,11 @@ def parser(prog: str, doc: str, required: dict[str, str]) -> argparse.ArgumentPa
 
 
 def run_stage(name: str, body: Callable[[], None]) -> None:
-    """Run a stage body. A ``ValueError`` (bad params, failed checks) or a missing file ends the program with
-    ``<name>: error: <message>`` on stderr and exit status 1; the body writes its outputs only at the end, so
-    nothing half-written is left behind."""
+    """Run a stage body. A ``ValueError`` (bad params, failed checks of an input file), a missing file, or an
+    ``OSError`` on a named file (an output that cannot be written: a full disk, a read-only folder, an unreadable
+    input) ends the program with ``<name>: error: <message>`` on stderr and exit status 1; the body writes its
+    outputs only at the end, all or nothing, so nothing half-written is left behind. Any other exception (an
+    ``OSError`` with no file, a ``KeyError``, a ``TypeError``: a bug) keeps its traceback."""
     # Progress goes to stderr through logging, one line per event, terminal or not (tqdm bars: terminals only).
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     # torch 2.14 deprecates torch.jit; timm and fvcore still use it at import time.
@@ -32,5 +34,18 @@ def run_stage(name: str, body: Callable[[], None]) -> None:
     warnings.filterwarnings("ignore", message=r".*torch\.jit.*", category=DeprecationWarning)
     try:
         body()
-    except (ValueError, FileNotFoundError) as exc:
+    except ValueError as exc:
         sys.exit(f"{name}: error: {exc}")
+    except OSError as exc:
+        if exc.filename is None and not isinstance(exc, FileNotFoundError):
+            raise
+        sys.exit(f"{name}: error: {os_message(exc)}")
+
+
+def os_message(exc: OSError) -> str:
+    """One line for an ``OSError`` on a named file: the message of one raised with its own (``OutputError``),
+    else ``<file>: <reason>`` (not ``[Errno 13] Permission denied: '<file>'``)."""
+    if exc.strerror is None or exc.filename is None:
+        return str(exc)
+    reason = exc.strerror[:1].lower() + exc.strerror[1:]
+    return f"{exc.filename}: {reason}" + (f" -> {exc.filename2}" if exc.filename2 else "")

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import Net
+from pipeline.tensorfile import read_header
 
 __all__ = ["build", "count_params", "forward_flops", "load_pretrained"]
 
@@ -36,8 +37,11 @@ def forward_flops(net: Net, num_classes: int) -> int:
 
 
 def load_pretrained(net: Net, path: Path, num_classes: int) -> torch.nn.Module:
-    """The weights at ``path`` (a pretraining stage's safetensors) in ``net``, with a new ``num_classes`` head."""
-    from safetensors import safe_open
+    """The weights at ``path`` (a pretraining stage's safetensors) in ``net``, with a new ``num_classes`` head.
+    The file is checked before it is read: missing, truncated or corrupt, or holding other tensors than ``net``'s
+    (the weights of another backbone or variant) is one line naming it, the first mismatching tensors and what
+    to do."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_model
 
     path = Path(path)
@@ -46,14 +50,47 @@ def load_pretrained(net: Net, path: Path, num_classes: int) -> torch.nn.Module:
             f"no pretrained weights for variant {net.variant!r} at {path}: pretrain it first (list it in "
             "pretrain.variants)"
         )
-    with safe_open(str(path), framework="pt") as fh:
-        source_classes = fh.get_tensor("head.weight").shape[0]
-    model = build(net, source_classes)
-    missing, unexpected = load_model(model, str(path), strict=False)
-    if missing or unexpected:
+    rerun = _rerun(path)
+    tensors = read_header(path, rerun)
+    head = tensors.get("head.weight")
+    if head is None or len(head.shape) != 2:
+        raise ValueError(f"{path}: no classifier head.weight (not the weights of a classifier); {rerun}")
+    model = build(net, head.shape[0])
+    mismatch = _mismatch(model, {name: info.shape for name, info in tensors.items()})
+    if mismatch:
         raise ValueError(
-            f"{path} does not match variant {net.variant!r} with the model section: missing "
-            f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            f"{path}: not the weights of {net.name} with variant {net.variant!r} as params.yaml defines it "
+            f"({mismatch}): the weights of another backbone or variant; point --pretrained at the weights of this "
+            f"backbone and variant, or {rerun}"
         )
+    try:
+        load_model(model, str(path), strict=True)
+    except SafetensorError as exc:  # anything the header check cannot see
+        raise ValueError(f"{path}: unreadable ({exc}); {rerun}") from None
     model.reset_classifier(num_classes)
     return model
+
+
+def _rerun(path: Path) -> str:
+    """What to do about bad pretrained weights: re-run the instance that wrote them (named when the folder is a
+    pretraining instance's, ``models/pretrain/<backbone>-<variant>-<seed>``)."""
+    folder = path.parent
+    if folder.parent.name == "pretrain":
+        return f"re-run the pretraining instance: dvc repro --force pretrain@{folder.name}"
+    return "re-run the pretraining instance that wrote it"
+
+
+def _mismatch(model: torch.nn.Module, shapes: dict[str, tuple]) -> str:
+    """The first tensors the file lacks, has in excess, or holds in another shape than ``model`` ('' if none)."""
+    state = model.state_dict()
+    stored = {(t.data_ptr(), tuple(t.shape)) for name, t in state.items() if name in shapes}
+    missing = [n for n, t in state.items() if n not in shapes and (t.data_ptr(), tuple(t.shape)) not in stored]
+    unexpected = [n for n in shapes if n not in state]
+    wrong = [f"{n} is {tuple(shapes[n])} in the file, {tuple(t.shape)} in the model" for n, t in state.items()
+             if n in shapes and tuple(shapes[n]) != tuple(t.shape)]  # fmt: skip
+    parts = []
+    for what, names, sep in (("missing ", missing, ", "), ("unexpected ", unexpected, ", "), ("", wrong, "; ")):
+        if names:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            parts.append(f"{what}{sep.join(names[:3])}{more}")
+    return "; ".join(parts)

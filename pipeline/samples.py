@@ -15,7 +15,20 @@ import torch
 from pipeline.batched import epoch_generator
 from pipeline.config import Augment
 
-__all__ = ["EpochSampler", "ImageDataset", "loader", "transform"]
+__all__ = ["EpochSampler", "ImageDataset", "ImageFileError", "loader", "transform"]
+
+
+class ImageFileError(ValueError):
+    """An image an index lists that is missing or unreadable: one line naming the file, the index and what to do.
+
+    Raised in a DataLoader worker, it reaches the main process re-created by torch from the worker's formatted
+    traceback (``"Caught ImageFileError in DataLoader worker process 0.\\nOriginal Traceback ..."``); the
+    message is then cut back to its own line, so the stage still prints one."""
+
+    def __init__(self, message: str):
+        if message.startswith("Caught ") and "\nOriginal Traceback" in message:
+            message = message.rstrip().rsplit("\n", 1)[-1].split(": ", 1)[-1]
+        super().__init__(message)
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -65,9 +78,10 @@ class EpochSampler(torch.utils.data.Sampler):
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Per-sample access for timm transforms: PIL images from memory (tensor storage) or from files. A key is
-    ``(index, seed)``: the transform runs under ``seed`` (Python's, NumPy's and torch's global generators, as
-    timm's transforms draw from all three), and the caller's generator states are restored afterwards."""
+    """Per-sample access for timm transforms: PIL images from memory (tensor storage) or from files listed in the
+    prepared ``index`` (a missing or unreadable one is an :class:`ImageFileError`). A key is ``(index, seed)``:
+    the transform runs under ``seed`` (Python's, NumPy's and torch's global generators, as timm's transforms
+    draw from all three), and the caller's generator states are restored afterwards."""
 
     def __init__(
         self,
@@ -77,8 +91,10 @@ class ImageDataset(torch.utils.data.Dataset):
         images: np.ndarray | None = None,
         files: list[str] | None = None,
         root: Path | None = None,
+        index: Path | None = None,
     ):
         self.labels, self.transform, self.images, self.files, self.root = labels, transform, images, files, root
+        self.index = index
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -90,8 +106,7 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.images is not None:
             image = Image.fromarray(np.ascontiguousarray(self.images[i].transpose(1, 2, 0)))  # (3, S, S) -> (S, S, 3)
         else:
-            with Image.open(self.root / self.files[i]) as f:
-                image = f.convert("RGB")
+            image = self._read(i)
         if seed is None:
             return self.transform(image), self.labels[i]
         python_state, numpy_state = random.getstate(), np.random.get_state()
@@ -105,6 +120,24 @@ class ImageDataset(torch.utils.data.Dataset):
         finally:
             random.setstate(python_state)
             np.random.set_state(numpy_state)
+
+    def _read(self, i: int):
+        from PIL import Image
+
+        path = self.root / self.files[i]
+        try:
+            with Image.open(path) as f:
+                return f.convert("RGB")
+        except FileNotFoundError:
+            what = "not found"
+        except OSError as exc:  # PIL's UnidentifiedImageError included: truncated or not an image
+            what = f"unreadable ({exc.strerror or exc})"
+        index = Path(self.index) if self.index else None
+        where = f"listed in {index}" if index else "listed in the prepared index"
+        name = index.parent.name if index else "<name>"
+        raise ImageFileError(
+            f"{path}: image {what} ({where}); restore it, or re-create the index with: dvc repro --force prepare@{name}"
+        )
 
 
 def loader(
