@@ -24,8 +24,9 @@ from pipeline import cli, config, figures, study_tables, tables
 from pipeline.claims import RULE, Verdict, judge
 from pipeline.cli import run_stage
 from pipeline.config import Published, ReportConfig
+from pipeline.inputs import read_curves, read_record
 from pipeline.outputs import json_bytes, round_result, write_outputs
-from pipeline.results import Inputs, Paths, pretraining, read_curves, read_inputs, read_record, transfer
+from pipeline.results import Inputs, Paths, pretraining, read_inputs, transfer
 
 PARAMS = (
     "profile",
@@ -66,7 +67,7 @@ def provenance_rows(cfg: ReportConfig, paths: Paths, inputs: Inputs) -> list[lis
     ]
     rows = []
     for name, path, dataset in stages:
-        record = read_record(path)
+        record = read_record(path, name)
         if record is None:
             rows.append([name, "not run", "", "", "", "", ""])
             continue
@@ -221,7 +222,10 @@ def _figures(cfg, paths: Paths, inputs: Inputs, published: Published, pre_rows, 
     curves, similarity = {}, {}
     for b in cfg.backbones:
         for v in cfg.pretrained:
-            runs = [c for c in (read_curves(paths.pretrain_dir(b, v, s) / "curves.csv") for s in cfg.seeds) if c]
+            curves_of = (
+                read_curves(paths.pretrain_dir(b, v, s) / "curves.csv", f"pretrain@{b}-{v}-{s}") for s in cfg.seeds
+            )
+            runs = [c for c in curves_of if c]
             if runs:
                 epochs = min(len(r) for r in runs)
                 curves[name(b, v)] = [

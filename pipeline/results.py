@@ -6,74 +6,14 @@ No torch here: the report stage reads JSON and CSV only and never recomputes a r
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import ReportConfig
+from pipeline.inputs import BENCH, FINETUNE, FLOPS, PREPARE, PRETRAIN, load_json
 from pipeline.stats import paired, summary
 
-__all__ = [
-    "Inputs",
-    "Paths",
-    "accuracies",
-    "load_json",
-    "pretraining",
-    "read_curves",
-    "read_inputs",
-    "read_record",
-    "transfer",
-    "transfer_average",
-]
-
-
-def _read_object(path: Path, what: str) -> dict | None:
-    """The JSON object at ``path``, or None when its stage instance has not run; a malformed one is an error
-    naming the file."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: malformed or truncated {what} ({exc})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
-
-
-def load_json(path: Path, profile: str, instance: dict | None = None) -> dict | None:
-    """A result file, or None when its stage instance has not run. A malformed file, one written under another
-    profile, or one whose own record of its instance (``instance``: backbone, variant, seed, ...) differs from
-    the instance it is read for is an error naming the file."""
-    data = _read_object(path, "result file")
-    if data is not None and data.get("profile") != profile:
-        raise ValueError(
-            f"{path} was written by profile {data.get('profile')!r}, but params.yaml is profile {profile!r}: results "
-            "of two profiles are never mixed (re-run the stage, or restore its results)"
-        )
-    for key, expected in (instance or {}).items() if data is not None else ():
-        if data.get(key) != expected:
-            raise ValueError(
-                f"{path}: written for {key} {data.get(key)!r}, but read as the result of {key} {expected!r}: a "
-                "result file copied or renamed from another instance (re-run this instance: dvc repro)"
-            )
-    return data
-
-
-def read_record(path: Path) -> dict | None:
-    """A provenance record, or None when its stage instance has not run."""
-    return _read_object(path, "provenance file")
-
-
-def read_curves(path: Path) -> list[dict]:
-    """The per-epoch rows of a curves CSV as floats ([] when its instance has not run)."""
-    if not path.is_file():
-        return []
-    try:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(path.read_text().splitlines())]
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{path}: malformed curves file ({exc})") from None
+__all__ = ["Inputs", "Paths", "accuracies", "pretraining", "read_inputs", "transfer", "transfer_average"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -116,24 +56,30 @@ class Inputs:
 
 
 def read_inputs(cfg: ReportConfig, paths: Paths) -> Inputs:
+    """Every result file of the study, each checked (:mod:`pipeline.inputs`)."""
     profile, models = cfg.profile, {b: m.name for b, m in cfg.backbones.items()}
 
-    def result(folder: Path, b: str, v: str, s: int, **more) -> dict | None:
-        instance = {"backbone": b, "model": models[b], "variant": v, "seed": s, **more}
-        return load_json(folder / "metrics.json", profile, instance)
+    def rerun(instance: str) -> str:
+        return f"re-run it: dvc repro --force {instance}"
+
+    def trained(stage: str, folder: Path, b: str, v: str, s: int, d: str) -> dict | None:
+        name = f"{stage}@{b}-{v}-{s}" if stage == "pretrain" else f"{stage}@{b}-{v}-{d}-{s}"
+        instance = {"backbone": b, "model": models[b], "variant": v, "seed": s, "dataset": d}
+        schema = PRETRAIN if stage == "pretrain" else FINETUNE
+        return load_json(folder / "metrics.json", profile, schema, instance, remedy=rerun(name))
 
     return Inputs(
-        load_json(paths.flops, profile),
-        load_json(paths.bench, profile),
-        {d: load_json(paths.prepare_metrics(d), profile) for d in cfg.datasets},
+        load_json(paths.flops, profile, FLOPS, remedy=rerun("flops")),
+        load_json(paths.bench, profile, BENCH, remedy=rerun("bench")),
+        {d: load_json(paths.prepare_metrics(d), profile, PREPARE, remedy=rerun(f"prepare@{d}")) for d in cfg.datasets},
         {
-            (b, v, s): result(paths.pretrain_dir(b, v, s), b, v, s, dataset=cfg.source)
+            (b, v, s): trained("pretrain", paths.pretrain_dir(b, v, s), b, v, s, cfg.source)
             for b in cfg.backbones
             for v in cfg.pretrained
             for s in cfg.seeds
         },
         {
-            (b, v, d, s): result(paths.finetune_dir(b, v, d, s), b, v, s, dataset=d)
+            (b, v, d, s): trained("finetune", paths.finetune_dir(b, v, d, s), b, v, s, d)
             for b in cfg.backbones
             for v in cfg.transferred
             for d in cfg.targets

@@ -36,13 +36,53 @@ def _frame(table: Table):
     return pd.DataFrame(table.rows, columns=table.columns)
 
 
+# Every cell and header is escaped for its format: a name, a unit or a sign never breaks a LaTeX build or a
+# Markdown table (tests/test_tables.py compiles the LaTeX with pdflatex and parses the Markdown).
+_LATEX = {
+    **{c: "\\" + c for c in "&%$#_{}"},
+    "\\": r"\textbackslash{}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
+    "±": r"\ensuremath{\pm}",
+    "Δ": r"\ensuremath{\Delta}",
+    "√": r"\ensuremath{\surd}",
+    "·": r"\ensuremath{\cdot}",
+    "×": r"\ensuremath{\times}",
+    "→": r"\ensuremath{\rightarrow}",
+    "≤": r"\ensuremath{\leq}",
+    "≥": r"\ensuremath{\geq}",
+    "−": "-",
+    "–": "--",
+    "—": "---",
+}
+_MARKDOWN = {"\\": "\\\\", "|": "\\|", "*": "\\*", "`": "\\`", "&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
+def latex_escape(text: str) -> str:
+    """``text`` as LaTeX source that typesets it (specials escaped, the report's symbols as math)."""
+    return "".join(_LATEX.get(c, c) for c in str(text).replace("\n", " "))
+
+
+def markdown_escape(text: str) -> str:
+    """``text`` as one Markdown table cell: no raw HTML, no cell break, no emphasis."""
+    return "".join(_MARKDOWN.get(c, c) for c in str(text).replace("\n", " "))
+
+
+def _escaped(table: Table, escape):
+    import pandas as pd
+
+    return pd.DataFrame([[escape(c) for c in row] for row in table.rows], columns=[escape(c) for c in table.columns])
+
+
 def files(table: Table) -> dict[str, bytes]:
-    """``tables/<name>.{csv,md,tex}`` of ``table``."""
-    frame = _frame(table)
+    """``tables/<name>.{csv,md,tex}`` of ``table``, each escaped for its format."""
     return {
-        f"tables/{table.name}.csv": frame.to_csv(index=False, lineterminator="\n").encode(),
-        f"tables/{table.name}.md": (frame.to_markdown(index=False) + "\n").encode(),
-        f"tables/{table.name}.tex": frame.to_latex(index=False).encode(),
+        f"tables/{table.name}.csv": _frame(table).to_csv(index=False, lineterminator="\n").encode(),
+        f"tables/{table.name}.md": (_escaped(table, markdown_escape).to_markdown(index=False) + "\n").encode(),
+        f"tables/{table.name}.tex": _escaped(table, latex_escape).to_latex(index=False, escape=False).encode(),
     }
 
 

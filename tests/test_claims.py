@@ -51,7 +51,7 @@ def paper_study(root: Path, *, targets: tuple[str, ...] = tuple(TARGET_OFFSET)) 
                     acc = base + NOISE[i] + (shifts[v][i] if v in shifts else 0.0)
                     record = {"profile": "paper", "backbone": b, "model": model["name"], "variant": v, "seed": s}
                     if kind == "pretrain":
-                        metrics = {**record, "dataset": "imagenet", "test_top1": acc, "params": 3e6, "gflops": 0.6}
+                        metrics = {**record, "dataset": "imagenet", "test_top1": acc, "params": 3000000, "gflops": 0.6}
                         _write(root / f"pretrain/{b}-{v}-{s}/metrics.json", {**metrics, "qkv_similarity": {}})
                         continue
                     for d in targets:

@@ -39,7 +39,7 @@ def fake_results(root: Path, *, profile: str = "embedded", skip: tuple = ()) -> 
             },
         },
     )
-    write_json(root / "flops/provenance.json", {"params": {"profile": profile}, "git_commit": "abc"})
+    write_json(root / "flops/provenance.json", record("flops", profile))
     write_json(root / "bench/metrics.json", fake_bench(profile))
     for d in ("synthetic", "digits"):
         write_json(root / f"prepare/{d}.json", {"profile": profile, "content_hash": "sha256:" + d * 4})
@@ -62,12 +62,18 @@ def fake_results(root: Path, *, profile: str = "embedded", skip: tuple = ()) -> 
                 },
             )
             (folder / "curves.csv").write_text("epoch,val_top1\n1,50.0\n2,80.5\n")
-            write_json(folder / "provenance.json", {"params": {"profile": profile}, "packages": {"torch": "2.14.1"}})
+            write_json(folder / "provenance.json", record("pretrain", profile))
             ft = root / f"finetune/n12-{v}-digits-{s}"
             write_json(
                 ft / "metrics.json", {**instance(profile, v, s, "digits"), "test_top1": a - 5, "synthetic": False}
             )
     return root
+
+
+def record(stage: str, profile: str) -> dict:
+    """A provenance record with the keys the report reads."""
+    hardware = {"cpu": "test CPU"}
+    return {"stage": stage, "params": {"profile": profile}, "packages": {"torch": "2.14.1"}, "hardware": hardware}
 
 
 def instance(profile: str, variant: str, seed: int, dataset: str, backbone: str = "n12", model: str = "") -> dict:
@@ -287,7 +293,9 @@ def test_malformed_metrics_names_the_file(tmp_path):
 
 def test_other_profile_is_refused_naming_both(tmp_path):
     results = fake_results(tmp_path / "results")
-    write_json(results / "finetune/n12-sne-digits-2/metrics.json", {"profile": "paper", "test_top1": 1.0})
+    write_json(
+        results / "finetune/n12-sne-digits-2/metrics.json", {**instance("paper", "sne", 2, "digits"), "test_top1": 1.0}
+    )
     with pytest.raises(
         SystemExit,
         match="sne-digits-2/metrics.json was written by profile 'paper', but params.yaml is profile 'embedded'",
@@ -357,3 +365,75 @@ def test_a_result_file_of_another_instance_is_refused(tmp_path):
     write_json(path, {**metrics, "variant": "linear"})
     with pytest.raises(SystemExit, match="written for variant 'linear', but read as the result of variant 'sne'"):
         build(tmp_path, results, params_file(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "message"),
+    [
+        (
+            "pretrain/n12-sne-1/metrics.json",
+            lambda m: json.dumps(m).replace('"test_top1": 93.0', '"test_top1": NaN'),
+            "pretrain/n12-sne-1/metrics.json: holds NaN, not a finite number; re-run it: dvc repro --force "
+            "pretrain@n12-sne-1",
+        ),
+        (
+            "finetune/n12-linear-digits-0/metrics.json",
+            lambda m: json.dumps(m).replace('"test_top1": 85.0', '"test_top1": Infinity'),
+            "n12-linear-digits-0/metrics.json: holds Infinity, not a finite number",
+        ),
+        (
+            "pretrain/n12-linear-2/metrics.json",
+            lambda m: json.dumps({k: v for k, v in m.items() if k != "test_top1"}),
+            "pretrain/n12-linear-2/metrics.json: missing key 'test_top1' (a number); re-run it: dvc repro --force "
+            "pretrain@n12-linear-2",
+        ),
+        (
+            "pretrain/n12-linear-0/metrics.json",
+            lambda m: json.dumps({**m, "test_top1": "90.0"}),
+            "n12-linear-0/metrics.json: test_top1 is '90.0', expected a number",
+        ),
+        (
+            "pretrain/n12-linear-0/metrics.json",
+            lambda m: json.dumps({**m, "seed": 1}),
+            "n12-linear-0/metrics.json: written for seed 1, but read as the result of seed 0",
+        ),
+        ("pretrain/n12-linear-0/metrics.json", lambda m: "[1, 2]", "expected a JSON object, got list"),
+        (
+            "pretrain/n12-sne-0/provenance.json",
+            lambda m: '{"stage": "pretrain", "par',
+            "pretrain/n12-sne-0/provenance.json: malformed or truncated provenance file",
+        ),
+        (
+            "pretrain/n12-sne-0/provenance.json",
+            lambda m: json.dumps({**record("pretrain", "embedded"), "stage_instance": "pretrain@n12-sne-1"}),
+            "n12-sne-0/provenance.json: the provenance of 'pretrain@n12-sne-1', read as that of 'pretrain@n12-sne-0'",
+        ),
+        (
+            "flops/provenance.json",
+            lambda m: json.dumps({"stage": "flops", "params": {}}),
+            "flops/provenance.json: missing key 'packages' (an object); re-run it: dvc repro --force flops",
+        ),
+        (
+            "pretrain/n12-sne-2/curves.csv",
+            lambda m: "epoch,val_top1\n1,50.0\n2,nan\n",
+            "n12-sne-2/curves.csv, line 3: val_top1 is nan, not a finite number",
+        ),
+        (
+            "pretrain/n12-sne-2/curves.csv",
+            lambda m: "epoch,val_loss\n1,50.0\n",
+            "n12-sne-2/curves.csv: no column val_top1",
+        ),
+    ],
+)
+def test_a_bad_input_file_stops_the_report_naming_it(tmp_path, path, content, message):
+    """NaN and infinities, missing keys, wrong types, truncated files and files of another instance: one line
+    naming the file and the remedy, exit status 1, no report written."""
+    results = fake_results(tmp_path / "results")
+    target = results / path
+    old = json.loads(target.read_text()) if target.suffix == ".json" else None
+    target.write_text(content(old))
+    with pytest.raises(SystemExit) as excinfo:
+        build(tmp_path, results, params_file(tmp_path))
+    assert message in str(excinfo.value) and str(excinfo.value).startswith("report: error: ")
+    assert "\n" not in str(excinfo.value)
+    assert not (tmp_path / "reports").exists()
