@@ -100,10 +100,11 @@ def tested_by(claim: Claim, cfg: ReportConfig) -> tuple[str, tuple[str, ...]] | 
     return None
 
 
-def _differences(claim: Claim, cfg: ReportConfig, inputs: Inputs, backbone: str, datasets: tuple) -> dict:
-    """Proposed variant -> summary of its seed-paired difference to the baseline on what ``claim`` measures."""
+def _differences(kind: str, cfg: ReportConfig, inputs: Inputs, backbone: str, datasets: tuple) -> dict:
+    """Proposed variant -> summary of its seed-paired difference to the baseline on what a claim of ``kind``
+    measures (pretraining top-1, or the per-seed average over ``datasets`` after transfer)."""
     baseline, confidence = cfg.report.baseline, cfg.report.confidence
-    if claim.kind == "pretrain":
+    if kind == "pretrain":
         per_variant = {v: accuracies(inputs.pretrain, (backbone, v)) for v in cfg.pretrained}
     else:
         per_variant = {v: transfer_average(inputs, backbone, v, datasets) for v in cfg.transferred}
@@ -114,14 +115,17 @@ def _differences(claim: Claim, cfg: ReportConfig, inputs: Inputs, backbone: str,
 def judge(cfg: ReportConfig, published: Published, inputs: Inputs, plan: Params) -> list[Verdict]:
     """The verdict on every published claim, with what it needs; ``plan`` is the profile that can settle the
     claims this one does not test."""
-    report, out, spreads = cfg.report, [], {}
+    report, out = cfg.report, []
+    spreads = {  # every paired difference of this run, by kind: the best estimate of seed spread it offers
+        kind: [d for b in cfg.backbones for d in _differences(kind, cfg, inputs, b, cfg.targets).values()]
+        for kind in ("pretrain", "transfer")
+    }
     for claim in published.claims:
         found = tested_by(claim, cfg)
         if found is None:
             out.append((claim, verdict(claim, tested=False, differences={}), None))
             continue
-        differences = _differences(claim, cfg, inputs, *found)
-        spreads.setdefault(claim.kind, []).extend(differences.values())
+        differences = _differences(claim.kind, cfg, inputs, *found)
         out.append((claim, verdict(claim, tested=True, differences=differences), (found[0], differences)))
     verdicts = []
     for claim, v, found in out:

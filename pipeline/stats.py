@@ -44,10 +44,10 @@ def paired(values: dict[int, float], baseline: dict[int, float], confidence: flo
 
 def pooled_sd(summaries: list[dict]) -> tuple[float | None, int]:
     """The pooled standard deviation of several summaries (root of the mean variance, over those with a std)
-    and the smallest n among them; (None, 0) when none has two values."""
+    and the smallest n among them; (None, the smallest n) when none has two values."""
     usable = [s for s in summaries if s["std"] is not None]
     if not usable:
-        return None, 0
+        return None, min((s["n"] for s in summaries), default=0)
     return math.sqrt(sum(s["std"] ** 2 for s in usable) / len(usable)), min(s["n"] for s in usable)
 
 

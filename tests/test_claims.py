@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,22 @@ def test_claims_not_run_are_planned_at_the_paper_profile(tmp_path):
     assert verdicts["transfer-n12"] == verdicts["transfer-s12"] == "not run at this profile"
     row = {r["claim"]: r for r in table(out, "needs")}["transfer-n12"]
     assert row["seeds"] == "3 (profile paper)"
+    # the best estimate: this run's own transfer-average differences (three targets), pooled over every backbone
+    sds = [statistics.stdev(d) for b in PAPER["backbones"] for d in TRANSFER[b][1].values()]
+    sd = math.sqrt(sum(x**2 for x in sds) / len(sds))
+    source = "(estimated from this run's transfer-average differences (profile paper, not the claim's setting))"
+    assert row["seed std of Δ (source)"] == f"{sd:.3f} {source}"
+    assert row["seeds the published Δ needs"] == str(seeds_needed(sd, 1.1, 0.95, 0.8))
+
+
+def test_without_two_paired_seeds_there_is_no_estimate(tmp_path):
+    params = dict(PAPER, seeds=[0], finetune={**PAPER["finetune"], "datasets": ["cifar10"]})
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    out = build_paper(tmp_path, paper_study(tmp_path / "results", targets=("cifar10",)), path)
+    row = {r["claim"]: r for r in table(out, "needs")}["imagenet-t12"]
+    assert row["seed std of Δ (source)"] == "n/a (fewer than two paired seeds)" and row["seeds"] == "1 (this run)"
+    row = {r["claim"]: r for r in table(out, "needs")}["transfer-s12"]
     assert row["seed std of Δ (source)"].endswith(
         "(no estimate: this run has no transfer-average difference over two or more seeds)"
     )
