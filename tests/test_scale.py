@@ -20,17 +20,12 @@ from pipeline import launch, pretrain
 from pipeline.config import Augment, Dataset
 from pipeline.outputs import write_outputs
 
-from .tiny import ROOT, paper_recipe, tiny_params, write_params
+from .tiny import ROOT, paper_recipe, prepare_synthetic, tiny_params, write_params
 
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
-    from pipeline import prepare
-
-    files, _ = prepare.run("synthetic", Dataset(**tiny_params()["datasets"]["synthetic"]))
-    out = tmp_path_factory.mktemp("prepared") / "synthetic"
-    write_outputs({out / k: v for k, v in files.items()})
-    return out
+    return prepare_synthetic(tmp_path_factory.mktemp("prepared"))
 
 
 def _env(**extra) -> dict:

@@ -19,10 +19,9 @@ import pytest
 import torch
 
 from pipeline import checkpoint, pretrain, signals
-from pipeline.config import Dataset, ParamsError, load_pretrain
-from pipeline.outputs import write_outputs
+from pipeline.config import ParamsError, load_pretrain
 
-from .tiny import ROOT, tiny_params, write_params
+from .tiny import ROOT, prepare_synthetic, tiny_params, write_params
 
 NAME = "pretrain@n12-linear-0"
 STOP_LINE = re.compile(
@@ -34,12 +33,7 @@ STEPS = 4  # training steps per epoch of the tiny profile: 72 training images, b
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
-    from pipeline import prepare
-
-    files, _ = prepare.run("synthetic", Dataset(**tiny_params()["datasets"]["synthetic"]))
-    out = tmp_path_factory.mktemp("prepared") / "synthetic"
-    write_outputs({out / k: v for k, v in files.items()})
-    return out
+    return prepare_synthetic(tmp_path_factory.mktemp("prepared"))
 
 
 def _argv(run: Path, params: Path, data: Path) -> list[str]:

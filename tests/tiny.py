@@ -81,3 +81,14 @@ def paper_recipe(epochs: int = 6) -> dict:
         "model": {"drop_path_rate": 0.1},
         "runtime": {"workers": 2, "checkpoint_every": 1},
     }
+
+
+def prepare_synthetic(folder: Path) -> Path:
+    """The tiny profile's synthetic dataset prepared into ``folder``/synthetic (as the prepare stage writes it)."""
+    from pipeline import prepare
+    from pipeline.config import Dataset
+    from pipeline.outputs import write_outputs
+
+    files, _ = prepare.run("synthetic", Dataset(**tiny_params()["datasets"]["synthetic"]))
+    write_outputs({folder / "synthetic" / k: v for k, v in files.items()})
+    return folder / "synthetic"
