@@ -16,15 +16,13 @@ Writes: --out/index.html (figures inlined, no network), --out/tables/*.{csv,md,t
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 from pathlib import Path
 
-from pipeline import cli, config, figures, study_tables, tables
+from pipeline import cli, config, figures, results, study_tables, tables
 from pipeline.claims import RULE, Verdict, judge
 from pipeline.cli import run_stage
 from pipeline.config import Published, ReportConfig
-from pipeline.inputs import read_curves, read_record
+from pipeline.inputs import read_curves
 from pipeline.outputs import json_bytes, round_result, write_outputs
 from pipeline.results import Inputs, Paths, pretraining, read_inputs, transfer
 
@@ -43,57 +41,6 @@ PARAMS = (
     "report",
 )
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
-
-
-def provenance_rows(cfg: ReportConfig, paths: Paths, inputs: Inputs) -> list[list[str]]:
-    """Where every stage instance's result came from, from its provenance record."""
-    stages = [
-        ("flops", paths.flops.with_name("provenance.json"), None),
-        ("bench", paths.bench.with_name("provenance.json"), None),
-        *[(f"prepare@{d}", paths.prepare_metrics(d).with_suffix(".provenance.json"), d) for d in cfg.datasets],
-        *[
-            (f"pretrain@{b}-{v}-{s}", paths.pretrain_dir(b, v, s) / "provenance.json", cfg.source)
-            for b in cfg.backbones
-            for v in cfg.pretrained
-            for s in cfg.seeds
-        ],
-        *[
-            (f"finetune@{b}-{v}-{d}-{s}", paths.finetune_dir(b, v, d, s) / "provenance.json", d)
-            for b in cfg.backbones
-            for v in cfg.transferred
-            for d in cfg.targets
-            for s in cfg.seeds
-        ],
-    ]
-    rows = []
-    for name, path, dataset in stages:
-        record = read_record(path, name)
-        if record is None:
-            rows.append([name, "not run", "", "", "", "", ""])
-            continue
-        params_hash = hashlib.sha256(json.dumps(record.get("params"), sort_keys=True).encode()).hexdigest()[:12]
-        content = (inputs.prepare.get(dataset) or {}).get("content_hash", "n/a")[:19] if dataset else "n/a"
-        packages = record.get("packages", {})
-        rows.append(
-            [
-                name,
-                (record.get("params") or {}).get("profile", "?"),
-                params_hash,
-                (record.get("git_commit") or "?")[:10] + _code_state(record),
-                f"torch {packages.get('torch', '?')}, timm {packages.get('timm', '?')}",
-                record.get("hardware", {}).get("cpu", "?"),
-                content,
-            ]
-        )
-    return rows
-
-
-def _code_state(record: dict) -> str:
-    """Whether the stage's code and params differed from the commit when it ran (its dependencies only)."""
-    changed = record.get("code_changed")
-    if changed is None:
-        return " (code state unknown)"
-    return f" (+{len(record.get('changed_files') or [])} changed file(s))" if changed else ""
 
 
 def build(cfg: ReportConfig, paths: Paths) -> dict[str, bytes]:
@@ -135,7 +82,7 @@ def build(cfg: ReportConfig, paths: Paths) -> dict[str, bytes]:
         tables.assumptions(register, cfg.variants),
         study_tables.verdicts(outcomes, rule),
         study_tables.needs(outcomes, published.claims, cfg.report, plan),
-        tables.provenance(provenance_rows(cfg, paths, inputs)),
+        tables.provenance(results.provenance_rows(cfg, paths, inputs)),
     ]
     drawn = _figures(cfg, paths, inputs, published, pre_rows, fine_rows, run_label)
     files: dict[str, bytes] = {"headline": json_bytes(headline(cfg, pre_rows, fine_rows, outcomes))}

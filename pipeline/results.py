@@ -6,14 +6,25 @@ No torch here: the report stage reads JSON and CSV only and never recomputes a r
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import ReportConfig
-from pipeline.inputs import BENCH, FINETUNE, FLOPS, PREPARE, PRETRAIN, load_json
+from pipeline.inputs import BENCH, FINETUNE, FLOPS, PREPARE, PRETRAIN, load_json, read_record
 from pipeline.stats import paired, summary
 
-__all__ = ["Inputs", "Paths", "accuracies", "pretraining", "read_inputs", "transfer", "transfer_average"]
+__all__ = [
+    "Inputs",
+    "Paths",
+    "accuracies",
+    "pretraining",
+    "provenance_rows",
+    "read_inputs",
+    "transfer",
+    "transfer_average",
+]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -156,3 +167,54 @@ def transfer(cfg: ReportConfig, inputs: Inputs) -> list[dict]:
                 }
             )
     return rows
+
+
+def provenance_rows(cfg: ReportConfig, paths: Paths, inputs: Inputs) -> list[list[str]]:
+    """Where every stage instance's result came from, from its provenance record."""
+    stages = [
+        ("flops", paths.flops.with_name("provenance.json"), None),
+        ("bench", paths.bench.with_name("provenance.json"), None),
+        *[(f"prepare@{d}", paths.prepare_metrics(d).with_suffix(".provenance.json"), d) for d in cfg.datasets],
+        *[
+            (f"pretrain@{b}-{v}-{s}", paths.pretrain_dir(b, v, s) / "provenance.json", cfg.source)
+            for b in cfg.backbones
+            for v in cfg.pretrained
+            for s in cfg.seeds
+        ],
+        *[
+            (f"finetune@{b}-{v}-{d}-{s}", paths.finetune_dir(b, v, d, s) / "provenance.json", d)
+            for b in cfg.backbones
+            for v in cfg.transferred
+            for d in cfg.targets
+            for s in cfg.seeds
+        ],
+    ]
+    rows = []
+    for name, path, dataset in stages:
+        record = read_record(path, name)
+        if record is None:
+            rows.append([name, "not run", "", "", "", "", ""])
+            continue
+        params_hash = hashlib.sha256(json.dumps(record.get("params"), sort_keys=True).encode()).hexdigest()[:12]
+        content = (inputs.prepare.get(dataset) or {}).get("content_hash", "n/a")[:19] if dataset else "n/a"
+        packages = record.get("packages", {})
+        rows.append(
+            [
+                name,
+                (record.get("params") or {}).get("profile", "?"),
+                params_hash,
+                (record.get("git_commit") or "?")[:10] + _code_state(record),
+                f"torch {packages.get('torch', '?')}, timm {packages.get('timm', '?')}",
+                record.get("hardware", {}).get("cpu", "?"),
+                content,
+            ]
+        )
+    return rows
+
+
+def _code_state(record: dict) -> str:
+    """Whether the stage's code and params differed from the commit when it ran (its dependencies only)."""
+    changed = record.get("code_changed")
+    if changed is None:
+        return " (code state unknown)"
+    return f" (+{len(record.get('changed_files') or [])} changed file(s))" if changed else ""

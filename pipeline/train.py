@@ -18,7 +18,6 @@ terminal; the tqdm bar only to a terminal.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline import checkpoint, distributed, signals
+from pipeline import checkpoint, distributed, resume, signals
 from pipeline import model as models
 from pipeline.config import ParamsError, TrainConfig
 from pipeline.data import Loaders, build_loaders
@@ -62,7 +61,7 @@ class TrainResult:
 
 
 @dataclass
-class _State:
+class RunState:
     """A run in progress."""
 
     run: TrainConfig
@@ -120,14 +119,14 @@ def fit(
         if on_epoch is not None and state.env.main:  # before the checkpoint: the curves never lag behind it
             on_epoch([round_result(r) for r in state.curves])
         _end_epoch(state, epoch, time.perf_counter() - started)
-    _stop_point(state, run.recipe.epochs, 0)
-    own = _own(state)  # the state the final evaluation starts from
+    resume.stop_point(state, run.recipe.epochs, 0)
+    mine = resume.own(state)  # the state the final evaluation starts from
     result = _finish(state)
-    _stop_point(state, run.recipe.epochs, 0, own=own)  # no outputs once the run was asked to stop
+    resume.stop_point(state, run.recipe.epochs, 0, own_state=mine)  # no outputs once the run was asked to stop
     return result
 
 
-def _setup(run: TrainConfig, data: Path, resume_dir: Path, init_weights: Path | None, stop=None) -> _State:
+def _setup(run: TrainConfig, data: Path, resume_dir: Path, init_weights: Path | None, stop=None) -> RunState:
     from timm.utils import ModelEmaV3
 
     recipe = run.recipe
@@ -161,34 +160,12 @@ def _setup(run: TrainConfig, data: Path, resume_dir: Path, init_weights: Path | 
     fingerprint = checkpoint.fingerprint(
         run, data_hash=loaders.meta["content_hash"], init_weights=init_weights, world_size=env.world_size
     )
-    state = _State(run, env, loaders, model, net, optimizer, scheduler, mixup, criterion, ema, fingerprint,
+    state = RunState(run, env, loaders, model, net, optimizer, scheduler, mixup, criterion, ema, fingerprint,
                    Path(resume_dir), n_params, stop)  # fmt: skip
     if env.main:
         checkpoint.check_space(state.resume_dir, checkpoint.size_estimate(model, ema), run.name)
-    _resume(state)
+    resume.restore(state)
     return state
-
-
-def _resume(state: _State) -> None:
-    saved = checkpoint.load(state.resume_dir, state.fingerprint, state.env.rank)
-    epoch, step = (saved[0]["epoch"], saved[0].get("step", 0)) if saved else (0, 0)
-    if not distributed.same_everywhere(state.env, epoch * (state.updates_per_epoch + 1) + step):
-        raise ValueError(
-            f"{state.resume_dir}: the ranks found different checkpoints in it (some none): the resume folder must be "
-            "on storage every node shares (the workspace on a shared filesystem); delete it to start over"
-        )
-    if saved is None:
-        return
-    stateful = {"model": state.model, "optimizer": state.optimizer, "scheduler": state.scheduler, "ema": state.ema}
-    checkpoint.restore(state.resume_dir, saved, stateful, state.env.device)
-    own = saved[1]
-    state.start_epoch, state.start_step, state.saved = epoch, step, (epoch, step)
-    state.curves, state.last_finite = json.loads(saved[0]["curves"]), own["last_finite"]
-    state.partial = tuple(own.get("partial", (0.0, 0, 0)))
-    if state.env.main:
-        at = f", step {step} of epoch {epoch + 1}" if step else ""
-        log.info("%s: resumed from epoch %d of %d%s (%s)", state.run.name, epoch, state.run.recipe.epochs, at,
-                 state.resume_dir)  # fmt: skip
 
 
 def _stop_if_diverged(loss: torch.Tensor, *, run: TrainConfig, epoch: int, step: int, update: int, lr: float, last):
@@ -200,7 +177,7 @@ def _stop_if_diverged(loss: torch.Tensor, *, run: TrainConfig, epoch: int, step:
         )
 
 
-def _train_epoch(state: _State, epoch: int, progress: bool) -> None:
+def _train_epoch(state: RunState, epoch: int, progress: bool) -> None:
     """One pass over the training split (its first ``start_step`` batches skipped in a resumed epoch), then
     validation; appends the epoch's row to the curves."""
     from tqdm import tqdm
@@ -217,7 +194,7 @@ def _train_epoch(state: _State, epoch: int, progress: bool) -> None:
     for step, (images, labels) in enumerate(bar):
         if step < skip:  # trained on before the run stopped: loaded only to advance the epoch's augmentation
             continue
-        _stop_point(state, epoch, step, (loss_sum, correct, count))
+        resume.stop_point(state, epoch, step, (loss_sum, correct, count))
         images, labels = images.to(env.device, non_blocking=True), labels.to(env.device, non_blocking=True)
         update = epoch * state.updates_per_epoch + step + 1
         lr = state.optimizer.param_groups[0]["lr"]
@@ -251,7 +228,7 @@ def _train_epoch(state: _State, epoch: int, progress: bool) -> None:
     )  # fmt: skip
 
 
-def _end_epoch(state: _State, epoch: int, seconds: float) -> None:
+def _end_epoch(state: RunState, epoch: int, seconds: float) -> None:
     """Log the epoch; write the resume checkpoint when one is due."""
     run, env, row = state.run, state.env, state.curves[-1]
     if env.main:
@@ -263,43 +240,10 @@ def _end_epoch(state: _State, epoch: int, seconds: float) -> None:
             time.strftime("%H:%M:%S", time.gmtime(left)) if left < 86400 else f"{left / 86400:.1f} days",
         )  # fmt: skip
     if not (epoch + 1) % run.runtime.checkpoint_every and epoch + 1 < run.recipe.epochs:
-        _save(state, epoch + 1, 0, _own(state))
+        resume.save(state, epoch + 1, 0, resume.own(state))
 
 
-def _own(state: _State, partial: tuple = (0.0, 0, 0)) -> dict:
-    """This rank's part of a checkpoint: its generators, last loss and its sums of the epoch so far."""
-    return {"rng": checkpoint.rng_state(state.env.device), "last_finite": state.last_finite, "partial": list(partial)}
-
-
-def _save(state: _State, epoch: int, step: int, own: dict) -> None:
-    """The resume checkpoint after ``epoch`` epochs and ``step`` steps: every rank its own state, then rank 0 the
-    shared one."""
-    env = state.env
-    checkpoint.save_rank(state.resume_dir, env.rank, epoch, step, own)
-    distributed.barrier(env)  # every rank's state is on disk before the shared state says where the run is
-    if env.main:
-        ema, curves = (state.ema.state_dict() if state.ema is not None else None), json.dumps(state.curves)
-        shared = {"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
-                  "scheduler": state.scheduler.state_dict(), "ema": ema, "curves": curves}  # fmt: skip
-        checkpoint.save_shared(state.resume_dir, epoch, step, state.fingerprint, shared)
-    distributed.barrier(env)
-    state.saved = (epoch, step)
-
-
-def _stop_point(state: _State, epoch: int, step: int, partial: tuple = (0.0, 0, 0), own: dict | None = None):
-    """Where the ranks agree whether to stop (every rank calls it at the same point): if any was asked to, every
-    rank saves its state here (unless the checkpoint already holds it) and raises Stopped."""
-    code = distributed.largest(state.env, state.stop.code()) if state.stop is not None else 0
-    if not code:
-        return
-    if state.saved != (epoch, step):
-        _save(state, epoch, step, own or _own(state, partial))
-    last = epoch == state.run.recipe.epochs
-    where = f"the end of epoch {epoch} (before the final evaluation)" if last else f"epoch {epoch + 1} step {step}"
-    raise state.stop.stopped(code, where=where, folder=state.resume_dir)
-
-
-def _finish(state: _State) -> TrainResult:
+def _finish(state: RunState) -> TrainResult:
     """The trained weights; on every rank their test evaluation, on rank 0 the metrics and rounded curves."""
     env, seconds = state.env, state.train_seconds
     rate = state.seen / seconds if seconds else None
