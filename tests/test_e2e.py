@@ -47,6 +47,20 @@ def sh(*args: str, cwd: Path) -> str:
     return done.stdout
 
 
+def source_copy(repo: Path) -> Path:
+    """The repository's files (tracked and new, not ignored) without results, reports and dvc.lock, with a tiny
+    profile training one variant for 40 epochs: a run long enough to interrupt."""
+    listed = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]
+    files = subprocess.run(listed, cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in filter(None, files.stdout.split("\0")):
+        if (ROOT / name).is_file() and not name.startswith(("results/", "reports/")) and name != "dvc.lock":
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    params = tiny_params(pretrain={"epochs": 40, "variants": ["linear"]}, finetune={"variants": ["linear"]})
+    write_params(repo / "params.yaml", params)
+    return repo
+
+
 def run_audit(stage: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pipeline.audit", stage], cwd=cwd, capture_output=True, text=True, env=_env(cwd)
@@ -174,14 +188,7 @@ def stale(repo: Path) -> set[str]:
 def test_kill_during_dvc_repro_then_repro_gives_the_same_result(tmp_path):
     """kill -9 of `dvc repro` mid-training; the next `dvc repro` resumes from the checkpoint (outside DVC's
     outputs) and ends with the metrics and curves of an uninterrupted run."""
-    repo = tmp_path / "repo"
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
-    for name in filter(None, tracked.stdout.split("\0")):
-        if (ROOT / name).is_file() and not name.startswith(("results/", "reports/")) and name != "dvc.lock":
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, repo / name)
-    params = tiny_params(pretrain={"epochs": 40, "variants": ["linear"]}, finetune={"variants": ["linear"]})
-    write_params(repo / "params.yaml", params)
+    repo = source_copy(tmp_path / "repo")
     sh("git", "init", "-q", cwd=repo)
     sh("git", "add", "-A", cwd=repo)
     sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny", cwd=repo)

@@ -21,6 +21,8 @@ import torch
 from pipeline import checkpoint, pretrain, signals
 from pipeline.config import ParamsError, load_pretrain
 
+from .test_e2e import _env as e2e_env
+from .test_e2e import sh, source_copy
 from .tiny import ROOT, prepare_synthetic, tiny_params, write_params
 
 NAME = "pretrain@n12-linear-0"
@@ -492,41 +494,20 @@ def test_sigterm_to_the_launcher_stops_every_rank(tmp_path, synthetic):
     assert _outputs(tmp_path / "stopped") == _outputs(tmp_path / "whole")
 
 
-def _dvc_env(repo: Path) -> dict:
-    return {
-        **_env(PYTHONPATH=str(repo)),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-        "DVC_SITE_CACHE_DIR": str(repo / ".dvc-site"),
-    }
-
-
-def _dvc(*args: str, repo: Path) -> None:
-    done = subprocess.run(args, cwd=repo, env=_dvc_env(repo), capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-
-
 @pytest.mark.e2e
 def test_sigterm_to_dvc_repro_leaves_no_training_process(tmp_path):
     """`kill -TERM <dvc>` (dvc alone, as a scheduler or a user ends it): the training process notices that its
     dvc ended, saves its state and exits within seconds (no orphan writes outputs later); the next `dvc repro`
     resumes and ends as an uninterrupted run."""
-    repo = tmp_path / "repo"
-    listed = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"]  # new files too
-    tracked = subprocess.run(listed, cwd=ROOT, capture_output=True, text=True, check=True)
-    for name in filter(None, tracked.stdout.split("\0")):
-        if (ROOT / name).is_file() and not name.startswith(("results/", "reports/")) and name != "dvc.lock":
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, repo / name)
-    params = tiny_params(pretrain={"epochs": 40, "variants": ["linear"]}, finetune={"variants": ["linear"]})
-    write_params(repo / "params.yaml", params)
+    repo = source_copy(tmp_path / "repo")
     for git in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "t"]):
         subprocess.run(["git", *git], cwd=repo, check=True, capture_output=True)
     dvc = str(Path(sys.executable).parent / "dvc")
-    _dvc(dvc, "repro", "prepare@synthetic", repo=repo)
+    sh(dvc, "repro", "prepare@synthetic", cwd=repo)
     resume, log = repo / ".resume/pretrain/n12-linear-0", tmp_path / "dvc.log"
+    env = {**e2e_env(repo), "PYTHONPATH": str(repo)}
     with log.open("w") as out:
-        proc = subprocess.Popen([dvc, "repro", "pretrain@n12-linear-0"], cwd=repo, env=_dvc_env(repo),
+        proc = subprocess.Popen([dvc, "repro", "pretrain@n12-linear-0"], cwd=repo, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
         _wait_for(proc, (resume / "checkpoint.pt").exists, "a checkpoint")
@@ -538,8 +519,8 @@ def test_sigterm_to_dvc_repro_leaves_no_training_process(tmp_path):
     assert not (repo / "results/pretrain/n12-linear-0/metrics.json").exists(), "outputs written behind DVC's back"
     assert f"stopped because dvc (PID {proc.pid}) ended at epoch " in log.read_text(), log.read_text()[-3000:]
     assert 1 <= torch.load(resume / "checkpoint.pt", weights_only=True)["epoch"] < 40
-    _dvc(dvc, "repro", "pretrain@n12-linear-0", repo=repo)
+    sh(dvc, "repro", "pretrain@n12-linear-0", cwd=repo)
     results = repo / "results/pretrain/n12-linear-0"
     resumed = {n: (results / n).read_bytes() for n in ("metrics.json", "curves.csv")}
-    _dvc(dvc, "repro", "--force", "pretrain@n12-linear-0", repo=repo)  # uninterrupted, from scratch
+    sh(dvc, "repro", "--force", "pretrain@n12-linear-0", cwd=repo)  # uninterrupted, from scratch
     assert {n: (results / n).read_bytes() for n in resumed} == resumed
