@@ -5,6 +5,7 @@
 ``params``     the counting, timing, report and audit sections, the whole file (:class:`Params`) and its
                cross-section rules;
 ``stages``     one loader per stage, returning one named object with exactly what that stage uses;
+``rehearsal`` which keys a rehearsal of a GPU profile may override, and its record of them;
 ``references`` the published numbers and the assumption register the report cites.
 
 Importing this package never imports torch; only the torch stages' loaders call the qkv library, lazily.
@@ -13,6 +14,7 @@ Importing this package never imports torch; only the torch stages' loaders call 
 from .datasets import SOURCES, Dataset, Source
 from .params import Audit, Bench, Flops, Forensics, Params, Report, Targets, load
 from .references import Assumption, Claim, Published, XcitResult, load_assumptions, load_published
+from .rehearsal import DATA_KNOBS, SIZE_KNOBS, Rehearsal, get_key, is_knob, put_key, real_profile
 from .schema import NAME_PATTERN, ParamsError, read_yaml
 from .sections import (
     BACKBONES,
@@ -44,6 +46,13 @@ from .stages import (
 )
 
 __all__ = [
+    "DATA_KNOBS",
+    "SIZE_KNOBS",
+    "Rehearsal",
+    "get_key",
+    "is_knob",
+    "put_key",
+    "real_profile",
     "BACKBONES",
     "NAME_PATTERN",
     "SOURCES",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .datasets import Dataset
+from .rehearsal import Rehearsal
 from .schema import ParamsError, check_name, fraction, names_in, non_negative, parse, positive, read_yaml
 from .sections import Finetune, Model, Pretrain, Runtime, check_options, registered
 
@@ -141,6 +142,7 @@ class Params:
     bench: Bench
     report: Report
     audit: Audit
+    rehearsal: Rehearsal | None  # null, except in a rehearsal's params (pipeline.rehearse)
     path: Path = field(default=Path("params.yaml"), compare=False)
 
     def check(self, where: str) -> None:
