@@ -39,6 +39,7 @@ PARAMS = (
     "forensics.model",
     "forensics.img_size",
     "report",
+    "rehearsal",
 )
 TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
 
@@ -88,12 +89,15 @@ def build(cfg: ReportConfig, paths: Paths) -> dict[str, bytes]:
     files: dict[str, bytes] = {"headline": json_bytes(headline(cfg, pre_rows, fine_rows, outcomes))}
     inline = {}
     for name, fig in drawn.items():
+        if cfg.rehearsal:
+            fig.suptitle(rehearsal_label(cfg), color="#b00", fontweight="bold")
         rendered = figures.save(fig)
         files[f"figures/{name}.png"] = rendered["png"]
         files[f"figures/{name}.svg"] = rendered["svg"]
         inline[name] = "data:image/png;base64," + base64.b64encode(rendered["png"]).decode()
+    label = rehearsal_label(cfg)
     for table in table_list:
-        files.update(tables.files(table))
+        files.update(tables.files(table, label))
     files["index.html"] = _render(
         profile=cfg.profile,
         synthetic=synthetic,
@@ -103,8 +107,20 @@ def build(cfg: ReportConfig, paths: Paths) -> dict[str, bytes]:
         rule=rule,
         figures=inline,
         reduced=not imagenet,
+        rehearsal=cfg.rehearsal,
+        rehearsal_label=rehearsal_label(cfg),
     ).encode()
     return files
+
+
+def rehearsal_label(cfg: ReportConfig) -> str:
+    """The line every page, table and figure of a rehearsal's report carries ("" for a real run)."""
+    if cfg.rehearsal is None:
+        return ""
+    return (
+        f"REHEARSAL of profile {cfg.rehearsal.of} on a CPU: the profile's code paths with its size knobs shrunk; "
+        "the numbers are meaningless as science"
+    )
 
 
 def headline(cfg: ReportConfig, pre_rows: list[dict], fine_rows: list[dict], outcomes: list[Verdict]) -> dict:

@@ -77,12 +77,20 @@ def _escaped(table: Table, escape):
     return pd.DataFrame([[escape(c) for c in row] for row in table.rows], columns=[escape(c) for c in table.columns])
 
 
-def files(table: Table) -> dict[str, bytes]:
-    """``tables/<name>.{csv,md,tex}`` of ``table``, each escaped for its format."""
+def files(table: Table, label: str = "") -> dict[str, bytes]:
+    """``tables/<name>.{csv,md,tex}`` of ``table``, each escaped for its format; a ``label`` (a rehearsal's)
+    heads each file: a ``#`` comment line of the CSV, a bold line of the Markdown, a bold paragraph of the LaTeX."""
+    csv = _frame(table).to_csv(index=False, lineterminator="\n")
+    md = _escaped(table, markdown_escape).to_markdown(index=False) + "\n"
+    tex = _escaped(table, latex_escape).to_latex(index=False, escape=False)
+    if label:
+        csv = f"# {label}\n{csv}"
+        md = f"**{markdown_escape(label)}**\n\n{md}"
+        tex = f"\\noindent\\textbf{{{latex_escape(label)}}}\\par\n{tex}"
     return {
-        f"tables/{table.name}.csv": _frame(table).to_csv(index=False, lineterminator="\n").encode(),
-        f"tables/{table.name}.md": (_escaped(table, markdown_escape).to_markdown(index=False) + "\n").encode(),
-        f"tables/{table.name}.tex": _escaped(table, latex_escape).to_latex(index=False, escape=False).encode(),
+        f"tables/{table.name}.csv": csv.encode(),
+        f"tables/{table.name}.md": md.encode(),
+        f"tables/{table.name}.tex": tex.encode(),
     }
 
 

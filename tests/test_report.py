@@ -437,3 +437,26 @@ def test_a_bad_input_file_stops_the_report_naming_it(tmp_path, path, content, me
     assert message in str(excinfo.value) and str(excinfo.value).startswith("report: error: ")
     assert "\n" not in str(excinfo.value)
     assert not (tmp_path / "reports").exists()
+
+
+def test_a_rehearsals_report_is_labelled_on_every_page_and_table(tmp_path):
+    import yaml
+
+    results = fake_results(tmp_path / "results")
+    plain = build(tmp_path, results, params_file(tmp_path), out="plain")
+    params = params_file(tmp_path)
+    data = yaml.safe_load(params.read_text())
+    data["rehearsal"] = {"of": "paper", "overrides": {"seeds": {"profile": [0, 1, 2], "rehearsal": [0, 1]}}}
+    params.write_text(yaml.safe_dump(data))
+    out = build(tmp_path, results, params, out="rehearsal")
+    html = (out / "index.html").read_text()
+    assert "<title>REHEARSAL" in html and "<code>seeds</code></td><td>[0, 1, 2]</td><td>[0, 1]</td>" in html
+    sections = html.count("<h2>")
+    assert html.count('<p class="rehearsal-label">REHEARSAL of profile paper') == sections
+    for path in sorted((out / "tables").iterdir()):
+        first = path.read_text().splitlines()[0]
+        assert "REHEARSAL of profile paper" in first, path.name
+    assert rows(plain, "main") == list(csv.DictReader((out / "tables/main.csv").read_text().splitlines()[1:]))
+    assert "REHEARSAL" not in (plain / "index.html").read_text()
+    for name in ("training_curves.png", "transfer.png"):  # each figure carries the label too
+        assert (out / "figures" / name).read_bytes() != (plain / "figures" / name).read_bytes()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from .datasets import Dataset
 from .params import Audit, Bench, Params, Report, load
+from .rehearsal import Rehearsal
 from .schema import ParamsError
 from .sections import Model, Recipe, Runtime
 
@@ -251,6 +252,7 @@ class ReportConfig:
     forensics_model: str  # forensics.model
     forensics_img_size: int  # forensics.img_size
     report: Report
+    rehearsal: Rehearsal | None = None  # set in a rehearsal's params: the report labels every page and table
 
 
 def load_report(path: str | Path) -> ReportConfig:
@@ -268,6 +270,7 @@ def load_report(path: str | Path) -> ReportConfig:
         p.forensics.model,
         p.forensics.img_size,
         p.report,
+        p.rehearsal,
     )
 
 
