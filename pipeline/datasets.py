@@ -18,7 +18,6 @@ belong to the official test split. :func:`split_indices` derives train / val / t
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +26,9 @@ import numpy as np
 
 from pipeline.config import SOURCES, Dataset, ParamsError
 from pipeline.config.datasets import check_split, split_sizes
+from pipeline.datafiles import DatasetError, check_files, check_root, read_image, reading
 
 __all__ = ["READERS", "DatasetError", "Loaded", "load", "read_image", "split_indices"]
-
-
-class DatasetError(ValueError):
-    """A dataset that is missing, corrupt or inconsistent; the message names the dataset and the file."""
 
 
 @dataclass
@@ -99,33 +95,6 @@ def _read_synthetic(name: str, params: Dataset) -> Loaded:
 # User datasets: read through torchvision's classes from the standard on-disk formats.
 
 
-def _root(name: str, params: Dataset, layout: str) -> Path:
-    root = Path(params.root).expanduser()
-    if not root.is_dir():
-        raise DatasetError(f"dataset {name!r}: root {root} does not exist; expected there: {layout}")
-    return root
-
-
-def _check_files(name: str, folder: Path, files: list[tuple[str, str | None]], layout: str) -> None:
-    """Every ``(filename, md5)`` must exist in ``folder`` and match its md5 (where one is given)."""
-    from torchvision.datasets.utils import check_integrity
-
-    for filename, md5 in files:
-        path = folder / filename
-        if not path.is_file():
-            raise DatasetError(f"dataset {name!r}: missing file {path}; expected: {layout}")
-        if md5 is not None and not check_integrity(str(path), md5):
-            raise DatasetError(f"dataset {name!r}: {path} is corrupt or truncated (md5 does not match {md5})")
-
-
-def _torchvision(name: str, build: Callable[[], object], files: str) -> object:
-    """Build a torchvision dataset; errors it raises while reading become DatasetErrors naming the files."""
-    try:
-        return build()
-    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, RuntimeError, OSError) as exc:
-        raise DatasetError(f"dataset {name!r}: could not read {files}: {type(exc).__name__}: {exc}") from None
-
-
 def _read_cifar(name: str, params: Dataset, *, hundred: bool) -> Loaded:
     from torchvision.datasets import CIFAR10, CIFAR100
 
@@ -135,10 +104,10 @@ def _read_cifar(name: str, params: Dataset, *, hundred: bool) -> Loaded:
     if params.download:
         root.mkdir(parents=True, exist_ok=True)
         cls(str(root), train=True, download=True)
-    root = _root(name, params, layout)
+    root = check_root(name, params.root, layout)
     folder = root / cls.base_folder
-    _check_files(name, folder, [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])], layout)
-    parts = [_torchvision(name, lambda t=t: cls(str(root), train=t), str(folder)) for t in (True, False)]
+    check_files(name, folder, [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])], layout)
+    parts = [reading(name, lambda t=t: cls(str(root), train=t), str(folder)) for t in (True, False)]
     images = np.concatenate([p.data for p in parts])
     labels = np.concatenate([np.asarray(p.targets, dtype=np.int64) for p in parts])
     is_test = np.concatenate([np.zeros(len(parts[0].data), bool), np.ones(len(parts[1].data), bool)])
@@ -153,16 +122,16 @@ def _read_stl10(name: str, params: Dataset) -> Loaded:
     if params.download:
         root.mkdir(parents=True, exist_ok=True)
         STL10(str(root), split="train", download=True)
-    root = _root(name, params, layout)
+    root = check_root(name, params.root, layout)
     folder = root / STL10.base_folder
-    _check_files(name, folder, [*STL10.train_list, *STL10.test_list, (STL10.class_names_file, None)], layout)
+    check_files(name, folder, [*STL10.train_list, *STL10.test_list, (STL10.class_names_file, None)], layout)
     for filename, _ in [STL10.train_list[0], STL10.test_list[0]]:
         size = (folder / filename).stat().st_size
         if size % (3 * 96 * 96):
             raise DatasetError(
                 f"dataset {name!r}: {folder / filename} has {size} bytes, not a whole number of 96x96x3 images"
             )
-    parts = [_torchvision(name, lambda s=s: STL10(str(root), split=s), str(folder)) for s in ("train", "test")]
+    parts = [reading(name, lambda s=s: STL10(str(root), split=s), str(folder)) for s in ("train", "test")]
     if any(len(p.data) != len(p.labels) for p in parts):
         raise DatasetError(f"dataset {name!r}: image and label files in {folder} have different lengths")
     images = np.concatenate([p.data for p in parts]).transpose(0, 2, 3, 1)  # NCHW -> NHWC
@@ -180,9 +149,9 @@ def _read_stanford_cars(name: str, params: Dataset) -> Loaded:
             "put the files under root and set download: false"
         )
     layout = SOURCES["stanford_cars"].layout
-    root = _root(name, params, layout)
+    root = check_root(name, params.root, layout)
     base = root / "stanford_cars"
-    _check_files(
+    check_files(
         name,
         base,
         [
@@ -192,7 +161,7 @@ def _read_stanford_cars(name: str, params: Dataset) -> Loaded:
         ],
         layout,
     )
-    parts = [_torchvision(name, lambda s=s: StanfordCars(str(root), split=s), str(base)) for s in ("train", "test")]
+    parts = [reading(name, lambda s=s: StanfordCars(str(root), split=s), str(base)) for s in ("train", "test")]
     images, labels = [], []
     for part in parts:
         for i in range(len(part)):
@@ -207,34 +176,18 @@ def _read_imagenet(name: str, params: Dataset) -> Loaded:
     from torchvision.datasets import ImageFolder
 
     layout = SOURCES["imagenet"].layout
-    root = _root(name, params, layout)
+    root = check_root(name, params.root, layout)
     parts = []
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DatasetError(f"dataset {name!r}: missing folder {root / split}; expected: {layout}")
-        parts.append(_torchvision(name, lambda s=split: ImageFolder(str(root / s)), str(root / split)))
+        parts.append(reading(name, lambda s=split: ImageFolder(str(root / s)), str(root / split)))
     if parts[0].classes != parts[1].classes:
         raise DatasetError(f"dataset {name!r}: {root / 'train'} and {root / 'val'} have different class folders")
     files = [str(Path(p).relative_to(root)) for part in parts for p, _ in part.samples]
     labels = np.asarray([label for part in parts for _, label in part.samples], np.int64)
     is_test = np.concatenate([np.zeros(len(parts[0].samples), bool), np.ones(len(parts[1].samples), bool)])
     return Loaded(list(parts[0].classes), labels, is_test, files=files)
-
-
-def read_image(name: str, path: Path, size: int) -> np.ndarray:
-    """An image file as (size, size, 3) uint8: shorter side resized to ``size`` (bicubic), centre crop."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            scale = size / min(image.size)
-            w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-            image = image.resize((w, h), Image.Resampling.BICUBIC)
-            left, top = (w - size) // 2, (h - size) // 2
-            return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DatasetError(f"dataset {name!r}: cannot read image {path}: {exc}") from None
 
 
 # The reader of every source in pipeline.config's SOURCES (which holds what each needs: root, layout, splits).
