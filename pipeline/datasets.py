@@ -9,11 +9,13 @@
 | ``cifar10`` / ``cifar100`` | user files | tensor | yes | torchvision's CIFAR classes (python pickles) |
 | ``stl10`` | user files | tensor | yes | torchvision's STL10 class (raw binaries) |
 | ``stanford_cars`` | user files | tensor | yes | torchvision's StanfordCars class (devkit .mat files + jpgs) |
-| ``imagenet`` | user files | files | yes (val/) | class folders ``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG`` |
+| ``imagenet`` | user files | files | yes (val/) | class folders ``train/<wnid>/*.JPEG``; ``val/<wnid>/*.JPEG`` or the |
+| | | | | official flat ``val/ILSVRC2012_val_*.JPEG`` labelled by the extracted devkit (pipeline/datafiles.py) |
 
 Every source returns a :class:`Loaded`: uint8 images (tensor storage) or image paths relative to the
 dataset root (file storage: ImageNet is never copied), integer labels, class names, and which samples
-belong to the official test split. :func:`split_indices` derives train / val / test from a seed.
+belong to the official test split. :func:`split_indices` derives train / val / test from a seed. CIFAR's and
+STL-10's files are checked against torchvision's published md5 sums unless the entry sets ``checksums: false``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 
 from pipeline.config import SOURCES, Dataset, ParamsError
 from pipeline.config.datasets import check_split, split_sizes
-from pipeline.datafiles import DatasetError, check_files, check_root, read_image, reading
+from pipeline.datafiles import DatasetError, check_files, check_root, imagenet_val, read_image, reading, unchecked
 
 __all__ = ["READERS", "DatasetError", "Loaded", "load", "read_image", "split_indices"]
 
@@ -99,6 +101,7 @@ def _read_cifar(name: str, params: Dataset, *, hundred: bool) -> Loaded:
     from torchvision.datasets import CIFAR10, CIFAR100
 
     cls = CIFAR100 if hundred else CIFAR10
+    cls = cls if params.checksums else unchecked(cls)
     layout = SOURCES[params.source].layout
     root = Path(params.root).expanduser()
     if params.download:
@@ -117,21 +120,22 @@ def _read_cifar(name: str, params: Dataset, *, hundred: bool) -> Loaded:
 def _read_stl10(name: str, params: Dataset) -> Loaded:
     from torchvision.datasets import STL10
 
+    stl10 = STL10 if params.checksums else unchecked(STL10)
     layout = SOURCES["stl10"].layout
     root = Path(params.root).expanduser()
     if params.download:
         root.mkdir(parents=True, exist_ok=True)
-        STL10(str(root), split="train", download=True)
+        stl10(str(root), split="train", download=True)
     root = check_root(name, params.root, layout)
-    folder = root / STL10.base_folder
-    check_files(name, folder, [*STL10.train_list, *STL10.test_list, (STL10.class_names_file, None)], layout)
-    for filename, _ in [STL10.train_list[0], STL10.test_list[0]]:
+    folder = root / stl10.base_folder
+    check_files(name, folder, [*stl10.train_list, *stl10.test_list, (stl10.class_names_file, None)], layout)
+    for filename, _ in [stl10.train_list[0], stl10.test_list[0]]:
         size = (folder / filename).stat().st_size
         if size % (3 * 96 * 96):
             raise DatasetError(
                 f"dataset {name!r}: {folder / filename} has {size} bytes, not a whole number of 96x96x3 images"
             )
-    parts = [reading(name, lambda s=s: STL10(str(root), split=s), str(folder)) for s in ("train", "test")]
+    parts = [reading(name, lambda s=s: stl10(str(root), split=s), str(folder)) for s in ("train", "test")]
     if any(len(p.data) != len(p.labels) for p in parts):
         raise DatasetError(f"dataset {name!r}: image and label files in {folder} have different lengths")
     images = np.concatenate([p.data for p in parts]).transpose(0, 2, 3, 1)  # NCHW -> NHWC
@@ -177,17 +181,15 @@ def _read_imagenet(name: str, params: Dataset) -> Loaded:
 
     layout = SOURCES["imagenet"].layout
     root = check_root(name, params.root, layout)
-    parts = []
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DatasetError(f"dataset {name!r}: missing folder {root / split}; expected: {layout}")
-        parts.append(reading(name, lambda s=split: ImageFolder(str(root / s)), str(root / split)))
-    if parts[0].classes != parts[1].classes:
-        raise DatasetError(f"dataset {name!r}: {root / 'train'} and {root / 'val'} have different class folders")
-    files = [str(Path(p).relative_to(root)) for part in parts for p, _ in part.samples]
-    labels = np.asarray([label for part in parts for _, label in part.samples], np.int64)
-    is_test = np.concatenate([np.zeros(len(parts[0].samples), bool), np.ones(len(parts[1].samples), bool)])
-    return Loaded(list(parts[0].classes), labels, is_test, files=files)
+    train = reading(name, lambda: ImageFolder(str(root / "train")), str(root / "train"))
+    samples = [*train.samples, *imagenet_val(name, root, train.class_to_idx)]
+    files = [str(Path(path).relative_to(root)) for path, _ in samples]
+    labels = np.asarray([label for _, label in samples], np.int64)
+    is_test = np.arange(len(samples)) >= len(train.samples)
+    return Loaded(list(train.classes), labels, is_test, files=files)
 
 
 # The reader of every source in pipeline.config's SOURCES (which holds what each needs: root, layout, splits).

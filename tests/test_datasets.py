@@ -223,6 +223,11 @@ def checked(entry: Dataset, name: str = "d") -> Dataset:
         (dict(root="/data"), "datasets.d.root: does not apply to bundled dataset digits"),
         (dict(num_classes=3), "datasets.d.num_classes: applies to the synthetic dataset only"),
         (dict(img_size=0), "datasets.d.img_size: expected a positive number, got 0"),
+        (
+            dict(checksums=False),
+            "datasets.d.checksums: applies only to the sources whose files have published md5 sums (cifar10, "
+            "cifar100, stl10), not digits; remove the key",
+        ),
     ],
 )
 def test_bad_dataset_params(change, message):
