@@ -9,16 +9,17 @@
 | ``cifar10`` / ``cifar100`` | user files | tensor | yes | torchvision's CIFAR classes (python pickles) |
 | ``stl10`` | user files | tensor | yes | torchvision's STL10 class (raw binaries) |
 | ``stanford_cars`` | user files | tensor | yes | torchvision's StanfordCars class (devkit .mat files + jpgs) |
-| ``imagenet`` | user files | files | yes (val/) | class folders ``train/<wnid>/*.JPEG``, ``val/<wnid>/*.JPEG`` |
+| ``imagenet`` | user files | files | yes (val/) | class folders ``train/<wnid>/*.JPEG``; ``val/<wnid>/*.JPEG`` or the |
+| | | | | official flat ``val/ILSVRC2012_val_*.JPEG`` labelled by the extracted devkit (pipeline/datafiles.py) |
 
 Every source returns a :class:`Loaded`: uint8 images (tensor storage) or image paths relative to the
 dataset root (file storage: ImageNet is never copied), integer labels, class names, and which samples
-belong to the official test split. :func:`split_indices` derives train / val / test from a seed.
+belong to the official test split. :func:`split_indices` derives train / val / test from a seed. CIFAR's and
+STL-10's files are checked against torchvision's published md5 sums unless the entry sets ``checksums: false``.
 """
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +28,9 @@ import numpy as np
 
 from pipeline.config import SOURCES, Dataset, ParamsError
 from pipeline.config.datasets import check_split, split_sizes
+from pipeline.datafiles import DatasetError, check_files, check_root, imagenet_val, read_image, reading, unchecked
 
 __all__ = ["READERS", "DatasetError", "Loaded", "load", "read_image", "split_indices"]
-
-
-class DatasetError(ValueError):
-    """A dataset that is missing, corrupt or inconsistent; the message names the dataset and the file."""
 
 
 @dataclass
@@ -99,46 +97,20 @@ def _read_synthetic(name: str, params: Dataset) -> Loaded:
 # User datasets: read through torchvision's classes from the standard on-disk formats.
 
 
-def _root(name: str, params: Dataset, layout: str) -> Path:
-    root = Path(params.root).expanduser()
-    if not root.is_dir():
-        raise DatasetError(f"dataset {name!r}: root {root} does not exist; expected there: {layout}")
-    return root
-
-
-def _check_files(name: str, folder: Path, files: list[tuple[str, str | None]], layout: str) -> None:
-    """Every ``(filename, md5)`` must exist in ``folder`` and match its md5 (where one is given)."""
-    from torchvision.datasets.utils import check_integrity
-
-    for filename, md5 in files:
-        path = folder / filename
-        if not path.is_file():
-            raise DatasetError(f"dataset {name!r}: missing file {path}; expected: {layout}")
-        if md5 is not None and not check_integrity(str(path), md5):
-            raise DatasetError(f"dataset {name!r}: {path} is corrupt or truncated (md5 does not match {md5})")
-
-
-def _torchvision(name: str, build: Callable[[], object], files: str) -> object:
-    """Build a torchvision dataset; errors it raises while reading become DatasetErrors naming the files."""
-    try:
-        return build()
-    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, RuntimeError, OSError) as exc:
-        raise DatasetError(f"dataset {name!r}: could not read {files}: {type(exc).__name__}: {exc}") from None
-
-
 def _read_cifar(name: str, params: Dataset, *, hundred: bool) -> Loaded:
     from torchvision.datasets import CIFAR10, CIFAR100
 
     cls = CIFAR100 if hundred else CIFAR10
+    cls = cls if params.checksums else unchecked(cls)
     layout = SOURCES[params.source].layout
     root = Path(params.root).expanduser()
     if params.download:
         root.mkdir(parents=True, exist_ok=True)
         cls(str(root), train=True, download=True)
-    root = _root(name, params, layout)
+    root = check_root(name, params.root, layout)
     folder = root / cls.base_folder
-    _check_files(name, folder, [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])], layout)
-    parts = [_torchvision(name, lambda t=t: cls(str(root), train=t), str(folder)) for t in (True, False)]
+    check_files(name, folder, [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])], layout)
+    parts = [reading(name, lambda t=t: cls(str(root), train=t), str(folder)) for t in (True, False)]
     images = np.concatenate([p.data for p in parts])
     labels = np.concatenate([np.asarray(p.targets, dtype=np.int64) for p in parts])
     is_test = np.concatenate([np.zeros(len(parts[0].data), bool), np.ones(len(parts[1].data), bool)])
@@ -148,21 +120,22 @@ def _read_cifar(name: str, params: Dataset, *, hundred: bool) -> Loaded:
 def _read_stl10(name: str, params: Dataset) -> Loaded:
     from torchvision.datasets import STL10
 
+    stl10 = STL10 if params.checksums else unchecked(STL10)
     layout = SOURCES["stl10"].layout
     root = Path(params.root).expanduser()
     if params.download:
         root.mkdir(parents=True, exist_ok=True)
-        STL10(str(root), split="train", download=True)
-    root = _root(name, params, layout)
-    folder = root / STL10.base_folder
-    _check_files(name, folder, [*STL10.train_list, *STL10.test_list, (STL10.class_names_file, None)], layout)
-    for filename, _ in [STL10.train_list[0], STL10.test_list[0]]:
+        stl10(str(root), split="train", download=True)
+    root = check_root(name, params.root, layout)
+    folder = root / stl10.base_folder
+    check_files(name, folder, [*stl10.train_list, *stl10.test_list, (stl10.class_names_file, None)], layout)
+    for filename, _ in [stl10.train_list[0], stl10.test_list[0]]:
         size = (folder / filename).stat().st_size
         if size % (3 * 96 * 96):
             raise DatasetError(
                 f"dataset {name!r}: {folder / filename} has {size} bytes, not a whole number of 96x96x3 images"
             )
-    parts = [_torchvision(name, lambda s=s: STL10(str(root), split=s), str(folder)) for s in ("train", "test")]
+    parts = [reading(name, lambda s=s: stl10(str(root), split=s), str(folder)) for s in ("train", "test")]
     if any(len(p.data) != len(p.labels) for p in parts):
         raise DatasetError(f"dataset {name!r}: image and label files in {folder} have different lengths")
     images = np.concatenate([p.data for p in parts]).transpose(0, 2, 3, 1)  # NCHW -> NHWC
@@ -180,9 +153,9 @@ def _read_stanford_cars(name: str, params: Dataset) -> Loaded:
             "put the files under root and set download: false"
         )
     layout = SOURCES["stanford_cars"].layout
-    root = _root(name, params, layout)
+    root = check_root(name, params.root, layout)
     base = root / "stanford_cars"
-    _check_files(
+    check_files(
         name,
         base,
         [
@@ -192,7 +165,7 @@ def _read_stanford_cars(name: str, params: Dataset) -> Loaded:
         ],
         layout,
     )
-    parts = [_torchvision(name, lambda s=s: StanfordCars(str(root), split=s), str(base)) for s in ("train", "test")]
+    parts = [reading(name, lambda s=s: StanfordCars(str(root), split=s), str(base)) for s in ("train", "test")]
     images, labels = [], []
     for part in parts:
         for i in range(len(part)):
@@ -207,34 +180,16 @@ def _read_imagenet(name: str, params: Dataset) -> Loaded:
     from torchvision.datasets import ImageFolder
 
     layout = SOURCES["imagenet"].layout
-    root = _root(name, params, layout)
-    parts = []
+    root = check_root(name, params.root, layout)
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DatasetError(f"dataset {name!r}: missing folder {root / split}; expected: {layout}")
-        parts.append(_torchvision(name, lambda s=split: ImageFolder(str(root / s)), str(root / split)))
-    if parts[0].classes != parts[1].classes:
-        raise DatasetError(f"dataset {name!r}: {root / 'train'} and {root / 'val'} have different class folders")
-    files = [str(Path(p).relative_to(root)) for part in parts for p, _ in part.samples]
-    labels = np.asarray([label for part in parts for _, label in part.samples], np.int64)
-    is_test = np.concatenate([np.zeros(len(parts[0].samples), bool), np.ones(len(parts[1].samples), bool)])
-    return Loaded(list(parts[0].classes), labels, is_test, files=files)
-
-
-def read_image(name: str, path: Path, size: int) -> np.ndarray:
-    """An image file as (size, size, 3) uint8: shorter side resized to ``size`` (bicubic), centre crop."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            scale = size / min(image.size)
-            w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-            image = image.resize((w, h), Image.Resampling.BICUBIC)
-            left, top = (w - size) // 2, (h - size) // 2
-            return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DatasetError(f"dataset {name!r}: cannot read image {path}: {exc}") from None
+    train = reading(name, lambda: ImageFolder(str(root / "train")), str(root / "train"))
+    samples = [*train.samples, *imagenet_val(name, root, train.class_to_idx)]
+    files = [str(Path(path).relative_to(root)) for path, _ in samples]
+    labels = np.asarray([label for _, label in samples], np.int64)
+    is_test = np.arange(len(samples)) >= len(train.samples)
+    return Loaded(list(train.classes), labels, is_test, files=files)
 
 
 # The reader of every source in pipeline.config's SOURCES (which holds what each needs: root, layout, splits).

@@ -1,6 +1,7 @@
 """Tiny datasets written in the exact on-disk formats of the real ones, for loading through the same code
-path users' files take. torchvision checks CIFAR's and STL-10's files against published md5 sums; the
-fakes' own sums are put into those lists with pytest's monkeypatch (tests only)."""
+path users' files take. CIFAR and STL-10 here are random pixels with chosen labels (for the bad-input tests):
+torchvision checks their files against published md5 sums, and the fakes' own sums are put into those lists
+with pytest's monkeypatch (tests only). ImageNet and Stanford Cars are pipeline.standins' photographs."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.standins import WRITERS
 
 
 def md5(path: Path) -> str:
@@ -63,45 +66,7 @@ def write_stl10(root: Path, monkeypatch, *, per_class: int = 2) -> Path:
     return folder
 
 
-def write_stanford_cars(root: Path, *, classes: int = 3, per_class: int = 2) -> Path:
-    """Stanford Cars: devkit .mat files (class names, train annotations), test annotations with labels, jpgs
-    of varying sizes."""
-    from PIL import Image
-    from scipy.io import savemat
-
-    base = root / "stanford_cars"
-    (base / "devkit").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    savemat(
-        base / "devkit" / "cars_meta.mat", {"class_names": np.array([f"car {i}" for i in range(classes)], dtype=object)}
-    )
-    for split, mat in (
-        ("train", base / "devkit" / "cars_train_annos.mat"),
-        ("test", base / "cars_test_annos_withlabels.mat"),
-    ):
-        folder = base / f"cars_{split}"
-        folder.mkdir()
-        records = []
-        for i in range(classes * per_class):
-            fname = f"{i:05d}.jpg"
-            h, w = 40 + 7 * i, 60 + 3 * i
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / fname)
-            records.append((fname, i % classes + 1))  # 1-based classes, as the original
-        annotations = np.array(records, dtype=[("fname", object), ("class", object)])
-        savemat(mat, {"annotations": annotations})
-    return base
-
-
 def write_imagenet(root: Path, *, classes: int = 3, per_class: int = 4) -> Path:
-    """ImageNet-style class folders train/<wnid>/*.JPEG and val/<wnid>/*.JPEG."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", per_class), ("val", 2)):
-        for c in range(classes):
-            folder = root / split / f"n{c:08d}"
-            folder.mkdir(parents=True)
-            for i in range(n):
-                image = rng.integers(0, 256, (30 + i, 40, 3), dtype=np.uint8)
-                Image.fromarray(image).save(folder / f"img_{c}_{i}.JPEG", format="JPEG")
+    """ImageNet class folders train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (2 a class), from pipeline.standins."""
+    WRITERS["imagenet"](root, classes=classes, per_class=per_class, test_per_class=2, layout="folders")
     return root

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ from safetensors.numpy import load as load_safetensors
 from pipeline import prepare
 from pipeline.config import SOURCES, Dataset, ParamsError
 from pipeline.config.schema import parse
-from pipeline.datasets import READERS, DatasetError, split_indices
+from pipeline.datafiles import DEVKIT
+from pipeline.datasets import READERS, DatasetError, load, split_indices
+from pipeline.standins import WRITERS
 
 from . import fakes
 from .tiny import tiny_params, write_params
@@ -118,12 +121,12 @@ def test_stl10_files(tmp_path, monkeypatch):
 
 
 def test_stanford_cars_files(tmp_path):
-    fakes.write_stanford_cars(tmp_path)
+    WRITERS["stanford_cars"](tmp_path, classes=3, per_class=2, test_per_class=2)
     files, metrics = prepare.run(
         "stanford_cars", params("stanford_cars", root=str(tmp_path), img_size=24, val_fraction=0.5)
     )
     assert metrics["counts"] == {"train": 3, "val": 3, "test": 6}
-    assert json.loads(files["meta.json"])["classes"] == ["car 0", "car 1", "car 2"]
+    assert json.loads(files["meta.json"])["classes"] == [f"Stand-in Car {c} 2012" for c in (1, 2, 3)]
 
 
 def test_imagenet_index_not_copy(tmp_path):
@@ -204,6 +207,64 @@ def test_empty_class(tmp_path, monkeypatch):
         prepare.run("cifar10", params("cifar10", root=str(tmp_path)))
 
 
+@pytest.mark.parametrize("source", ["cifar10", "cifar100", "stl10"])
+def test_checksums_false_reads_files_that_cannot_match_the_published_md5(tmp_path, source):
+    """pipeline.standins' files are in the real format with other bytes: refused by md5, read without it."""
+    WRITERS[source](tmp_path, classes=2, per_class=3, test_per_class=2)
+    with pytest.raises(DatasetError, match=r"is corrupt or truncated \(md5 does not match [0-9a-f]{32}\)"):
+        load(source, params(source, root=str(tmp_path)))
+    loaded = load(source, params(source, root=str(tmp_path), checksums=False))
+    assert len(loaded.labels) == 10 and loaded.is_test.sum() == 4 and len(loaded.classes) == 2
+
+
+@pytest.mark.parametrize(
+    ("source", "path"), [("cifar10", "cifar-10-batches-py/batches.meta"), ("stl10", "stl10_binary/unlabeled_X.bin")]
+)
+def test_checksums_false_still_requires_every_file(tmp_path, source, path):
+    WRITERS[source](tmp_path, classes=2, per_class=3, test_per_class=2)
+    (tmp_path / path).unlink()
+    with pytest.raises(DatasetError, match=f"missing file {tmp_path / path}; expected: <root>/{path.split('/')[0]}"):
+        load(source, params(source, root=str(tmp_path), checksums=False))
+
+
+TRUTH = f"{DEVKIT}/data/ILSVRC2012_validation_ground_truth.txt"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            lambda root: (root / "val" / "n01440764").mkdir(),
+            r"val holds both class folders \(n01440764, ...\) and images \(ILSVRC2012_val_00000001.JPEG, ...\); keep "
+            "one layout",
+        ),
+        (
+            lambda root: (root / DEVKIT / "data" / "meta.mat").unlink(),
+            f"val holds the flat validation images, labelled by .*{DEVKIT}/data/meta.mat, which is missing; extract "
+            f"{DEVKIT}.tar.gz",
+        ),
+        (
+            lambda root: (root / "val" / "ILSVRC2012_val_00000004.JPEG").unlink(),
+            r"ground_truth.txt has 6 labels but .*val holds 5 images; put the validation images and the devkit",
+        ),
+        (
+            lambda root: shutil.rmtree(root / "train" / "n01443537"),
+            r"ground_truth.txt labels ILSVRC2012_val_\d{8}.JPEG as n01443537, which has no folder in .*train",
+        ),
+        (
+            lambda root: (root / TRUTH).write_text("4\n" * 6),  # the WordNet ancestor listed after the 3 classes
+            r"labels ILSVRC2012_val_00000001.JPEG with ILSVRC2012_ID 4, which is not a class \(a synset without",
+        ),
+        (lambda root: (root / TRUTH).write_text("1\n2\nthree\n"), "could not read .*ground_truth.txt: ValueError"),
+    ],
+)
+def test_imagenet_flat_val_errors_name_the_file(tmp_path, change, message):
+    WRITERS["imagenet"](tmp_path, classes=3, per_class=2, test_per_class=2)
+    change(tmp_path)
+    with pytest.raises(DatasetError, match=message):
+        load("imagenet", params("imagenet", root=str(tmp_path)))
+
+
 def checked(entry: Dataset, name: str = "d") -> Dataset:
     """``entry`` through pipeline.config's parser, as a stage loads it."""
     return parse(Dataset, {k: v for k, v in dataclasses.asdict(entry).items() if v is not None}, f"datasets.{name}")
@@ -223,6 +284,11 @@ def checked(entry: Dataset, name: str = "d") -> Dataset:
         (dict(root="/data"), "datasets.d.root: does not apply to bundled dataset digits"),
         (dict(num_classes=3), "datasets.d.num_classes: applies to the synthetic dataset only"),
         (dict(img_size=0), "datasets.d.img_size: expected a positive number, got 0"),
+        (
+            dict(checksums=False),
+            "datasets.d.checksums: applies only to the sources whose files have published md5 sums (cifar10, "
+            "cifar100, stl10), not digits; remove the key",
+        ),
     ],
 )
 def test_bad_dataset_params(change, message):

@@ -17,6 +17,7 @@ class Source:
     official_test: bool  # has an official test split (else test_fraction splits one off)
     layout: str  # the expected on-disk layout, for messages
     class_sizes: tuple[int, int] | None = None  # bundled: images in the smallest and the largest class
+    md5: bool = False  # torchvision checks its files against published md5 sums (the `checksums` key)
 
 
 def split_sizes(n: int, val_fraction: float, test_fraction: float | None) -> tuple[int, int, int]:
@@ -53,13 +54,17 @@ SOURCES: dict[str, Source] = {
         "tensor",
         True,
         "<root>/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} (python version)",
+        md5=True,
     ),
-    "cifar100": Source("user", "tensor", True, "<root>/cifar-100-python/{train, test, meta} (the python version)"),
+    "cifar100": Source(
+        "user", "tensor", True, "<root>/cifar-100-python/{train, test, meta} (the python version)", md5=True
+    ),
     "stl10": Source(
         "user",
         "tensor",
         True,
         "<root>/stl10_binary/{train_X.bin, train_y.bin, unlabeled_X.bin, test_X.bin, test_y.bin, class_names.txt}",
+        md5=True,
     ),
     "stanford_cars": Source(
         "user",
@@ -69,7 +74,12 @@ SOURCES: dict[str, Source] = {
         "cars_test_annos_withlabels.mat, cars_test/*.jpg}",
     ),
     "imagenet": Source(
-        "user", "files", True, "<root>/train/<class>/*.JPEG and <root>/val/<class>/*.JPEG (class folders)"
+        "user",
+        "files",
+        True,
+        "<root>/train/<wnid>/*.JPEG, and either <root>/val/<wnid>/*.JPEG (class folders) or the official flat "
+        "<root>/val/ILSVRC2012_val_*.JPEG labelled by <root>/ILSVRC2012_devkit_t12/data/{meta.mat, "
+        "ILSVRC2012_validation_ground_truth.txt} (ILSVRC2012_devkit_t12.tar.gz extracted)",
     ),
 }
 
@@ -85,6 +95,10 @@ class Dataset:
     test_fraction: float | None = None  # only for sources without an official test split
     root: str | None = None  # user datasets: where the files are
     download: bool = False  # user datasets: let torchvision download them (needs the network)
+    # cifar10, cifar100, stl10: check the files against the md5 sums torchvision publishes (a corrupt or truncated
+    # file stops the stage). false reads files that cannot match them (a rehearsal's stand-ins) through the same
+    # torchvision classes, still requiring every file.
+    checksums: bool = True
     num_classes: int | None = None  # synthetic only
     per_class: int | None = None  # synthetic only
     stats_max_images: int | None = None  # file storage: mean/std from this many (seeded) training images
@@ -115,6 +129,12 @@ class Dataset:
             for key in ("root", "download"):
                 if getattr(self, key) not in (None, False):
                     raise ParamsError(f"{where}.{key}: does not apply to {source.kind} dataset {self.source}")
+        if not self.checksums and not source.md5:
+            md5_sources = ", ".join(k for k, v in SOURCES.items() if v.md5)
+            raise ParamsError(
+                f"{where}.checksums: applies only to the sources whose files have published md5 sums "
+                f"({md5_sources}), not {self.source}; remove the key"
+            )
         for key in ("num_classes", "per_class"):
             value = getattr(self, key)
             if source.kind == "synthetic" and (value is None or value <= 0):
