@@ -35,8 +35,8 @@ def test_a_rehearsal_changes_size_and_data_knobs_only_and_records_each(name, tmp
     # every key the overrides do not name is the profile's: the recipe components, models, sizes, statistics
     restored = config.real_profile(params)
     restored.pop("rehearsal"), profile.pop("rehearsal")
-    for name, entry in restored["datasets"].items():  # a key the profile left to its default comes back explicit
-        if "checksums" not in profile["datasets"][name]:
+    for dataset, entry in restored["datasets"].items():  # a key the profile left to its default comes back explicit
+        if "checksums" not in profile["datasets"][dataset]:
             assert entry.pop("checksums", True) is True
     assert restored == profile
     assert params["pretrain"]["recipe"]["augment"] == profile["pretrain"]["recipe"]["augment"]
