@@ -12,7 +12,7 @@ Importing this package never imports torch; only the torch stages' loaders call 
 """
 
 from .datasets import SOURCES, Dataset, Source
-from .params import Audit, Bench, Flops, Forensics, Params, Report, Targets, load
+from .params import Audit, Bench, Flops, Forensics, Params, Plan, Report, Targets, from_data, load
 from .references import Assumption, Claim, Published, XcitResult, load_assumptions, load_published
 from .rehearsal import DATA_KNOBS, SIZE_KNOBS, Rehearsal, get_key, is_knob, put_key, real_profile
 from .schema import NAME_PATTERN, ParamsError, read_yaml
@@ -72,6 +72,7 @@ __all__ = [
     "Net",
     "Params",
     "ParamsError",
+    "Plan",
     "PrepareConfig",
     "Pretrain",
     "Published",
@@ -84,6 +85,7 @@ __all__ = [
     "TrainConfig",
     "XcitResult",
     "backbone_label",
+    "from_data",
     "instances",
     "load",
     "load_assumptions",
