@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: venv repro test lint report-check audit profile lock
+.PHONY: venv repro test lint report-check audit profile plan lock
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,13 @@ report-check: $(STAMP)
 profile: $(STAMP)
 	@test -n "$(PROFILE)" || { echo "usage: make profile PROFILE=<embedded|cifar|paper>"; exit 2; }
 	python -m pipeline.profile "$(PROFILE)"
+
+# The cost plan of profiles/$(PROFILE).yaml (a rehearsal's params: the real profile): images, FLOPs, device-hours,
+# wall time, disk and input pipeline of every training stage, without its data. Reads nothing but the profile,
+# references/compute.yaml and the bench's measurements (used when taken for that profile on its device).
+plan: $(STAMP)
+	@test -n "$(PROFILE)" || { echo "usage: make plan PROFILE=<embedded|cifar|paper>"; exit 2; }
+	python -m pipeline.plan --params profiles/$(PROFILE).yaml --bench results/bench/metrics.json
 
 # Re-run one stage instance in a scratch copy and compare it with dvc.lock and the committed metrics.
 audit: $(STAMP)

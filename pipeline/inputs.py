@@ -12,7 +12,18 @@ import json
 import math
 from pathlib import Path
 
-__all__ = ["BENCH", "FINETUNE", "FLOPS", "PREPARE", "PRETRAIN", "PROVENANCE", "load_json", "read_curves", "read_record"]
+__all__ = [
+    "BENCH",
+    "FINETUNE",
+    "FLOPS",
+    "PLAN",
+    "PREPARE",
+    "PRETRAIN",
+    "PROVENANCE",
+    "load_json",
+    "read_curves",
+    "read_record",
+]
 
 NUMBER = "a number"
 # Required keys of each kind of file and what each must hold ("optional" ones are checked when present).
@@ -34,6 +45,14 @@ BENCH = {
         "measured": bool,
     },
     "optional": {"reference": str},
+}
+PLAN = {
+    "required": {
+        "profile": str,
+        **{k: dict for k in ("devices", "prepare", "total")},
+        **{k: list for k in ("groups", "rate_sources", "ignored", "input")},
+    },
+    "optional": {"rehearsal": dict, "memory": dict},
 }
 PROVENANCE = {
     "required": {"stage": str, "params": dict, "packages": dict, "hardware": dict},

@@ -7,7 +7,8 @@ Reads:  params.yaml ``profile``, ``variants``, ``backbones``, ``seeds``, ``datas
         ``pretrain.{dataset,variants}``, ``finetune.{datasets,variants}``, ``forensics.{model,img_size}``,
         ``report``; the flops, bench, prepare, pretrain and finetune result files (paths given as patterns);
         references/published.yaml and references/assumptions.yaml; --plan, the profile that can settle the
-        claims (its seeds, confidence and power: what a claim this profile does not test would need).
+        claims (its seeds, confidence and power: what a claim this profile does not test would need);
+        --plan-table, the plan stage's cost plan (shown as its table).
 Writes: --out/index.html (figures inlined, no network), --out/tables/*.{csv,md,tex},
         --out/figures/*.{png,svg}, --headline (DVC metrics: per claim its verdict, per backbone and variant the
         mean top-1, the paired difference and its interval). Byte-identical when re-run on the same inputs.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from pipeline import cli, config, figures, results, study_tables, tables
+from pipeline import cli, config, cost_tables, figures, results, study_tables, tables
 from pipeline.claims import RULE, Verdict, judge
 from pipeline.cli import run_stage
 from pipeline.config import Published, ReportConfig
@@ -80,6 +81,7 @@ def build(cfg: ReportConfig, paths: Paths) -> dict[str, bytes]:
         ),
         tables.forensics(inputs.flops, published.claims, model=cfg.forensics_model, img_size=cfg.forensics_img_size),
         tables.bench(inputs.bench),
+        cost_tables.plan(inputs.plan),
         tables.assumptions(register, cfg.variants),
         study_tables.verdicts(outcomes, rule),
         study_tables.needs(outcomes, published.claims, cfg.report, plan),
@@ -96,8 +98,7 @@ def build(cfg: ReportConfig, paths: Paths) -> dict[str, bytes]:
         files[f"figures/{name}.svg"] = rendered["svg"]
         inline[name] = "data:image/png;base64," + base64.b64encode(rendered["png"]).decode()
     label = rehearsal_label(cfg)
-    for table in table_list:
-        files.update(tables.files(table, label))
+    files.update({path: data for table in table_list for path, data in tables.files(table, label).items()})
     files["index.html"] = _render(
         profile=cfg.profile,
         synthetic=synthetic,
@@ -248,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
             "--headline": "headline metrics JSON to write (DVC metrics)",
         },
     )
+    parser.add_argument("--plan-table", help="the plan stage's JSON (results/plan/plan.json): the cost plan section")
     args = parser.parse_args(argv)
     paths = Paths(
         Path(args.published),
@@ -259,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         args.pretrain,
         args.finetune,
         Path(args.out),
+        Path(args.plan_table) if args.plan_table else None,
     )
 
     def body() -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import ReportConfig
-from pipeline.inputs import BENCH, FINETUNE, FLOPS, PREPARE, PRETRAIN, load_json, read_record
+from pipeline.inputs import BENCH, FINETUNE, FLOPS, PLAN, PREPARE, PRETRAIN, load_json, read_record
 from pipeline.stats import paired, summary
 
 __all__ = [
@@ -44,6 +44,7 @@ class Paths:
     pretrain: str  # folder of a pretrain instance
     finetune: str  # folder of a finetune instance
     out: Path
+    plan_table: Path | None = None  # the plan stage's JSON (results/plan/plan.json)
 
     def pretrain_dir(self, backbone: str, variant: str, seed: int) -> Path:
         return Path(self.pretrain.format(backbone=backbone, variant=variant, seed=seed))
@@ -64,6 +65,7 @@ class Inputs:
     prepare: dict[str, dict | None]
     pretrain: dict[tuple[str, str, int], dict | None]  # (backbone, variant, seed) -> metrics
     finetune: dict[tuple[str, str, str, int], dict | None]  # (backbone, variant, dataset, seed) -> metrics
+    plan: dict | None = None  # the cost plan
 
 
 def read_inputs(cfg: ReportConfig, paths: Paths) -> Inputs:
@@ -96,6 +98,7 @@ def read_inputs(cfg: ReportConfig, paths: Paths) -> Inputs:
             for d in cfg.targets
             for s in cfg.seeds
         },
+        load_json(paths.plan_table, profile, PLAN, remedy=rerun("plan")) if paths.plan_table else None,
     )
 
 

@@ -22,7 +22,7 @@ from pipeline.config import TrainConfig
 from pipeline.outputs import csv_bytes, json_bytes, write_outputs
 from pipeline.train import fit
 
-__all__ = ["TrainOutputs", "parse_args", "train_and_write"]
+__all__ = ["TrainOutputs", "parse_args", "peak_rss_mib", "train_and_write"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,15 @@ def parse_args(
     args = parser.parse_args(argv)
     paths = (args.weights_out, args.metrics, args.curves, args.provenance, args.resume_dir)
     return args, TrainOutputs(*map(Path, paths))
+
+
+def peak_rss_mib() -> float:
+    """Peak host memory of this process (the rank) plus that of its largest finished child process (the DataLoader
+    workers, once they have exited), in MiB: ``getrusage``'s ``ru_maxrss`` (KiB on Linux, bytes on macOS)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10), 1)
 
 
 def _safetensors(model) -> bytes:
@@ -122,6 +131,7 @@ def _train_and_write(run: TrainConfig, data: Path, outputs: TrainOutputs, init_w
     if result.ema is not None:
         weights[outputs.weights / "ema.safetensors"] = _safetensors(result.ema)
     extra = {"timing": result.timing, "world_size": result.env.world_size, "device": str(result.env.device)}
+    extra["peak_rss_mib"] = peak_rss_mib()  # host memory, for the cost plan (pipeline/plan.py --measured)
     write_outputs(
         {
             **weights,

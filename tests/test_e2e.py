@@ -94,6 +94,7 @@ def test_dvc_repro_then_nothing_to_do(tmp_path):
         "pretrain@n12-fsne-0",
         "finetune@n12-linear-digits-0",
         "finetune@n12-fsne-digits-0",
+        "plan",
     ):
         assert f"Running stage '{stage}'" in first
     metrics = json.loads((repo / "results/flops/metrics.json").read_text())
@@ -135,7 +136,8 @@ def test_dvc_repro_then_nothing_to_do(tmp_path):
     write_params(repo / "params.yaml", params)
     third = sh(dvc, "repro", cwd=repo)
     ran = sorted(line.split("'")[1] for line in third.splitlines() if line.startswith("Running stage"))
-    assert ran == ["finetune@n12-fsne-digits-0", "finetune@n12-linear-digits-0", "prepare@digits", "report"]
+    # The plan prices every dataset (its split fractions, sizes): it re-runs too, in seconds.
+    assert ran == ["finetune@n12-fsne-digits-0", "finetune@n12-linear-digits-0", "plan", "prepare@digits", "report"]
 
     # A setting that cannot change a result changes nothing DVC tracks: no stage is stale.
     for key, value in (("threads", 2), ("checkpoint_every", 5), ("workers", 2), ("eval_batch_size", 7)):
@@ -149,7 +151,8 @@ def test_dvc_repro_then_nothing_to_do(tmp_path):
     }
     grown["finetune"] = {**params["finetune"], "datasets": ["digits", "faces"]}
     write_params(repo / "params.yaml", grown)
-    assert stale(repo) == {"prepare@faces", "finetune@n12-linear-faces-0", "finetune@n12-fsne-faces-0", "report"}
+    added = {"prepare@faces", "finetune@n12-linear-faces-0", "finetune@n12-fsne-faces-0", "plan", "report"}
+    assert stale(repo) == added
     write_params(repo / "params.yaml", params)
 
     # A name pasted into a shell command cannot run anything, even one that closes dvc.yaml's single quotes:

@@ -41,6 +41,7 @@ def fake_results(root: Path, *, profile: str = "embedded", skip: tuple = ()) -> 
     )
     write_json(root / "flops/provenance.json", record("flops", profile))
     write_json(root / "bench/metrics.json", fake_bench(profile))
+    write_json(root / "plan/plan.json", fake_plan(profile))
     for d in ("synthetic", "digits"):
         write_json(root / f"prepare/{d}.json", {"profile": profile, "content_hash": "sha256:" + d * 4})
     for v, accs in ACC.items():
@@ -130,6 +131,31 @@ def fake_bench(profile: str) -> dict:
     }
 
 
+def fake_plan(profile: str) -> dict:
+    """A plan JSON as pipeline.plan writes it: one pretraining group of 2 runs at a given rate, round numbers."""
+    group = {
+        "stage": "pretrain", "backbone": "n12", "runs": 2, "epochs": 2, "train_images": 256, "eval_images": 160,
+        "train_flops": 3_000_000_000, "eval_flops": 500_000_000, "weights_bytes": 2_000_000, "resume_bytes": 3_000_000,
+        "device_hours": 1.5, "wall_hours": 1.5,
+        "rate": {"min": 90.0, "max": 100.0, "kinds": ["given", "given x FLOPs"]},
+    }  # fmt: skip
+    synthetic = {"train": 72, "val": 24, "test": 24, "classes": 3, "exact": True, "bytes": 93_120, "storage": "tensor"}
+    total = {k: group[k] for k in ("runs", "train_images", "eval_images", "train_flops", "eval_flops")}
+    total.update(device_hours=1.5, wall_hours=1.5, disk_bytes=2_093_120, resume_bytes=3_000_000)
+    return {
+        "profile": profile,
+        "rehearsal": None,
+        "devices": {"kind": "cpu", "unit": "CPU process", "per_node": 1, "nodes": 1, "total": 1},
+        "groups": [group],
+        "prepare": {"datasets": {"synthetic": synthetic}, "bytes": 93_120},
+        "total": total,
+        "rate_sources": ["given: --img-per-s 100 for n12/linear per device"],
+        "ignored": [],
+        "input": [{"stage": "pretrain", "mode": "batched"}],
+        "memory": None,
+    }
+
+
 def params_file(tmp_path: Path, **variants_extra) -> Path:
     params = tiny_params(seeds=SEEDS)
     params["pretrain"].update(variants=["linear", "sne"])
@@ -156,6 +182,8 @@ def build(
             str(ROOT / "references/assumptions.yaml"),
             "--plan",
             str(ROOT / "profiles/paper.yaml"),
+            "--plan-table",
+            str(results / "plan/plan.json"),
             "--flops",
             str(results / "flops/metrics.json"),
             "--bench",
@@ -190,6 +218,24 @@ def test_bench_table_shows_ratios_ceiling_and_targets(tmp_path):
     assert "Ceiling: 200.0 GFLOP/s, a 2048x128 @ 128x512 matrix product" in html
     assert "(square 1024 product): 300.0 GFLOP/s, of which the baseline reaches 40% in training" in html
     assert "step_over_flops (1.1): NOT met; ceiling_fraction (0.6): met" in html
+
+
+def test_plan_section_shows_the_cost_plan(tmp_path):
+    out = build(tmp_path, fake_results(tmp_path / "results"), params_file(tmp_path))
+    plan = {r["stage"]: r for r in rows(out, "plan")}
+    assert list(plan) == ["prepare", "pretrain n12", "total"]
+    assert plan["pretrain n12"]["train img/s per CPU process"] == "90–100 (given, given x FLOPs)"
+    assert plan["pretrain n12"]["training FLOPs"] == "3.5 G" and plan["total"]["CPU process-hours"] == "1.5"
+    assert plan["prepare"]["disk kept"] == "93.1 kB" and plan["total"]["wall time (1 CPU process)"] == "1.5 h"
+    html = (out / "index.html").read_text()
+    assert "Cost plan: images, FLOPs, device-hours and disk of every training stage" in html
+    assert "Training rates: given: --img-per-s 100 for n12/linear per device." in html
+    for ext in ("csv", "md", "tex"):
+        assert (out / f"tables/plan.{ext}").stat().st_size > 0
+    (tmp_path / "results/plan/plan.json").unlink()
+    out = build(tmp_path, tmp_path / "results", params_file(tmp_path), "without")
+    assert rows(out, "plan")[0]["stage"] == "not run"
+    assert "The plan stage has not run." in (out / "index.html").read_text()
 
 
 def test_report_without_bench_says_not_run(tmp_path):

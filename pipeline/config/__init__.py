@@ -6,13 +6,15 @@
                cross-section rules;
 ``stages``     one loader per stage, returning one named object with exactly what that stage uses;
 ``rehearsal`` which keys a rehearsal of a GPU profile may override, and its record of them;
-``references`` the published numbers and the assumption register the report cites.
+``references`` the published numbers and the assumption register the report cites;
+``compute``    the dataset sizes and GPU rates the cost plan cites, and the plan stage's loader.
 
 Importing this package never imports torch; only the torch stages' loaders call the qkv library, lazily.
 """
 
+from .compute import Compute, GpuReference, PlanConfig, SourceSize, Splits, load_compute, load_plan, split_counts
 from .datasets import SOURCES, Dataset, Source
-from .params import Audit, Bench, Flops, Forensics, Params, Report, Targets, load
+from .params import Audit, Bench, Flops, Forensics, Params, Plan, Report, Targets, from_data, load
 from .references import Assumption, Claim, Published, XcitResult, load_assumptions, load_published
 from .rehearsal import DATA_KNOBS, SIZE_KNOBS, Rehearsal, get_key, is_knob, put_key, real_profile
 from .schema import NAME_PATTERN, ParamsError, read_yaml
@@ -62,16 +64,20 @@ __all__ = [
     "Bench",
     "BenchConfig",
     "Claim",
+    "Compute",
     "Count",
     "Dataset",
     "Finetune",
     "Flops",
     "FlopsConfig",
     "Forensics",
+    "GpuReference",
     "Model",
     "Net",
     "Params",
     "ParamsError",
+    "Plan",
+    "PlanConfig",
     "PrepareConfig",
     "Pretrain",
     "Published",
@@ -80,21 +86,27 @@ __all__ = [
     "ReportConfig",
     "Runtime",
     "Source",
+    "SourceSize",
+    "Splits",
     "Targets",
     "TrainConfig",
     "XcitResult",
     "backbone_label",
+    "from_data",
     "instances",
     "load",
     "load_assumptions",
     "load_audit",
     "load_bench",
+    "load_compute",
     "load_finetune",
     "load_flops",
+    "load_plan",
     "load_prepare",
     "load_pretrain",
     "load_published",
     "load_report",
     "network",
     "read_yaml",
+    "split_counts",
 ]

@@ -5,7 +5,7 @@ variant or dataset must exist, a fine-tuned variant must be pretrained, ...). Ev
 Torch-free: the report, and ``python -m pipeline.config`` (the first line of every stage's command), load
 params without importing torch.
 
-This module also holds the sections only the counting, timing, report and audit steps read.
+This module also holds the sections only the counting, timing, planning, report and audit steps read.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .rehearsal import Rehearsal
 from .schema import ParamsError, check_name, fraction, names_in, non_negative, parse, positive, read_yaml
 from .sections import Finetune, Model, Pretrain, Runtime, check_options, registered
 
-__all__ = ["Audit", "Bench", "Flops", "Forensics", "Params", "Report", "Targets", "load"]
+__all__ = ["Audit", "Bench", "Flops", "Forensics", "Params", "Plan", "Report", "Targets", "from_data", "load"]
 
 
 def _sized(where: str, key: str, models: tuple[str, ...], img_size: int) -> None:
@@ -120,6 +120,17 @@ class Audit:
         )
 
 
+@dataclass(frozen=True)
+class Plan:
+    """The cost plan's own settings (pipeline/plan.py)."""
+
+    loader_images: int  # JPEGs decoded and transformed to time the timm input pipeline on one CPU core
+
+    def check(self, where: str) -> None:
+        if self.loader_images <= 0:
+            raise ParamsError(f"{where}.loader_images: expected a positive integer, got {self.loader_images}")
+
+
 # ----------------------------------------------------------------------------------------------------
 
 
@@ -142,6 +153,7 @@ class Params:
     bench: Bench
     report: Report
     audit: Audit
+    plan: Plan
     rehearsal: Rehearsal | None  # null, except in a rehearsal's params (pipeline.rehearse)
     path: Path = field(default=Path("params.yaml"), compare=False)
 
@@ -216,18 +228,25 @@ class Params:
             seen[key] = name
 
 
-def load(path: str | Path) -> Params:
-    """Parse and check the whole params file at ``path``."""
-    data = read_yaml(path)
+def from_data(data: Any, where: str, *, path: str | Path | None = None) -> Params:
+    """Parse and check a params mapping (as read from a params file); ``where`` names it in messages (the file,
+    or what the mapping was derived from) and ``path`` is the file it came from (default: ``where``)."""
+    if not isinstance(data, dict):
+        raise ParamsError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
     names = [f for f in Params.__dataclass_fields__ if f != "path"]
     unknown = sorted(set(data) - set(names), key=str)
     if unknown:
-        raise ParamsError(f"{path}: unknown section(s) {', '.join(map(str, unknown))}; expected: {', '.join(names)}")
+        raise ParamsError(f"{where}: unknown section(s) {', '.join(map(str, unknown))}; expected: {', '.join(names)}")
     missing = [s for s in names if s not in data]
     if missing:
-        raise ParamsError(f"{path}: missing section(s) {', '.join(missing)}")
+        raise ParamsError(f"{where}: missing section(s) {', '.join(missing)}")
     hints = typing.get_type_hints(Params)
     sections = {name: parse(hints[name], data[name], name) for name in names}
-    params = Params(**sections, path=Path(path))
-    params.check(str(path))
+    params = Params(**sections, path=Path(path if path is not None else where))
+    params.check(where)
     return params
+
+
+def load(path: str | Path) -> Params:
+    """Parse and check the whole params file at ``path``."""
+    return from_data(read_yaml(path), str(path), path=path)

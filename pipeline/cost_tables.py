@@ -1,0 +1,170 @@
+"""The cost plan as a table (the plan stage prints it, the report shows it): one row per training stage and backbone,
+the prepared data and the total, with every rate's source and the input pipeline in the note. Plain data in (the
+plan stage's JSON), a :class:`pipeline.tables.Table` out; torch-free."""
+
+from __future__ import annotations
+
+from pipeline.tables import Table
+
+__all__ = ["plan", "plan_workers"]
+
+_PREFIXES = ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+
+
+def _si(value: float, unit: str = "") -> str:
+    """``6.15 G``, ``1.07 EFLOP``: three significant digits and an SI prefix."""
+    for scale, prefix in _PREFIXES:
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:,.0f}{' ' + unit if unit else ''}"
+
+
+def _many(n: int, unit: str) -> str:
+    """``1 GPU``, ``8 GPUs``, ``2 CPU processes``."""
+    if n == 1:
+        return f"1 {unit}"
+    return f"{n} {unit}es" if unit.endswith("s") else f"{n} {unit}s"
+
+
+def _bytes(n: float) -> str:
+    return _si(n, "B") if n >= 1e3 else f"{n:.0f} B"
+
+
+def _hours(h: float | None) -> str:
+    if h is None:
+        return "n/a"
+    return f"{h:,.0f}" if h >= 100 else f"{h:.3g}"
+
+
+def _wall(h: float | None) -> str:
+    if h is None:
+        return "n/a"
+    if h >= 48:
+        return f"{h / 24:.1f} days"
+    if h >= 1:
+        return f"{h:.1f} h"
+    return f"{h * 60:.1f} min" if h * 60 >= 1 else f"{h * 3600:.0f} s"
+
+
+def _rate(rate: dict | None) -> str:
+    if rate is None:
+        return "unknown"
+    low, high = f"{rate['min']:,.0f}", f"{rate['max']:,.0f}"
+    return f"{low if low == high else f'{low}–{high}'} ({', '.join(rate['kinds'])})"
+
+
+def plan(data: dict | None) -> Table:
+    """The plan stage's JSON (None: it has not run) as a table."""
+    title = "Cost plan: images, FLOPs, device-hours and disk of every training stage"
+    if data is None:
+        columns = ["stage", "runs"]
+        return Table("plan", title, columns, [["not run", ""]], "The plan stage has not run.")
+    devices = data["devices"]
+    unit = devices["unit"]
+    columns = [
+        "stage",
+        "runs",
+        f"train img/s per {unit}",
+        "images trained",
+        "images evaluated",
+        "training FLOPs",
+        f"{unit}-hours",
+        f"wall time ({_many(devices['total'], unit)})",
+        "disk kept",
+        "resume checkpoint",
+    ]
+    prepared = data["prepare"]
+    rows = [["prepare", f"{len(prepared['datasets'])} datasets", *["–"] * 6, _bytes(prepared["bytes"]), "–"]]
+    for g in [*data["groups"], {**data["total"], "stage": "total", "backbone": "", "rate": None}]:
+        rows.append(
+            [
+                f"{g['stage']} {g['backbone']}".strip(),
+                f"{g['runs']}",
+                "–" if g["stage"] == "total" else _rate(g["rate"]),
+                _si(g["train_images"]),
+                _si(g["eval_images"]),
+                _si(g["train_flops"] + g["eval_flops"]),
+                _hours(g["device_hours"]),
+                _wall(g["wall_hours"]),
+                _bytes(g.get("disk_bytes", g.get("weights_bytes", 0))),
+                _bytes(g["resume_bytes"]) + (" (largest)" if g["stage"] == "total" else ""),
+            ]
+        )
+    return Table("plan", _title(title, data), columns, rows, "\n".join(_notes(data)))
+
+
+def _title(title: str, data: dict) -> str:
+    devices = data["devices"]
+    where = f"{_many(devices['per_node'], devices['unit'])} per node x {_many(devices['nodes'], 'node')}"
+    rehearsal = data["rehearsal"]
+    of = f" (the real profile of a rehearsal: {rehearsal['overrides']} overrides undone)" if rehearsal else ""
+    return f"{title} — profile {data['profile']}{of}, {where}"
+
+
+def _notes(data: dict) -> list[str]:
+    notes = [
+        "Runs one after another on all the devices, scaling assumed linear; training FLOPs = 3 x forward FLOPs x "
+        "images trained, plus forward FLOPs x images evaluated (a multiply-add = 1 flop, as timm's and XCiT's tables "
+        "count). Images evaluated: the validation split every epoch, the test split at the end (twice with an EMA) "
+        "and the diagnostic's. Disk kept: prepared data and every run's weights (float32, x2 with an EMA); resume "
+        "checkpoint: what one running run holds (weights, AdamW's two moments, EMA).",
+        "Training rates: " + ("; ".join(data["rate_sources"]) or "none known") + ". 'x FLOPs': scaled by the ratio "
+        "of closed-form forward FLOPs on the same device; evaluation at the measured eval rate, else 3x the training "
+        "rate.",
+    ]
+    notes += [f"Not used: {line}." for line in data["ignored"]]
+    sizes = [
+        f"{name} {d['train']:,}/{d['val']:,}/{d['test']:,}{'' if d['exact'] else ' (≈)'}"
+        for name, d in data["prepare"]["datasets"].items()
+    ]
+    notes.append(
+        "Splits train/val/test (references/compute.yaml, split by the profile's fractions; ≈: per-class rounding "
+        "unknown, within classes/2): " + ", ".join(sizes) + "."
+    )
+    notes += [_input(entry, data["devices"]["unit"]) for entry in data["input"]]
+    notes.append(_memory(data["memory"]))
+    return notes
+
+
+def _input(entry: dict, unit: str) -> str:
+    """One line on a stage's input pipeline: one core's rate per resolution, the cores each backbone needs."""
+    stage = entry["stage"]
+    if entry["mode"] != "timm":
+        return f"Input, {stage}: batched (in-memory tensors augmented a batch at a time: decodes nothing per image)."
+    source = "JPEG files" if entry["decodes_jpeg"] else "tensors (no JPEG to decode: the JPEG rate is a lower bound)"
+    per_size = {x["img_size"]: x["per_core_img_per_s"] for x in entry["backbones"].values()}
+    cores = [
+        f"{b} {'n/a (no rate)' if x['cores_per_device'] is None else format(x['cores_per_device'], '.1f')}"
+        for b, x in entry["backbones"].items()
+    ]
+    rates = ", ".join(f"{rate:,.0f} img/s at {size} px" for size, rate in per_size.items())
+    return (
+        f"Input, {stage} (timm transform, reads {source}): one CPU core decodes and transforms {rates} (measured on "
+        f"{entry['measured_on']}, one thread); cores per {unit} needed at its rate: {', '.join(cores)}."
+    )
+
+
+def _memory(memory: dict | None) -> str:
+    if not memory:
+        return "Peak host memory per rank: not measured (no training provenance record with peak_rss_mib given)."
+    return (
+        f"Peak host memory per rank: {memory['peak_rss_mib']:,.0f} MiB, measured in {memory['instance']} (profile "
+        f"{memory['profile']}, {memory['hardware']}, {memory['world_size']} process(es), {memory['workers']} loader "
+        "workers per rank; the rank's process plus its largest finished loader worker)."
+    )
+
+
+def plan_workers(data: dict, workers: int) -> list[str]:
+    """Lines comparing each timm input pipeline's cores per device with ``runtime.workers`` (not part of the plan
+    file: runtime settings reach no output)."""
+    lines = []
+    for entry in data["input"]:
+        for b, x in entry.get("backbones", {}).items():
+            if x["cores_per_device"] is None:
+                continue
+            enough = "enough" if workers >= x["cores_per_device"] else "TOO FEW: raise runtime.workers (and cores)"
+            lines.append(
+                f"{entry['stage']} {b}: {x['cores_per_device']:.1f} loader cores per {data['devices']['unit']} needed "
+                f"for {x['device_img_per_s']:,.0f} img/s; runtime.workers = {workers} per rank: {enough}"
+            )
+    return lines
