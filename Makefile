@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: venv repro test lint report-check audit profile plan lock
+.PHONY: venv repro test lint report-check audit profile plan rehearse lock
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,13 @@ profile: $(STAMP)
 plan: $(STAMP)
 	@test -n "$(PROFILE)" || { echo "usage: make plan PROFILE=<embedded|cifar|paper>"; exit 2; }
 	python -m pipeline.plan --params profiles/$(PROFILE).yaml --bench results/bench/metrics.json
+
+# Run a GPU profile's whole DAG on this CPU in .rehearsal/$(PROFILE) (size and data overrides only, printed first;
+# stand-in datasets in the real formats); fails naming the stage, file or claim a real run would trip on.
+# SET="key=value ..." adds size overrides.
+rehearse: $(STAMP)
+	@test -n "$(PROFILE)" || { echo "usage: make rehearse PROFILE=<cifar|paper> [SET='pretrain.recipe.epochs=3']"; exit 2; }
+	python -m pipeline.rehearse "$(PROFILE)" $(foreach s,$(SET),--set "$(s)")
 
 # Re-run one stage instance in a scratch copy and compare it with dvc.lock and the committed metrics.
 audit: $(STAMP)

@@ -87,17 +87,9 @@ def build(cfg: ReportConfig, paths: Paths) -> dict[str, bytes]:
         study_tables.needs(outcomes, published.claims, cfg.report, plan),
         tables.provenance(results.provenance_rows(cfg, paths, inputs)),
     ]
-    drawn = _figures(cfg, paths, inputs, published, pre_rows, fine_rows, run_label)
-    files: dict[str, bytes] = {"headline": json_bytes(headline(cfg, pre_rows, fine_rows, outcomes))}
-    inline = {}
-    for name, fig in drawn.items():
-        if cfg.rehearsal:
-            fig.suptitle(rehearsal_label(cfg), color="#b00", fontweight="bold")
-        rendered = figures.save(fig)
-        files[f"figures/{name}.png"] = rendered["png"]
-        files[f"figures/{name}.svg"] = rendered["svg"]
-        inline[name] = "data:image/png;base64," + base64.b64encode(rendered["png"]).decode()
     label = rehearsal_label(cfg)
+    files, inline = _rendered(_figures(cfg, paths, inputs, published, pre_rows, fine_rows, run_label), label)
+    files["headline"] = json_bytes(headline(cfg, pre_rows, fine_rows, outcomes))
     files.update({path: data for table in table_list for path, data in tables.files(table, label).items()})
     files["index.html"] = _render(
         profile=cfg.profile,
@@ -109,9 +101,22 @@ def build(cfg: ReportConfig, paths: Paths) -> dict[str, bytes]:
         figures=inline,
         reduced=not imagenet,
         rehearsal=cfg.rehearsal,
-        rehearsal_label=rehearsal_label(cfg),
+        rehearsal_label=label,
     ).encode()
     return files
+
+
+def _rendered(drawn: dict, label: str) -> tuple[dict[str, bytes], dict[str, str]]:
+    """The figures' PNG and SVG files, and the PNGs inlined for the page; ``label`` (a rehearsal's) titles each."""
+    files, inline = {}, {}
+    for name, fig in drawn.items():
+        if label:
+            fig.suptitle(label, color="#b00", fontweight="bold")
+        rendered = figures.save(fig)
+        files[f"figures/{name}.png"] = rendered["png"]
+        files[f"figures/{name}.svg"] = rendered["svg"]
+        inline[name] = "data:image/png;base64," + base64.b64encode(rendered["png"]).decode()
+    return files, inline
 
 
 def rehearsal_label(cfg: ReportConfig) -> str:
