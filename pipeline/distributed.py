@@ -63,7 +63,7 @@ def init(device: str) -> Dist:
     else:
         where = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if where.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if where.type == "cuda" else "gloo")  # NCCL on CUDA
     return Dist(rank, world_size, where)
 
 

@@ -154,6 +154,12 @@ def _numbers(value: Any, where: str):
             yield from _numbers(v, f"{where}[{i}]")
 
 
+def _csv_rows(path: Path) -> list[list[str]]:
+    """The rows of a CSV file, header first, without the "# REHEARSAL ..." line a rehearsal's tables start with."""
+    with path.open(newline="") as f:
+        return list(csv.reader(line for line in f if not line.startswith("#")))
+
+
 def bad_numbers(folder: Path) -> list[str]:
     """Every NaN or infinite number in the JSON and CSV files under ``folder``, as ``file: key = value``."""
     found = []
@@ -161,23 +167,23 @@ def bad_numbers(folder: Path) -> list[str]:
         data = json.loads(path.read_text())
         found += [f"{path}: {k} = {v}" for k, v in _numbers(data, "") if not math.isfinite(v)]
     for path in sorted(folder.rglob("*.csv")):
-        with path.open(newline="") as f:
-            for i, row in enumerate(csv.DictReader(f), start=2):
-                for k, v in row.items():
-                    if (v or "").strip().lower() in ("nan", "inf", "-inf", "+inf"):
-                        found.append(f"{path}:{i}: {k} = {v}")
+        rows = _csv_rows(path)
+        for i, row in enumerate(rows[1:], start=1):
+            for k, v in zip(rows[0], row, strict=False):
+                if v.strip().lower() in ("nan", "inf", "-inf", "+inf"):
+                    found.append(f"{path} row {i}: {k} = {v}")
     return found
 
 
 def cuda_lines(repo: Path) -> list[str]:
-    """The lines of the library and pipeline that only a GPU executes (marked ``# CUDA only``) and the choice of
-    NCCL, as ``file:line: code``."""
+    """The lines of the library and pipeline that only a GPU executes, as ``file:line: code``: those marked
+    ``# CUDA only``, and the choice of NCCL (marked ``# NCCL on CUDA``)."""
+    marker = re.compile(r"#\s*(CUDA only|NCCL on CUDA)\s*$")
     out = []
     for path in sorted([*repo.glob("pipeline/**/*.py"), *repo.glob("qkv/**/*.py")]):
         for i, line in enumerate(path.read_text().splitlines(), start=1):
-            if "# CUDA only" in line or '"nccl"' in line:
-                code = line.split("# CUDA only")[0].strip()
-                out.append(f"{path.relative_to(repo)}:{i}: {code}")
+            if marker.search(line):
+                out.append(f"{path.relative_to(repo)}:{i}: {marker.sub('', line).strip()}")
     return out
 
 
@@ -199,8 +205,8 @@ def _minutes(seconds: float) -> str:
 
 
 def _verdicts(code: Path) -> list[str]:
-    with (code / "reports" / "tables" / "verdicts.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    header, *cells = _csv_rows(code / "reports" / "tables" / "verdicts.csv")
+    rows = [dict(zip(header, row, strict=True)) for row in cells]
     width = max((len(r["claim"]) for r in rows), default=0)
     return [f"  {r['claim']:<{width}}  {r['outcome']}: {r['detail']}" for r in rows]
 
@@ -223,5 +229,5 @@ def summary(name: str, timings: list[tuple[str, float]], wall: float, code: Path
         "node's GPUs); the lines only a GPU runs:"
     )
     lines += [f"  {line}" for line in gpu_lines]
-    lines.append(f"report: {code / 'reports' / 'index.html'}")
+    lines.append(f"report: {code / 'reports' / 'index.html'}; every stage's wall time: {code.parent / 'stages.tsv'}")
     return "\n".join(lines)
