@@ -121,12 +121,26 @@ def _data(profile: dict, roots: dict[str, Path]) -> dict[str, Any]:
     return out
 
 
+def _backbones(profile: dict, keys: Any) -> dict:
+    """``--set backbones=[n12, ...]``: the profile's entries of those names (the bench's must stay)."""
+    known = profile["backbones"]
+    if not isinstance(keys, list) or not keys or any(k not in known for k in keys):
+        raise ParamsError(
+            f"--set backbones: expected a list of entries of the profile's backbones ({', '.join(known)})"
+        )
+    if profile["bench"]["backbone"] not in keys:
+        raise ParamsError(f"--set backbones: keep {profile['bench']['backbone']!r}, the backbone the bench times")
+    return {k: known[k] for k in keys}
+
+
 def derive(profile: dict, roots: dict[str, Path], sets: dict[str, Any], cores: int) -> tuple[dict, dict]:
     """The rehearsal's params from ``profile`` (a params mapping), the stand-in data folders ``roots`` (dataset
     name -> folder), the user's extra size overrides ``sets`` and this machine's core count. Returns the params
     and the overrides (dotted key -> {profile, rehearsal}) that differ from the profile."""
     out = copy.deepcopy(profile)
     overrides: dict[str, dict[str, Any]] = {}
+    if "backbones" in sets:
+        sets = {**sets, "backbones": _backbones(profile, sets["backbones"])}
     for key, value in {**_sizes(profile, cores), **_data(profile, roots), **sets}.items():
         try:
             real = get_key(profile, key)
@@ -211,7 +225,9 @@ def _verdicts(code: Path) -> list[str]:
     return [f"  {r['claim']:<{width}}  {r['outcome']}: {r['detail']}" for r in rows]
 
 
-def summary(name: str, timings: list[tuple[str, float]], wall: float, code: Path, gpu_lines: list[str]) -> str:
+def summary(
+    name: str, timings: list[tuple[str, float]], wall: float, code: Path, gpu_lines: list[str], skipped: list[str]
+) -> str:
     """The one-screen end of a rehearsal that passed: stages and wall time per kind, verdicts, what it could not
     exercise here."""
     kinds: dict[str, list[tuple[str, float]]] = {}
@@ -224,6 +240,8 @@ def summary(name: str, timings: list[tuple[str, float]], wall: float, code: Path
         lines.append(f"  {kind:<9} x{len(runs):<3} {_minutes(sum(s for _, s in runs)):>12}{extra}")
     lines.append("verdicts (rehearsal numbers: they check the machinery, meaningless as science):")
     lines += _verdicts(code)
+    if skipped:
+        lines.append(f"  not judged in this rehearsal (its --set left out what they need): {', '.join(skipped)}")
     lines.append(
         f"not exercised on this machine: CUDA and NCCL ({PROCESSES} gloo processes on the CPU stood in for each "
         "node's GPUs); the lines only a GPU runs:"

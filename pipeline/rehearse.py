@@ -105,9 +105,10 @@ def _repro(repo: Path, log: Path, total: int) -> list[tuple[str, float]]:
     return timings
 
 
-def _check(code: Path, real: Path, stages: list[str]) -> None:
+def _check(code: Path, real: Path, stages: list[str]) -> list[str]:
     """Raise if any stage did not run, an output is missing, a number is NaN or infinite, the report is missing
-    or unlabelled, or a claim the real profile ``real`` tests was left "not run"."""
+    or unlabelled, or a claim the real profile ``real`` tests was left "not run"; returns the claims the real
+    profile tests that the rehearsal could not (its ``--set`` removed a backbone, seed or dataset they need)."""
     lock = config.read_yaml(code / "dvc.lock", "DVC lock file").get("stages", {})
     missing = [s for s in stages if s not in lock]
     if missing:
@@ -128,14 +129,18 @@ def _check(code: Path, real: Path, stages: list[str]) -> None:
     if not page.is_file() or "REHEARSAL" not in page.read_text():
         raise RehearsalError(f"{page}: the report is missing or not labelled REHEARSAL")
     outcomes = config.read_yaml(code / "reports" / "headline.json", "headline metrics")["claims"]
-    cfg = config.load_report(real)
+    real_cfg, cfg = config.load_report(real), config.load_report(code / "params.yaml")
     published = config.load_published(code / "references" / "published.yaml")
-    for claim in published.claims:
-        if tested_by(claim, cfg) and outcomes.get(claim.id, "missing").startswith(("not run", "missing")):
+    skipped = []
+    for claim in (c for c in published.claims if tested_by(c, real_cfg)):
+        if not tested_by(claim, cfg):
+            skipped.append(claim.id)  # a --set took away what it needs
+        elif outcomes.get(claim.id, "missing").startswith(("not run", "missing")):
             raise RehearsalError(
                 f"claim {claim.id}: tested by profile {cfg.profile}, but the rehearsal's report says "
                 f"{outcomes.get(claim.id, 'nothing')!r}"
             )
+    return skipped
 
 
 def _write_data(profile: dict, roots: dict[str, Path]) -> list[str]:

@@ -136,3 +136,13 @@ def test_the_lines_only_a_gpu_runs_are_listed():
     assert any('"nccl" if' in line for line in lines)
     assert not any(line.startswith("pipeline/rehearsal.py") for line in lines)
     assert all("# CUDA only" not in line for line in lines)
+
+
+def test_a_backbone_subset_keeps_the_profiles_entries_and_the_benchs():
+    _, params, overrides = _derive("paper", rehearsal.parse_sets(["backbones=[n12,s12]"]))
+    assert params["backbones"] == {k: _profile("paper")["backbones"][k] for k in ("n12", "s12")}
+    assert list(overrides["backbones"]["profile"]) == ["n12", "t12", "s12"]
+    with pytest.raises(ParamsError, match=r"--set backbones: expected a list of entries .* \(n12, t12, s12\)"):
+        _derive("paper", rehearsal.parse_sets(["backbones=[b16]"]))
+    with pytest.raises(ParamsError, match="keep 'n12', the backbone the bench times"):
+        _derive("paper", rehearsal.parse_sets(["backbones=[s12]"]))
