@@ -81,10 +81,13 @@ def _repro(repo: Path, log: Path, total: int) -> list[tuple[str, float]]:
     """``dvc repro`` in ``repo``, its output in ``log``, one progress line per stage; the (stage, seconds) run."""
     dvc = str(Path(sys.executable).parent / "dvc")
     timings: list[tuple[str, float]] = []
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [dvc, "repro"], cwd=repo, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+    command = [dvc, "repro"]
+    with (
+        log.open("w") as out,
+        subprocess.Popen(
+            command, cwd=repo, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as proc,
+    ):
         started = time.monotonic()
         for line in proc.stdout:
             out.write(line)
@@ -100,8 +103,9 @@ def _repro(repo: Path, log: Path, total: int) -> list[tuple[str, float]]:
         timings[-1] = (timings[-1][0], time.monotonic() - started)
     if code:
         stage = timings[-1][0] if timings else "(before any stage)"
-        tail = [line for line in log.read_text().splitlines() if line.strip()][-1:]
-        raise RehearsalError(f"stage {stage} failed: {tail[0] if tail else 'no output'} (full log: {log})")
+        lines = [line.strip() for line in log.read_text().splitlines() if line.strip()]
+        errors = [line for line in lines if ": error: " in line or line.startswith("ERROR")] or lines or ["no output"]
+        raise RehearsalError(f"stage {stage} failed: {errors[0]} (full log: {log})")
     return timings
 
 
@@ -174,8 +178,10 @@ def rehearse(repo: Path, source: Path, profile: dict, sets: dict, workdir: Path)
     stages = _dvc(code, "stage", "list", "--name-only").stdout.split()
     timings = _repro(code, workdir / "dvc-repro.log", len(stages))
     (workdir / "stages.tsv").write_text("".join(f"{stage}\t{seconds:.1f}\n" for stage, seconds in timings))
-    _check(code, source, stages)
-    summary = rehearsal.summary(profile["profile"], timings, time.monotonic() - began, code, rehearsal.cuda_lines(repo))
+    skipped = _check(code, source, stages)
+    summary = rehearsal.summary(
+        profile["profile"], timings, time.monotonic() - began, code, rehearsal.cuda_lines(repo), skipped
+    )
     (workdir / "summary.txt").write_text(summary + "\n")
     return summary
 

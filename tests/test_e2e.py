@@ -27,6 +27,7 @@ SKIP = {
     "models",
     ".resume",
     "dvc.lock",
+    ".rehearsal",
     ".pytest_cache",
     ".ruff_cache",
 }

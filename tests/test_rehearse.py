@@ -146,3 +146,25 @@ def test_a_backbone_subset_keeps_the_profiles_entries_and_the_benchs():
         _derive("paper", rehearsal.parse_sets(["backbones=[b16]"]))
     with pytest.raises(ParamsError, match="keep 'n12', the backbone the bench times"):
         _derive("paper", rehearsal.parse_sets(["backbones=[s12]"]))
+
+
+def test_a_corrupt_file_fails_the_rehearsal_naming_the_stage_and_the_file(tmp_path, monkeypatch):
+    """Fault injection: the rehearsal's stand-in CIFAR-100 training pickle is truncated after it is written; the
+    rehearsal stops at the first stage that reads it and names both."""
+    write = rehearse._write_data
+
+    def write_then_corrupt(profile, roots):
+        notes = write(profile, roots)
+        train = roots["cifar100"] / "cifar-100-python" / "train"
+        train.write_bytes(train.read_bytes()[:100])
+        return notes
+
+    monkeypatch.setattr(rehearse, "_write_data", write_then_corrupt)
+    workdir = tmp_path / "work"
+    with pytest.raises(SystemExit) as exit_:
+        rehearse.main(["cifar", "--workdir", str(workdir), "--profiles", str(ROOT / "profiles"), "--repo", str(ROOT)])
+    message = str(exit_.value.code)
+    assert message.startswith("rehearse: error: stage prepare@cifar100 failed: prepare: error: dataset 'cifar100'")
+    assert str(workdir / "data" / "cifar100" / "cifar-100-python") in message and "dvc-repro.log" in message
+    assert "\n" not in message
+    assert not (workdir / "summary.txt").exists()
