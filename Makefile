@@ -50,8 +50,8 @@ profile: $(STAMP)
 # wall time, disk and input pipeline of every training stage, without its data. Reads nothing but the profile,
 # references/compute.yaml and the bench's measurements (used when taken for that profile on its device).
 plan: $(STAMP)
-	@test -n "$(PROFILE)" || { echo "usage: make plan PROFILE=<embedded|cifar|paper>"; exit 2; }
-	python -m pipeline.plan --params profiles/$(PROFILE).yaml --bench results/bench/metrics.json
+	@test -n "$(PROFILE)" || { echo "usage: make plan PROFILE=<embedded|cifar|paper> [ARGS='--img-per-s 2500 --nodes 2']"; exit 2; }
+	python -m pipeline.plan --params profiles/$(PROFILE).yaml --bench results/bench/metrics.json $(ARGS)
 
 # Run a GPU profile's whole DAG on this CPU in .rehearsal/$(PROFILE) (size and data overrides only, printed first;
 # stand-in datasets in the real formats); fails naming the stage, file or claim a real run would trip on.

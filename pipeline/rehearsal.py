@@ -242,6 +242,17 @@ def summary(
     lines += _verdicts(code)
     if skipped:
         lines.append(f"  not judged in this rehearsal (its --set left out what they need): {', '.join(skipped)}")
+    peaks = [
+        (json.loads(path.read_text()).get("peak_rss_mib"), path.parent.name)
+        for path in sorted((code / "results").glob("*/*/provenance.json"))
+    ]
+    peak = max(((m, n) for m, n in peaks if m is not None), default=None)
+    if peak:
+        results = code / "results"
+        lines.append(
+            f"peak host memory per rank: {peak[0]:,.0f} MiB ({peak[1]}; CPU, rehearsal sizes); the plan with it: "
+            f"make plan PROFILE={name} ARGS='--measured {results / 'pretrain'} {results / 'finetune'}'"
+        )
     lines.append(
         f"not exercised on this machine: CUDA and NCCL ({PROCESSES} gloo processes on the CPU stood in for each "
         "node's GPUs); the lines only a GPU runs:"
