@@ -31,7 +31,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import cli, config, cost_tables, costs, rates, tables, throughput
+from pipeline import cli, config, cost_tables, costs, provenance, rates, tables, throughput
 from pipeline.cli import run_stage
 from pipeline.config import ParamsError, PlanConfig
 from pipeline.outputs import json_bytes, round_measurement, write_outputs
@@ -217,7 +217,7 @@ def _main(args: argparse.Namespace) -> None:
         return throughput.per_core_rate(augment, img_size, images=p.plan.loader_images)
 
     memory = throughput.peak_memory([Path(d) for d in args.measured])
-    plan = run(cfg, devices=devices, rate=rate, measure=measure, host=throughput.cpu_model(), memory=memory)
+    plan = run(cfg, devices=devices, rate=rate, measure=measure, host=provenance.cpu_model(), memory=memory)
     table = cost_tables.plan(plan)
     files = {}
     if args.json:

@@ -43,7 +43,7 @@ from typing import Any
 
 from pipeline.outputs import jsonable, round_measurement
 
-__all__ = ["record"]
+__all__ = ["cpu_model", "record"]
 
 _VERSIONED = ("torch", "torchvision", "timm", "fvcore", "numpy", "pandas", "matplotlib", "jinja2", "dvc", "pyyaml")
 
@@ -57,7 +57,8 @@ def _run(*cmd: str, cwd: str | Path | None = None) -> str | None:
     return out.stdout
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (Linux), for labelling a record or a measurement."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -193,7 +194,7 @@ def record(
         "packages": versions,
         "hardware": {
             "machine": platform.machine(),
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads() if torch is not None else None,
         },

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pipeline.config import Augment
 
-__all__ = ["cpu_model", "peak_memory", "per_core_rate"]
+__all__ = ["peak_memory", "per_core_rate"]
 
 
 def per_core_rate(augment: Augment, img_size: int, *, images: int, seed: int = 0) -> float:
@@ -41,17 +41,6 @@ def per_core_rate(augment: Augment, img_size: int, *, images: int, seed: int = 0
         finally:
             torch.set_num_threads(threads)
     return images / seconds
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), for labelling a measurement."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "this CPU"
 
 
 def peak_memory(folders: list[Path]) -> dict | None:

@@ -248,6 +248,7 @@ def _finish(state: RunState) -> TrainResult:
     env, seconds = state.env, state.train_seconds
     rate = state.seen / seconds if seconds else None
     timing = round_measurement({"train_seconds": seconds, "train_images": state.seen, "train_img_per_s": rate})
+    timing["resumed_from_epoch"] = state.start_epoch  # 0: trained from the start; else the images above are this run's
     ema = state.ema.module if state.ema is not None else None
     for module in (state.model, ema):
         if module is not None:

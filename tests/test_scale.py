@@ -172,6 +172,9 @@ def test_two_nodes_with_the_paper_recipe_resume_exactly_after_a_kill(tmp_path, s
     logs = _wait(_nodes(killed, params, synthetic, _free_port()))
     assert f"pretrain@n12-linear-0: resumed from epoch {epoch} of {epochs}" in logs[0]
     assert _outputs(killed) == _outputs(whole)
+    timings = [json.loads((out / "provenance.json").read_text())["timing"] for out in (whole, killed)]
+    assert [t["resumed_from_epoch"] for t in timings] == [0, epoch]  # the record says what this process trained
+    assert timings[1]["train_images"] < timings[0]["train_images"]
     metrics = json.loads((whole / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["weights"] == "raw"
     assert metrics["test_top1"] == metrics["raw_test_top1"] and "ema_test_top1" in metrics
