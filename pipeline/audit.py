@@ -27,9 +27,7 @@ rate) must agree within ``audit.ratio_rel_tol`` (relative).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -37,30 +35,15 @@ from pathlib import Path
 from pipeline import cli, config
 from pipeline.cli import run_stage
 from pipeline.compare import compare_outputs, is_provenance
+from pipeline.scratch import commit, copy_tracked, dvc
 
 
 def _outs(lock: dict, stage: str) -> dict[str, str]:
     return {o["path"]: o.get("md5", "") for o in lock["stages"][stage].get("outs", [])}
 
 
-def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "DVC_NO_ANALYTICS": "1",
-    }
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "dvc"), *args], cwd=cwd, env=env, capture_output=True, text=True
-    )
-
-
 def _scratch_copy(repo: Path, stage: dict, scratch: Path) -> None:
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, text=True, check=True)
-    for name in filter(None, tracked.stdout.split("\0")):
-        source = repo / name
-        if source.is_file():
-            (scratch / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, scratch / name)
+    copy_tracked(repo, scratch)
     for dep in stage.get("deps", []):
         path = repo / dep["path"]
         target = scratch / dep["path"]
@@ -73,9 +56,7 @@ def _scratch_copy(repo: Path, stage: dict, scratch: Path) -> None:
             )
         target.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if path.is_dir() else shutil.copy2)(path, target)
-    git = ["git", "-c", "user.name=audit", "-c", "user.email=audit@localhost"]
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "audit"]):
-        subprocess.run([*git, *args], cwd=scratch, check=True, capture_output=True)
+    commit(scratch, "audit")
 
 
 def _missing_outputs(repo: Path, name: str, outs: dict[str, str]) -> None:
@@ -99,7 +80,7 @@ def audit(repo: Path, name: str, tol: config.Audit) -> tuple[str, list[str]]:
         scratch = Path(tmp) / "repo"
         scratch.mkdir()
         _scratch_copy(repo, lock["stages"][name], scratch)
-        done = _dvc("repro", "--single-item", "--force", name, cwd=scratch)
+        done = dvc(scratch, "repro", "--single-item", "--force", name)
         if done.returncode != 0:
             return "differs", [f"the stage failed when re-run:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"]
         new = _outs(config.read_yaml(scratch / "dvc.lock", "DVC lock file"), name)

@@ -33,6 +33,7 @@ from pipeline import cli, config, rehearsal
 from pipeline.claims import tested_by
 from pipeline.cli import run_stage
 from pipeline.config import SOURCES, ParamsError
+from pipeline.scratch import commit, copy_tracked, dvc, dvc_command, env
 
 MARKER = ".qkv-rehearsal"  # a workdir holds this file: only such a folder is ever replaced
 
@@ -51,41 +52,13 @@ def _workdir(path: Path) -> Path:
     return path
 
 
-def _copy_code(source: Path, target: Path) -> None:
-    """The tracked files of ``source`` except results (results, reports, dvc.lock), as a one-commit git repo."""
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=source, capture_output=True, text=True, check=True)
-    skip = ("results/", "reports/", "dvc.lock")
-    for name in filter(None, tracked.stdout.split("\0")):
-        if not name.startswith(skip) and (source / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source / name, target / name)
-
-
-def _commit(repo: Path) -> None:
-    git = ["git", "-c", "user.name=rehearsal", "-c", "user.email=rehearsal@localhost"]
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "rehearsal"]):
-        subprocess.run([*git, *args], cwd=repo, check=True, capture_output=True)
-
-
-def _env() -> dict[str, str]:
-    bin_dir = str(Path(sys.executable).parent)
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
-
-
-def _dvc(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    dvc = str(Path(sys.executable).parent / "dvc")
-    return subprocess.run([dvc, *args], cwd=repo, env=_env(), capture_output=True, text=True)
-
-
 def _repro(repo: Path, log: Path, total: int) -> list[tuple[str, float]]:
     """``dvc repro`` in ``repo``, its output in ``log``, one progress line per stage; the (stage, seconds) run."""
-    dvc = str(Path(sys.executable).parent / "dvc")
     timings: list[tuple[str, float]] = []
-    command = [dvc, "repro"]
     with (
         log.open("w") as out,
         subprocess.Popen(
-            command, cwd=repo, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            dvc_command("repro"), cwd=repo, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         ) as proc,
     ):
         started = time.monotonic()
@@ -117,7 +90,7 @@ def _check(code: Path, real: Path, stages: list[str]) -> list[str]:
     missing = [s for s in stages if s not in lock]
     if missing:
         raise RehearsalError(f"stage(s) never ran: {', '.join(missing)}")
-    status = _dvc(code, "status", "--json")
+    status = dvc(code, "status", "--json")
     if status.returncode or status.stdout.strip() not in ("{}", ""):
         raise RehearsalError(
             f"dvc status is not clean after the run: {status.stdout.strip()[:500]}{status.stderr[-500:]}"
@@ -172,10 +145,10 @@ def rehearse(repo: Path, source: Path, profile: dict, sets: dict, workdir: Path)
     notes = _write_data(profile, roots)
     print("data: the rehearsal makes its own (real photographs, the real formats)", *notes, sep="\n", file=sys.stderr)
     code = workdir / "repo"
-    _copy_code(repo, code)
+    copy_tracked(repo, code, skip=("results/", "reports/", "dvc.lock"))  # the code, no results
     (code / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _commit(code)
-    stages = _dvc(code, "stage", "list", "--name-only").stdout.split()
+    commit(code, "rehearsal")
+    stages = dvc(code, "stage", "list", "--name-only").stdout.split()
     timings = _repro(code, workdir / "dvc-repro.log", len(stages))
     (workdir / "stages.tsv").write_text("".join(f"{stage}\t{seconds:.1f}\n" for stage, seconds in timings))
     skipped = _check(code, source, stages)
