@@ -7,11 +7,13 @@
 ``stages``     one loader per stage, returning one named object with exactly what that stage uses;
 ``rehearsal`` which keys a rehearsal of a GPU profile may override, and its record of them;
 ``references`` the published numbers and the assumption register the report cites;
+``cluster``    where and with what resources the stage instances run as jobs (pipeline.cluster);
 ``compute``    the dataset sizes and GPU rates the cost plan cites, and the plan stage's loader.
 
 Importing this package never imports torch; only the torch stages' loaders call the qkv library, lazily.
 """
 
+from .cluster import Cluster, Resources
 from .compute import Compute, GpuReference, PlanConfig, SourceSize, Splits, load_compute, load_plan, split_counts
 from .datasets import SOURCES, Dataset, Source
 from .params import Audit, Bench, Flops, Forensics, Params, Plan, Report, Targets, from_data, load
@@ -48,6 +50,8 @@ from .stages import (
 )
 
 __all__ = [
+    "Cluster",
+    "Resources",
     "DATA_KNOBS",
     "SIZE_KNOBS",
     "Rehearsal",

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cluster import Cluster
 from .datasets import Dataset
 from .rehearsal import Rehearsal
 from .schema import ParamsError, check_name, fraction, names_in, non_negative, parse, positive, read_yaml
@@ -154,6 +155,7 @@ class Params:
     report: Report
     audit: Audit
     plan: Plan
+    cluster: Cluster  # where pipeline.cluster runs the stage instances (listed by no stage)
     rehearsal: Rehearsal | None  # null, except in a rehearsal's params (pipeline.rehearse)
     path: Path = field(default=Path("params.yaml"), compare=False)
 
