@@ -1,0 +1,211 @@
+"""Run the DAG's stage instances as cluster jobs through submitit, one job per instance that is not up to date.
+
+    python -m pipeline.cluster submit [INSTANCE_OR_STAGE ...]   # make cluster PROFILE=paper
+    python -m pipeline.cluster status [INSTANCE_OR_STAGE ...]
+    python -m pipeline.cluster cancel
+
+``submit`` reads the DAG and what is stale from DVC (:mod:`pipeline.dag`), checks that the profile fits the
+jobs (the launcher's processes per node = ``cluster.training.gpus_per_node``, every batch divisible by them),
+and submits, upstream first, one submitit job per stale instance (and per stale instance downstream of one):
+``dvc --wait-for-lock repro --single-item <instance>`` in this workspace (:mod:`pipeline.cluster_job`).
+With the ``slurm`` executor every job is an sbatch job that starts after its upstream jobs succeed
+(``--dependency=afterok:...``; a failure cancels what depends on it); with the ``local`` executor (submitit's
+LocalExecutor) the jobs run on this machine one after another while ``submit`` waits. DVC runs nothing twice:
+the jobs share the workspace, DVC's lock is released while a stage's command runs, and an instance finished by
+another job is up to date. Instances whose last job is still queued or running are not submitted again: the
+command says which and exits 1. Settings: the ``cluster`` section of params.yaml (listed by no stage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from . import config
+from .cluster_job import Clone, JobFailed, StageJob
+from .cluster_status import Record, live_jobs, rows, table
+from .dag import DagError, Instance, read_dag, selected, stale
+
+__all__ = ["check_fit", "main"]
+
+STOP_TIMEOUT_S = 0.8  # of cluster.signal_delay_s: the time a stopped run has to save its state and end
+
+
+def fail(message: str) -> SystemExit:
+    return SystemExit(f"cluster: error: {message}")
+
+
+def check_fit(params: config.Params) -> None:
+    """The profile's launcher and batches fit the training jobs' GPUs (one process per GPU)."""
+    res = params.cluster.training
+    found = re.search(r"--nproc-per-node[= ](\d+)", params.launcher)
+    nproc = int(found.group(1)) if found else 1
+    if params.device == "cuda" and res.gpus_per_node == 0:
+        raise fail("cluster.training.gpus_per_node: 0, but device is cuda: the training jobs need GPUs; set it")
+    if res.gpus_per_node and res.gpus_per_node != nproc:
+        raise fail(
+            f"cluster.training.gpus_per_node: {res.gpus_per_node}, but the launcher ({params.launcher!r}) starts "
+            f"{nproc} process(es) per node, one per GPU; make them equal"
+        )
+    for section in ("pretrain", "finetune"):
+        batch = getattr(params, section).recipe.batch_size
+        if batch % nproc:
+            raise fail(
+                f"{section}.recipe.batch_size: {batch} images do not divide over the job's {nproc} processes "
+                f"(cluster.training.gpus_per_node {res.gpus_per_node}); use a multiple of {nproc}"
+            )
+
+
+def check_scheduler(params: config.Params) -> None:
+    cfg = params.cluster
+    if cfg.executor != "slurm":
+        return
+    for tool in ("sbatch", "squeue", "scancel", "srun"):
+        if shutil.which(tool) is None:
+            raise fail(
+                f"cluster.executor is slurm but {tool} is not on PATH: run this on a SLURM login node, or set "
+                "cluster.executor: local to run the jobs on this machine"
+            )
+    if cfg.partition:
+        done = subprocess.run(["sinfo", "-h", "-p", cfg.partition, "-o", "%P"], capture_output=True, text=True)
+        if done.returncode != 0 or not done.stdout.strip():
+            raise fail(f"cluster.partition: {cfg.partition!r} is not a partition of this cluster (sinfo -s lists them)")
+
+
+def _executor(params: config.Params, inst: Instance, folder: Path, after: list[str]):
+    import submitit
+
+    cfg = params.cluster
+    res = cfg.training if inst.training else cfg.other
+    if cfg.executor == "local":
+        ex = submitit.LocalExecutor(folder, max_num_timeout=cfg.requeue_limit)
+        ex.update_parameters(
+            timeout_min=res.time_min, signal_delay_s=cfg.signal_delay_s, gpus_per_node=res.gpus_per_node
+        )
+        return ex
+    ex = submitit.SlurmExecutor(folder, max_num_timeout=cfg.requeue_limit)
+    extra = {"requeue": True}
+    if after:
+        extra.update(dependency="afterok:" + ":".join(after), kill_on_invalid_dep="yes")
+    ex.update_parameters(
+        job_name=inst.name, nodes=1, ntasks_per_node=1, cpus_per_task=res.cpus_per_node, mem=f"{res.mem_gb}G",
+        time=max(1, round(res.time_min)), signal_delay_s=cfg.signal_delay_s, partition=cfg.partition,
+        account=cfg.account, gpus_per_node=res.gpus_per_node or None, additional_parameters=extra,
+    )  # fmt: skip
+    return ex
+
+
+def _clone(root: Path, params: config.Params) -> Clone | None:
+    if params.cluster.workspace == "shared":
+        return None
+    git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True)  # noqa: E731
+    if git("status", "--porcelain", "--untracked-files=no").stdout.strip():
+        raise fail("cluster.workspace is clone and the workspace has uncommitted changes: the jobs clone HEAD; commit")
+    remote = subprocess.run(
+        [sys.executable, "-m", "dvc", "remote", "default"], cwd=root, capture_output=True, text=True
+    )
+    if not remote.stdout.strip():
+        raise fail("cluster.workspace is clone but DVC has no default remote (dvc remote add -d <name> <url>, commit)")
+    origin = git("remote", "get-url", "origin").stdout.strip()
+    source = origin or str(root)
+    return Clone(source, git("rev-parse", "HEAD").stdout.strip(), str(root / params.cluster.log_folder / "clones"))
+
+
+def submit(root: Path, params: config.Params, targets: list[str]) -> int:
+    check_fit(params)
+    check_scheduler(params)
+    cfg = params.cluster
+    dag = read_dag(root)
+    chosen = selected(dag, targets)
+    todo = [n for n in chosen if n in stale(root, dag)]
+    folder = root / cfg.log_folder
+    record = Record.read(folder, cfg.executor)
+    if record.jobs and record.executor != cfg.executor:
+        raise fail(f"{folder}: jobs of the {record.executor} executor are recorded; finish or cancel them first")
+    busy = live_jobs(record, todo)
+    if busy:
+        names = ", ".join(f"{i} (job {j})" for i, j in busy.items())
+        raise fail(f"still queued or running from an earlier submit, not submitted again: {names}; wait for them "
+                   "(python -m pipeline.cluster status) or cancel them first; nothing submitted")  # fmt: skip
+    if not todo:
+        print(f"cluster: every selected instance ({len(chosen)}) is up to date; nothing submitted")
+        return 0
+    clone = _clone(root, params)
+    stop_s = STOP_TIMEOUT_S * cfg.signal_delay_s
+    submitted: dict[str, str] = {}
+    for name in todo:
+        inst = dag[name]
+        after = [submitted[u] for u in inst.upstream if u in submitted]
+        job_fn = StageJob(name, str(root), str(folder / "attempts"), cfg.requeue_limit, stop_s, clone)
+        job = _executor(params, inst, folder, after).submit(job_fn)
+        submitted[name] = record.jobs[name] = str(job.job_id)
+        record.write()
+        print(f"submitted {name}: job {job.job_id}" + (f" (after {', '.join(after)})" if after else ""), flush=True)
+        if cfg.executor == "local":  # no scheduler to hold the dependents: run this one to its end first
+            try:
+                print(f"  {job.result()}", flush=True)
+            except Exception as exc:  # submitit re-raises the job's error with its traceback
+                last = [line for line in str(exc).splitlines() if line.strip()][-1:]
+                raise fail(f"job {job.job_id} ({name}) failed: {last[0] if last else exc}; the rest not submitted "
+                           f"(log: {folder}/{job.job_id}_0_log.err)") from None  # fmt: skip
+    print(f"cluster: {len(todo)} job(s) submitted; watch them with `python -m pipeline.cluster status`")
+    return 0
+
+
+def status(root: Path, params: config.Params, targets: list[str]) -> int:
+    dag = read_dag(root)
+    chosen = set(selected(dag, targets))
+    record = Record.read(root / params.cluster.log_folder, params.cluster.executor)
+    shown = {n: i for n, i in dag.items() if n in chosen}
+    sys.stdout.write(table(rows(root, shown, stale(root, dag), record)))
+    return 0
+
+
+def cancel(root: Path, params: config.Params) -> int:
+    record = Record.read(root / params.cluster.log_folder, params.cluster.executor)
+    live = live_jobs(record, list(record.jobs))
+    if not live:
+        print("cluster: no job of ours is queued or running; nothing cancelled")
+        return 0
+    ids = sorted(set(live.values()))
+    if record.executor == "slurm":
+        done = subprocess.run(["scancel", *ids], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise fail(f"scancel {' '.join(ids)} failed: {done.stderr.strip()}")
+    else:
+        import os
+        import signal
+
+        for pid in ids:
+            os.kill(int(pid), signal.SIGINT)  # submitit's LocalJob.cancel: the controller stops its task
+    for inst, job in live.items():
+        print(f"cancelled {inst}: job {job}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.cluster", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("submit", "status", "cancel"))
+    parser.add_argument("targets", nargs="*", help="stage instances or stages (default: the whole DAG)")
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    root = Path.cwd()
+    try:
+        params = config.load(root / args.params)
+        if args.command == "submit":
+            return submit(root, params, args.targets)
+        if args.command == "status":
+            return status(root, params, args.targets)
+        if args.targets:
+            raise fail("cancel takes no targets: it cancels every queued or running job of the last submits")
+        return cancel(root, params)
+    except (config.ParamsError, DagError, JobFailed) as exc:
+        raise fail(str(exc)) from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""What :mod:`pipeline.cluster` knows of the jobs it submitted: the record it keeps in the log folder, the
+scheduler's view (``squeue``; no ``sacct``, which needs SLURM's accounting database), submitit's result files,
+and each instance's state for ``status``."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from .dag import Instance, curves_epochs
+
+__all__ = ["Record", "Row", "live_jobs", "rows", "scheduler_states"]
+
+RECORD = "jobs.json"
+LIVE = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING", "SUSPENDED",
+        "RESIZING", "SIGNALING", "STAGE_OUT")  # fmt: skip
+
+
+@dataclass
+class Record:
+    """``<log_folder>/jobs.json``: the executor, and per instance the last job submitted for it."""
+
+    folder: Path
+    executor: str
+    jobs: dict[str, str]  # instance -> job id
+
+    @classmethod
+    def read(cls, folder: Path, executor: str) -> Record:
+        path = folder / RECORD
+        if not path.is_file():
+            return cls(folder, executor, {})
+        try:
+            data = json.loads(path.read_text())
+            return cls(folder, data["executor"], dict(data["jobs"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"cluster: error: {path}: not a record this tool wrote ({exc}); move it away") from None
+
+    def write(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{RECORD}.tmp"
+        tmp.write_text(json.dumps({"executor": self.executor, "jobs": self.jobs}, indent=1, sort_keys=True) + "\n")
+        tmp.replace(self.folder / RECORD)
+
+
+def scheduler_states(executor: str, job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """``job id -> (state, reason)`` of the jobs the scheduler still lists."""
+    if not job_ids:
+        return {}
+    if executor == "local":  # a LocalExecutor job's id is its controller's PID
+        return {j: ("RUNNING", "") for j in job_ids if _controller_alive(j)}
+    done = subprocess.run(["squeue", "-h", "-o", "%i|%T|%r"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"cluster: error: squeue failed: {done.stderr.strip() or done.returncode}")
+    states = {}
+    for line in done.stdout.splitlines():
+        job, state, reason = (line.split("|") + ["", ""])[:3]
+        if job in job_ids:
+            states[job] = (state, "" if reason in ("None", "(null)") else reason)
+    return states
+
+
+def _controller_alive(pid: str) -> bool:
+    try:
+        return b"submitit" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def live_jobs(record: Record, instances: list[str]) -> dict[str, str]:
+    """``instance -> job id`` of those of ``instances`` whose last job is queued or running."""
+    wanted = {i: record.jobs[i] for i in instances if i in record.jobs}
+    states = scheduler_states(record.executor, sorted(set(wanted.values())))
+    return {i: j for i, j in wanted.items() if states.get(j, ("", ""))[0] in LIVE}
+
+
+def result(folder: Path, job_id: str) -> tuple[str, str] | None:
+    """submitit's result of a job: ("success", ...) or ("error", traceback), None if it wrote none."""
+    path = folder / f"{job_id}_0_result.pkl"
+    try:
+        with path.open("rb") as f:
+            outcome, value = pickle.load(f)
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError):
+        return None
+    return outcome, str(value)
+
+
+def log_tail(folder: Path, job_id: str, lines: int = 3) -> list[str]:
+    """The last lines of the job's error log (dvc, the stage and submitit write there)."""
+    try:
+        text = (folder / f"{job_id}_0_log.err").read_text(errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+@dataclass(frozen=True)
+class Row:
+    instance: str
+    state: str  # up to date, not submitted, queued, running, requeued, failed, ended, done
+    job: str
+    detail: str
+
+
+def rows(root: Path, dag: dict[str, Instance], stale: set[str], record: Record) -> list[Row]:
+    """One row per instance of ``dag``."""
+    ids = sorted({record.jobs[n] for n in dag if n in record.jobs})
+    states = scheduler_states(record.executor, ids)
+    out = []
+    for name, inst in dag.items():
+        job = record.jobs.get(name, "")
+        state, detail = _state(root, inst, name in stale, record, job, states.get(job))
+        out.append(Row(name, state, job, detail))
+    return out
+
+
+def _state(root, inst, is_stale, record, job, live) -> tuple[str, str]:
+    starts = _starts(record.folder, job) if job else 0
+    again = f", restarted {starts - 1}x" if starts > 1 else ""
+    if live is not None:
+        state, reason = live
+        if state == "PENDING":
+            return "queued", reason and f"waiting: {reason}"
+        epochs = curves_epochs(root, inst) if state == "RUNNING" else None
+        where = f"epoch {epochs} done" if epochs else ""
+        label = "requeued" if starts > 1 else state.lower()
+        return label, ", ".join(filter(None, [where, again.lstrip(", ")]))
+    if not is_stale:
+        return "up to date", ""
+    if not job:
+        return "not submitted", ""
+    outcome = result(record.folder, job)
+    if outcome is None:
+        return "ended", "no result: cancelled, killed, or its dependency failed" + again
+    if outcome[0] == "success":
+        return "done", "results not in this workspace's dvc.lock yet (clone workspace: `dvc repro --pull`)"
+    last = [line.strip() for line in outcome[1].splitlines() if line.strip()][-1:]
+    tail = log_tail(record.folder, job)
+    return "failed", " | ".join([*last, *(f"log: {t}" for t in tail)]) + again
+
+
+def _starts(folder: Path, job: str) -> int:
+    try:
+        return int((folder / "attempts" / job).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def table(rows_: list[Row]) -> str:
+    widths = [max(len(getattr(r, k)) for r in rows_) for k in ("instance", "state", "job")] if rows_ else [0, 0, 0]
+    head = ("instance", "state", "job")
+    widths = [max(w, len(h)) for w, h in zip(widths, head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)) + "  detail"]
+    for r in rows_:
+        lines.append("  ".join(v.ljust(w) for v, w in zip((r.instance, r.state, r.job), widths)) + "  " + r.detail)
+    counts: dict[str, int] = {}
+    for r in rows_:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return "\n".join(line.rstrip() for line in lines) + os.linesep
