@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import config
+from . import config, scratch
 from .cluster_job import Clone, JobFailed, StageJob
 from .cluster_status import Record, live_jobs, rows, table
 from .dag import DagError, Instance, read_dag, selected, stale
@@ -105,14 +105,12 @@ def _clone(root: Path, params: config.Params) -> Clone | None:
     git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True)  # noqa: E731
     if git("status", "--porcelain", "--untracked-files=no").stdout.strip():
         raise fail("cluster.workspace is clone and the workspace has uncommitted changes: the jobs clone HEAD; commit")
-    remote = subprocess.run(
-        [sys.executable, "-m", "dvc", "remote", "default"], cwd=root, capture_output=True, text=True
-    )
+    remote = subprocess.run(scratch.dvc_command("remote", "default"), cwd=root, capture_output=True, text=True)
     if not remote.stdout.strip():
         raise fail("cluster.workspace is clone but DVC has no default remote (dvc remote add -d <name> <url>, commit)")
     origin = git("remote", "get-url", "origin").stdout.strip()
     source = origin or str(root)
-    return Clone(source, git("rev-parse", "HEAD").stdout.strip(), str(root / params.cluster.log_folder / "clones"))
+    return Clone(source, git("rev-parse", "HEAD").stdout.strip())
 
 
 def submit(root: Path, params: config.Params, targets: list[str]) -> int:

@@ -5,7 +5,6 @@ and each instance's state for ``status``."""
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import subprocess
 from dataclasses import dataclass
@@ -150,14 +149,12 @@ def _starts(folder: Path, job: str) -> int:
 
 
 def table(rows_: list[Row]) -> str:
-    widths = [max(len(getattr(r, k)) for r in rows_) for k in ("instance", "state", "job")] if rows_ else [0, 0, 0]
-    head = ("instance", "state", "job")
-    widths = [max(w, len(h)) for w, h in zip(widths, head)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)) + "  detail"]
-    for r in rows_:
-        lines.append("  ".join(v.ljust(w) for v, w in zip((r.instance, r.state, r.job), widths)) + "  " + r.detail)
+    """The status table: one line per instance, then the count of each state."""
+    cells = [("instance", "state", "job", "detail")] + [(r.instance, r.state, r.job, r.detail) for r in rows_]
+    widths = [max(len(c[k]) for c in cells) for k in range(3)]
+    lines = ["  ".join([*(c[k].ljust(widths[k]) for k in range(3)), c[3]]).rstrip() for c in cells]
     counts: dict[str, int] = {}
     for r in rows_:
         counts[r.state] = counts.get(r.state, 0) + 1
     lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
-    return "\n".join(line.rstrip() for line in lines) + os.linesep
+    return "\n".join(lines) + "\n"
