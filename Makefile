@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: venv repro test lint report-check audit profile plan rehearse lock
+.PHONY: venv repro test lint report-check audit profile plan rehearse cluster cluster-status cluster-cancel lock
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,20 @@ plan: $(STAMP)
 rehearse: $(STAMP)
 	@test -n "$(PROFILE)" || { echo "usage: make rehearse PROFILE=<cifar|paper> [SET='pretrain.recipe.epochs=3']"; exit 2; }
 	python -m pipeline.rehearse "$(PROFILE)" $(foreach s,$(SET),--set "$(s)")
+
+# Run the instances of the DAG that are not up to date as cluster jobs (pipeline/cluster.py, the cluster section of
+# params.yaml): one submitit job each, in dependency order, each `dvc --wait-for-lock repro --single-item <instance>`.
+# PROFILE=<name> makes profiles/<name>.yaml the active params.yaml first (validated); TARGETS="pretrain ..." limits the
+# jobs to those stages or instances and what they need. Watch with `make cluster-status`, stop with `make cluster-cancel`.
+cluster: $(STAMP)
+	@if [ -n "$(PROFILE)" ]; then python -m pipeline.profile "$(PROFILE)"; else python -m pipeline.profile --check params.yaml; fi
+	python -m pipeline.cluster submit $(TARGETS)
+
+cluster-status: $(STAMP)
+	python -m pipeline.cluster status $(TARGETS)
+
+cluster-cancel: $(STAMP)
+	python -m pipeline.cluster cancel
 
 # Re-run one stage instance in a scratch copy and compare it with dvc.lock and the committed metrics.
 audit: $(STAMP)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import config, scratch
 from .cluster_job import Clone, JobFailed, StageJob
-from .cluster_status import Record, live_jobs, rows, table
+from .cluster_status import Record, live_jobs, reason, result, rows, table
 from .dag import DagError, Instance, read_dag, selected, stale
 
 __all__ = ["check_fit", "main"]
@@ -144,12 +144,13 @@ def submit(root: Path, params: config.Params, targets: list[str]) -> int:
         record.write()
         print(f"submitted {name}: job {job.job_id}" + (f" (after {', '.join(after)})" if after else ""), flush=True)
         if cfg.executor == "local":  # no scheduler to hold the dependents: run this one to its end first
-            try:
-                print(f"  {job.result()}", flush=True)
-            except Exception as exc:  # submitit re-raises the job's error with its traceback
-                last = [line for line in str(exc).splitlines() if line.strip()][-1:]
-                raise fail(f"job {job.job_id} ({name}) failed: {last[0] if last else exc}; the rest not submitted "
-                           f"(log: {folder}/{job.job_id}_0_log.err)") from None  # fmt: skip
+            job.wait()
+            outcome = result(folder, str(job.job_id))
+            if outcome is None or outcome[0] != "success":
+                why = reason(outcome[1]) if outcome else "it ended without a result (killed?)"
+                raise fail(f"job {job.job_id} ({name}) failed: {why}; the rest not submitted "
+                           f"(log: {folder}/{job.job_id}_0_log.err)")  # fmt: skip
+            print(f"  {outcome[1]}", flush=True)
     print(f"cluster: {len(todo)} job(s) submitted; watch them with `python -m pipeline.cluster status`")
     return 0
 

@@ -1,5 +1,6 @@
 """One stage instance as one submitit job: ``dvc --wait-for-lock repro --single-item <instance>`` in the workspace
-(or, without a shared filesystem, in a clone of it whose results go to the DVC remote and its run-cache).
+(or, without a shared filesystem, in a clone of it: upstream results come from the DVC remote's run-cache, and the
+job's go there, :mod:`pipeline.runcache`).
 
 Stopping. The dvc process and the stage it runs are started in their own process group, so what reaches them
 is decided here, not by how the cluster tracks processes (a scheduler's signals to the job's step reach this
@@ -29,9 +30,12 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from submitit.core.utils import UncompletedJobError
 
 from . import scratch
 
@@ -40,6 +44,9 @@ __all__ = ["JobFailed", "StageJob"]
 log = logging.getLogger("pipeline.cluster")
 
 PR_SET_CHILD_SUBREAPER = 36  # prctl option (linux/prctl.h)
+# After SIGTERM, SLURM kills the job's processes KillWait seconds later (30 by default): a run that has not saved by
+# then is killed here, so that nothing outlives the job (processes in their own session would, and keep the node)
+TERM_STOP_S = 20.0
 
 
 class JobFailed(RuntimeError):
@@ -70,7 +77,6 @@ class Clone:
 
     source: str
     commit: str
-    root: str  # the folder the clones go in (one per job, reused by its restarts on the same node)
 
 
 @dataclass
@@ -102,9 +108,19 @@ class StageJob:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
         workdir = self._workdir()
-        self._run(workdir, "--wait-for-lock", "repro", *self._repro_args())
-        if self.clone is not None:
-            self._run(workdir, "push", "--run-cache")
+        python = [sys.executable, "-m", "pipeline.runcache"]
+        if self.clone is not None:  # upstream results: from the remote's run-cache
+            self._run(workdir, [*python, "pull"])
+        try:
+            self._run(workdir, scratch.dvc_command("--wait-for-lock", "repro", *self._repro_args()))
+        except UncompletedJobError:  # raised by submitit's SIGUSR2 handler once the time-outs are used up
+            raise JobFailed(
+                f"{self.instance}: stopped by its time limit more times than cluster.requeue_limit "
+                f"({self.requeue_limit}) allows; its resume state is kept: raise the limit or the job's time_min "
+                "and submit again, it continues from there"
+            ) from None
+        if self.clone is not None:  # this run, its outputs and the upstream ones it restored: to the remote
+            self._run(workdir, [*python, "push"])
             shutil.rmtree(workdir, ignore_errors=True)
         log.info("%s: done", self.instance)
         return f"{self.instance}: done"
@@ -114,9 +130,9 @@ class StageJob:
         # dependencies and params it has run before instead of running it): repro with its upstream, pulling.
         return ["--pull", self.instance] if self.clone is not None else ["--single-item", self.instance]
 
-    def _run(self, workdir: Path, *args: str) -> None:
-        command = scratch.dvc_command(*args)
-        log.info("%s: %s (in %s)", self.instance, " ".join(command[1:]), workdir)
+    def _run(self, workdir: Path, command: list[str]) -> None:
+        shown = " ".join([Path(command[0]).name, *command[1:]])
+        log.info("%s: %s (in %s)", self.instance, shown, workdir)
         self._proc = subprocess.Popen(
             command, cwd=workdir, env=scratch.env(), start_new_session=True, preexec_fn=_ignore_usr2
         )
@@ -126,7 +142,7 @@ class StageJob:
             raise JobFailed(f"{self.instance}: stopped by {self._stop_reason}; resume state kept")
         if code != 0:
             raise JobFailed(
-                f"{self.instance}: `dvc {' '.join(args)}` exited with status {code} (its output is above in this "
+                f"{self.instance}: `{shown}` exited with status {code} (its output is above in this "
                 "job's log); fix the cause and submit again: finished instances are not run again"
             )
 
@@ -135,7 +151,8 @@ class StageJob:
             return Path(self.workspace)
         from submitit import JobEnvironment
 
-        path = Path(self.clone.root) / f"qkv-{JobEnvironment().job_id}"
+        # node-local scratch ($TMPDIR, as clusters set it per job), one clone per job, reused by its restarts there
+        path = Path(os.environ.get("TMPDIR") or "/tmp") / f"qkv-{JobEnvironment().job_id}"
         if not (path / ".git").is_dir():  # a restart on the node that has it keeps the clone and its .resume/
             shutil.rmtree(path, ignore_errors=True)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,9 +185,9 @@ class StageJob:
                                           self.stop_timeout_s, self.clone))  # fmt: skip
 
     def _on_signal(self, signum: int, frame) -> None:
-        self._stop(f"{signal.Signals(signum).name} (scancel, scontrol requeue or a preemption)")
+        self._stop(f"{signal.Signals(signum).name} (scancel, scontrol requeue or a preemption)", TERM_STOP_S)
 
-    def _stop(self, reason: str) -> None:
+    def _stop(self, reason: str, timeout_s: float | None = None) -> None:
         self._stop_reason = self._stop_reason or reason
         proc = self._proc
         if proc is None or proc.poll() is not None:
@@ -182,7 +199,7 @@ class StageJob:
             pass
         # Not proc.wait(): this runs in a signal handler that may have interrupted proc.wait(), whose lock it holds
         began = time.monotonic()
-        self._reap(self.stop_timeout_s)
+        self._reap(min(self.stop_timeout_s, timeout_s or self.stop_timeout_s))
         log.info("%s: every process of the run ended %.1f s after the stop", self.instance, time.monotonic() - began)
 
     def _reap(self, timeout_s: float) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .dag import Instance, curves_epochs
 
-__all__ = ["Record", "Row", "live_jobs", "rows", "scheduler_states"]
+__all__ = ["Record", "Row", "live_jobs", "reason", "result", "rows", "scheduler_states", "table"]
 
 RECORD = "jobs.json"
 LIVE = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING", "SUSPENDED",
@@ -51,7 +51,8 @@ def scheduler_states(executor: str, job_ids: list[str]) -> dict[str, tuple[str, 
         return {}
     if executor == "local":  # a LocalExecutor job's id is its controller's PID
         return {j: ("RUNNING", "") for j in job_ids if _controller_alive(j)}
-    done = subprocess.run(["squeue", "-h", "-o", "%i|%T|%r"], capture_output=True, text=True)
+    # --states=all: also the jobs that ended (kept for slurm.conf's MinJobAge), e.g. CANCELLED by a failed dependency
+    done = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i|%T|%r"], capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"cluster: error: squeue failed: {done.stderr.strip() or done.returncode}")
     states = {}
@@ -87,6 +88,12 @@ def result(folder: Path, job_id: str) -> tuple[str, str] | None:
     return outcome, str(value)
 
 
+def reason(traceback: str) -> str:
+    """The one line a failed job's traceback ends with, without the exception's module path for our own."""
+    last = [line.strip() for line in traceback.splitlines() if line.strip()][-1:] or ["(no message)"]
+    return last[0].removeprefix("pipeline.cluster_job.JobFailed: ")
+
+
 def log_tail(folder: Path, job_id: str, lines: int = 3) -> list[str]:
     """The last lines of the job's error log (dvc, the stage and submitit write there)."""
     try:
@@ -119,10 +126,10 @@ def rows(root: Path, dag: dict[str, Instance], stale: set[str], record: Record) 
 def _state(root, inst, is_stale, record, job, live) -> tuple[str, str]:
     starts = _starts(record.folder, job) if job else 0
     again = f", restarted {starts - 1}x" if starts > 1 else ""
-    if live is not None:
-        state, reason = live
+    state, why = live or ("", "")
+    if state in LIVE:
         if state == "PENDING":
-            return "queued", reason and f"waiting: {reason}"
+            return "queued", why and f"waiting: {why}"
         epochs = curves_epochs(root, inst) if state == "RUNNING" else None
         where = f"epoch {epochs} done" if epochs else ""
         label = "requeued" if starts > 1 else state.lower()
@@ -132,13 +139,16 @@ def _state(root, inst, is_stale, record, job, live) -> tuple[str, str]:
     if not job:
         return "not submitted", ""
     outcome = result(record.folder, job)
-    if outcome is None:
-        return "ended", "no result: cancelled, killed, or its dependency failed" + again
-    if outcome[0] == "success":
+    if outcome is not None and outcome[0] == "success":
         return "done", "results not in this workspace's dvc.lock yet (clone workspace: `dvc repro --pull`)"
-    last = [line.strip() for line in outcome[1].splitlines() if line.strip()][-1:]
-    tail = log_tail(record.folder, job)
-    return "failed", " | ".join([*last, *(f"log: {t}" for t in tail)]) + again
+    if outcome is not None:
+        tail = log_tail(record.folder, job)
+        return "failed", " | ".join([reason(outcome[1]), *(f"log: {t}" for t in tail)]) + again
+    if state == "CANCELLED" and why == "DependencyNeverSatisfied":
+        return "cancelled", "an upstream job failed"
+    if state:
+        return state.lower(), why + again
+    return "ended", "no result: cancelled or killed" + again
 
 
 def _starts(folder: Path, job: str) -> int:
