@@ -58,9 +58,17 @@ def read_dag(root: Path) -> dict[str, Instance]:
 
 def stale(root: Path, dag: dict[str, Instance]) -> set[str]:
     """The instances a ``dvc repro`` would run: those ``dvc status`` reports changed (deps, params, command or
-    outputs differ from dvc.lock, or never run), and everything downstream of them."""
-    with _repo(root) as repo:
-        changed = set(repo.status())
+    outputs differ from dvc.lock, or never run) or a running job holds locked, and everything downstream of them."""
+    from dvc.lock import LockError
+
+    changed = set()
+    with _repo(root) as repo, repo.lock:
+        for stage in repo.index.stages:  # one by one: a stage a job is running has its outputs write-locked
+            try:
+                if stage.status():
+                    changed.add(stage.addressing)
+            except LockError:  # being run right now: not up to date yet
+                changed.add(stage.addressing)
     for inst in dag.values():  # upstream first: one pass reaches every descendant
         if any(up in changed for up in inst.upstream):
             changed.add(inst.name)

@@ -1,0 +1,94 @@
+"""pipeline.cluster on a real one-node SLURM cluster (Debian's munge, slurmctld, slurmd and slurm-client, started by
+the test without systemd: tests/slurm_cluster.py): a tiny profile's whole DAG runs as sbatch jobs chained by
+afterok dependencies and ends with dvc.lock complete and `dvc status` clean; `scontrol requeue` of a running
+training job stops it cleanly, SLURM starts it again, and it resumes to the result of a run never stopped.
+
+Skipped, saying how to run it, where SLURM is not installed (.ci/run installs it)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .cluster_repo import PRETRAIN, cluster, dvc, outputs, stale, timing, workspace
+from .slurm_cluster import available, one_node_cluster
+from .test_e2e import _env
+from .tiny import write_params
+
+REASON = available()
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+CPU_JOB = {"cpus_per_node": 1, "mem_gb": 1, "time_min": 30}
+
+
+def _status(repo: Path, env: dict, *targets: str) -> str:
+    done = cluster(repo, "status", *targets, env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _wait(repo: Path, env: dict, done, *targets: str, timeout: float = 600) -> str:
+    """Poll `status` every second until ``done(text)``; the last status text."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = _status(repo, env, *targets)
+        if done(text):
+            return text
+        assert time.monotonic() < deadline, f"timed out waiting; last status:\n{text}"
+        time.sleep(1)
+
+
+def _settled(text: str) -> bool:
+    return not any(f"  {s} " in text for s in ("queued", "running", "requeued", "completing"))
+
+
+def test_the_dag_runs_as_slurm_jobs_and_a_requeued_training_job_resumes_exactly(tmp_path):
+    with one_node_cluster(tmp_path / "slurm") as slurm:
+        repo = workspace(tmp_path, executor="slurm", partition=slurm.partition, training=CPU_JOB, other=CPU_JOB)
+        local = _env(repo)
+        env = {**slurm.env, **{k: local[k] for k in ("PATH", "DVC_NO_ANALYTICS", "DVC_SITE_CACHE_DIR")}}
+        instances = set(stale(repo))
+        started = time.monotonic()
+        done = cluster(repo, "submit", env=env)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count("submitted ") == len(instances) == 8, done.stdout
+        assert "(after " in done.stdout  # afterok dependencies
+        again = cluster(repo, "submit", env=env)  # while the first jobs are queued or running
+        assert again.returncode == 1 and "still queued or running from an earlier submit" in again.stderr, again
+        assert "nothing submitted" in again.stderr
+        print(f"\nwhile it runs:\n{_status(repo, env)}")
+
+        final = _wait(repo, env, _settled)
+        print(f"\nthe tiny DAG as SLURM jobs, {time.monotonic() - started:.0f} s:\n{final}")
+        assert final.strip().splitlines()[-1] == f"{len(instances)} up to date", final
+        lock = yaml.safe_load((repo / "dvc.lock").read_text())
+        assert set(lock["stages"]) == instances
+        assert stale(repo) == {}
+
+        # A training run long enough to requeue mid-way (the params change re-runs the pretraining only)
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["pretrain"]["recipe"]["epochs"] = 600
+        write_params(repo / "params.yaml", params)
+        done = cluster(repo, "submit", PRETRAIN, env=env)
+        assert done.returncode == 0 and done.stdout.count("submitted ") == 1, done.stdout + done.stderr
+        job = done.stdout.split("job ")[1].split()[0]
+        running = _wait(repo, env, lambda t: any(f"epoch {n} done" in t for n in range(30, 600)), PRETRAIN)
+        print(f"before scontrol requeue:\n{running}")
+        slurm.run("scontrol", "requeue", job)
+        final = _wait(repo, env, lambda t: _settled(t) and "epoch" not in t, PRETRAIN, timeout=300)
+        print(f"after:\n{final}")
+        assert "pretrain@n12-linear-0  up to date" in final, final
+        log = (repo / f"logs/cluster/{job}_0_log.err").read_text()
+        assert "stopping: SIGTERM" in log and "resumed from epoch" in log, log[-3000:]
+        assert int((repo / f"logs/cluster/attempts/{job}").read_text()) == 2
+        resumed = timing(repo)["resumed_from_epoch"]
+        assert resumed >= 30
+        requeued = outputs(repo)
+        dvc(repo, "repro", "--force", "--single-item", PRETRAIN)  # never stopped
+        assert timing(repo)["resumed_from_epoch"] == 0
+        assert outputs(repo) == requeued
+        print(f"requeued at epoch {resumed} of 600; metrics and curves byte-identical to the uninterrupted run")
+        assert not [p for p in os.listdir(repo / ".resume/pretrain") if os.listdir(repo / ".resume/pretrain" / p)]
