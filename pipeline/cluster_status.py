@@ -94,13 +94,19 @@ def reason(traceback: str) -> str:
     return last[0].removeprefix("pipeline.cluster_job.JobFailed: ")
 
 
-def log_tail(folder: Path, job_id: str, lines: int = 3) -> list[str]:
-    """The last lines of the job's error log (dvc, the stage and submitit write there)."""
+def log_tail(folder: Path, job_id: str, lines: int = 2) -> list[str]:
+    """The last lines dvc and the stage wrote to the job's error log before it failed (the job's own traceback
+    and submitit's and this tool's log lines left out)."""
     try:
         text = (folder / f"{job_id}_0_log.err").read_text(errors="replace")
     except OSError:
         return []
-    return [line for line in text.splitlines() if line.strip()][-lines:]
+    own = text.splitlines()
+    cut = max((i for i, line in enumerate(own) if line.startswith("Traceback (most recent call last)")), default=None)
+    own = own[:cut] if cut is not None else own
+    ours = ("submitit", " pipeline.cluster: ")
+    kept = [line.strip() for line in own if line.strip() and not any(o in line for o in ours)]
+    return kept[-lines:]
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,7 @@ def _state(root, inst, is_stale, record, job, live) -> tuple[str, str]:
     if state in LIVE:
         if state == "PENDING":
             return "queued", why and f"waiting: {why}"
-        epochs = curves_epochs(root, inst) if state == "RUNNING" else None
+        epochs = curves_epochs(root, inst, since=_started(record.folder, job)) if state == "RUNNING" else None
         where = f"epoch {epochs} done" if epochs else ""
         label = "requeued" if starts > 1 else state.lower()
         return label, ", ".join(filter(None, [where, again.lstrip(", ")]))
@@ -139,16 +145,24 @@ def _state(root, inst, is_stale, record, job, live) -> tuple[str, str]:
     if not job:
         return "not submitted", ""
     outcome = result(record.folder, job)
+    if state == "CANCELLED":  # scancel (the run stopped cleanly, its resume state kept), or a failed dependency
+        return "cancelled", "an upstream job failed" if why == "DependencyNeverSatisfied" else "scancel" + again
     if outcome is not None and outcome[0] == "success":
         return "done", "results not in this workspace's dvc.lock yet (clone workspace: `dvc repro --pull`)"
     if outcome is not None:
         tail = log_tail(record.folder, job)
         return "failed", " | ".join([reason(outcome[1]), *(f"log: {t}" for t in tail)]) + again
-    if state == "CANCELLED" and why == "DependencyNeverSatisfied":
-        return "cancelled", "an upstream job failed"
     if state:
         return state.lower(), why + again
     return "ended", "no result: cancelled or killed" + again
+
+
+def _started(folder: Path, job: str) -> float:
+    """When the job last started (its start count's time), 0 if it has not."""
+    try:
+        return (folder / "attempts" / job).stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _starts(folder: Path, job: str) -> int:

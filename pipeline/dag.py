@@ -44,7 +44,7 @@ def read_dag(root: Path) -> dict[str, Instance]:
     independent ones)."""
     import networkx as nx
 
-    with _repo(root) as repo:
+    with _repo(root) as repo, repo.lock:  # a job's dvc may be writing dvc.lock: read it between writes
         graph = repo.index.graph  # an edge from each stage to every stage it depends on
         order = {stage: i for i, stage in enumerate(graph.nodes)}
         topo = nx.lexicographical_topological_sort(graph.reverse(copy=False), key=order.__getitem__)
@@ -96,12 +96,15 @@ def selected(dag: dict[str, Instance], targets: list[str]) -> list[str]:
     return [n for n in dag if n in wanted]
 
 
-def curves_epochs(root: Path, inst: Instance) -> int | None:
-    """Epochs a training instance has finished, from its live curves (None before the first)."""
+def curves_epochs(root: Path, inst: Instance, since: float = 0.0) -> int | None:
+    """Epochs a training instance has finished, from its live curves (None before the first, or if the file was
+    last written before ``since``: a previous run's)."""
     if inst.curves is None:
         return None
     path = Path(root) / inst.curves
     try:
+        if path.stat().st_mtime < since:
+            return None
         rows = [line for line in path.read_text().splitlines() if line.strip()]
     except OSError:
         return None

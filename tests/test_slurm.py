@@ -8,6 +8,7 @@ Skipped, saying how to run it, where SLURM is not installed (.ci/run installs it
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -92,3 +93,16 @@ def test_the_dag_runs_as_slurm_jobs_and_a_requeued_training_job_resumes_exactly(
         assert outputs(repo) == requeued
         print(f"requeued at epoch {resumed} of 600; metrics and curves byte-identical to the uninterrupted run")
         assert not [p for p in os.listdir(repo / ".resume/pretrain") if os.listdir(repo / ".resume/pretrain" / p)]
+
+        # cancel: the running job ends (SIGTERM: a clean stop), its resume state stays for the next submit
+        params["pretrain"]["recipe"]["epochs"] = 601
+        write_params(repo / "params.yaml", params)
+        done = cluster(repo, "submit", PRETRAIN, env=env)
+        job = done.stdout.split("job ")[1].split()[0]
+        _wait(repo, env, lambda t: any(f"epoch {n} done" in t for n in range(5, 601)), PRETRAIN)
+        cancelled = cluster(repo, "cancel", env=env)
+        assert cancelled.stdout.strip() == f"cancelled {PRETRAIN}: job {job}", cancelled.stdout + cancelled.stderr
+        final = _wait(repo, env, _settled, PRETRAIN, timeout=120)
+        assert re.search(rf"pretrain@n12-linear-0 +cancelled +{job} +scancel", final), final
+        assert (repo / ".resume/pretrain/n12-linear-0/checkpoint.pt").is_file()
+        assert cluster(repo, "cancel", env=env).stdout.startswith("cluster: no job of ours is queued or running")
