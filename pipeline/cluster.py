@@ -19,6 +19,8 @@ command says which and exits 1. Settings: the ``cluster`` section of params.yaml
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import re
 import shutil
 import subprocess
@@ -64,7 +66,7 @@ def check_scheduler(params: config.Params) -> None:
     cfg = params.cluster
     if cfg.executor != "slurm":
         return
-    for tool in ("sbatch", "squeue", "scancel", "srun"):
+    for tool in ("sbatch", "squeue", "scancel", "srun", "sinfo"):
         if shutil.which(tool) is None:
             raise fail(
                 f"cluster.executor is slurm but {tool} is not on PATH: run this on a SLURM login node, or set "
@@ -139,7 +141,14 @@ def submit(root: Path, params: config.Params, targets: list[str]) -> int:
         inst = dag[name]
         after = [submitted[u] for u in inst.upstream if u in submitted]
         job_fn = StageJob(name, str(root), str(folder / "attempts"), cfg.requeue_limit, stop_s, clone)
-        job = _executor(params, inst, folder, after).submit(job_fn)
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's error, then raises it
+                job = _executor(params, inst, folder, after).submit(job_fn)
+        except Exception as exc:  # sbatch's refusal (an unknown partition or account, a GPU request, ...)
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            said = next((line for line in reversed(lines) if "error" in line.lower()), lines[-1] if lines else exc)
+            done = f"; the {len(submitted)} submitted before it are in {folder}/jobs.json" if submitted else ""
+            raise fail(f"submitting {name} failed: {said}{done}") from None
         submitted[name] = record.jobs[name] = str(job.job_id)
         record.write()
         print(f"submitted {name}: job {job.job_id}" + (f" (after {', '.join(after)})" if after else ""), flush=True)

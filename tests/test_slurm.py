@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .cluster_repo import PRETRAIN, cluster, dvc, outputs, stale, timing, workspace
+from .cluster_repo import PRETRAIN, cluster, dvc, edit_params, outputs, stale, timing, workspace
 from .slurm_cluster import available, one_node_cluster
 from .test_e2e import _env
 from .tiny import write_params
@@ -52,6 +52,11 @@ def test_the_dag_runs_as_slurm_jobs_and_a_requeued_training_job_resumes_exactly(
         local = _env(repo)
         env = {**slurm.env, **{k: local[k] for k in ("PATH", "DVC_NO_ANALYTICS", "DVC_SITE_CACHE_DIR")}}
         instances = set(stale(repo))
+        edit_params(repo, partition="nosuch")
+        wrong = cluster(repo, "submit", env=env)
+        assert wrong.returncode == 1 and "cluster.partition: 'nosuch' is not a partition" in wrong.stderr, wrong
+        assert not (repo / "logs").exists()
+        edit_params(repo, partition=slurm.partition)
         started = time.monotonic()
         done = cluster(repo, "submit", env=env)
         assert done.returncode == 0, done.stderr
@@ -106,3 +111,11 @@ def test_the_dag_runs_as_slurm_jobs_and_a_requeued_training_job_resumes_exactly(
         assert re.search(rf"pretrain@n12-linear-0 +cancelled +{job} +scancel", final), final
         assert (repo / ".resume/pretrain/n12-linear-0/checkpoint.pt").is_file()
         assert cluster(repo, "cancel", env=env).stdout.startswith("cluster: no job of ours is queued or running")
+
+        # a GPU job on this GPU-less node: sbatch refuses it, the one-line error says so, nothing is recorded
+        edit_params(repo, training={"gpus_per_node": 1})
+        record = (repo / "logs/cluster/jobs.json").read_text()
+        refused = cluster(repo, "submit", PRETRAIN, env=env)
+        assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "submitting pretrain@n12-linear-0 failed: sbatch: error: Invalid generic resource" in refused.stderr
+        assert (repo / "logs/cluster/jobs.json").read_text() == record
