@@ -1,7 +1,8 @@
 """pipeline.cluster on a real one-node SLURM cluster (Debian's munge, slurmctld, slurmd and slurm-client, started by
 the test without systemd: tests/slurm_cluster.py): a tiny profile's whole DAG runs as sbatch jobs chained by
-afterok dependencies and ends with dvc.lock complete and `dvc status` clean; `scontrol requeue` of a running
-training job stops it cleanly, SLURM starts it again, and it resumes to the result of a run never stopped.
+afterok dependencies and ends with dvc.lock complete and `dvc status` clean; a running training job gets SLURM's
+warning before a time limit (SIGUSR2: stopped cleanly, requeued by submitit), then `scontrol requeue` (SIGTERM:
+the same stop, SLURM starts it again), and resumes to the result of a run never stopped; cancel; bad input.
 
 Skipped, saying how to run it, where SLURM is not installed (.ci/run installs it)."""
 
@@ -46,71 +47,94 @@ def _settled(text: str) -> bool:
     return not any(f"  {s} " in text for s in ("queued", "running", "requeued", "completing"))
 
 
+def _epoch(low: int, high: int = 600):
+    return lambda text: any(f"epoch {n} done" in text for n in range(low, high + 1))
+
+
+def _set_epochs(repo: Path, epochs: int) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["pretrain"]["recipe"]["epochs"] = epochs  # re-runs the pretraining only
+    write_params(repo / "params.yaml", params)
+
+
+def _submit(repo: Path, env: dict, *targets: str) -> tuple[str, str]:
+    done = cluster(repo, "submit", *targets, env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout, done.stdout.split("job ")[1].split()[0]
+
+
+def _whole_dag(repo: Path, env: dict) -> None:
+    """Every instance as a job, upstream first; a second submit meanwhile is refused; dvc.lock complete after."""
+    instances = set(stale(repo))
+    started = time.monotonic()
+    out, _ = _submit(repo, env)
+    assert out.count("submitted ") == len(instances) == 8 and "(after " in out, out  # afterok dependencies
+    again = cluster(repo, "submit", env=env)  # while the first jobs are queued or running
+    assert again.returncode == 1 and "still queued or running from an earlier submit" in again.stderr, again
+    assert "nothing submitted" in again.stderr
+    print(f"\nwhile it runs:\n{_status(repo, env)}")
+    final = _wait(repo, env, _settled)
+    print(f"\nthe tiny DAG as SLURM jobs, {time.monotonic() - started:.0f} s:\n{final}")
+    assert final.strip().splitlines()[-1] == f"{len(instances)} up to date", final
+    assert set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) == instances
+    assert stale(repo) == {}
+
+
+def _stopped_twice_then_exact(repo: Path, env: dict, slurm) -> None:
+    """SLURM's warning (USR2: submitit's checkpoint hook stops the run, submitit requeues), then scontrol requeue
+    (SIGTERM: the same stop, SLURM requeues); the result equals a run never stopped."""
+    _set_epochs(repo, 600)
+    out, job = _submit(repo, env, PRETRAIN)
+    assert out.count("submitted ") == 1, out
+    running = _wait(repo, env, _epoch(30), PRETRAIN)
+    print(f"before SLURM's warning (scancel --signal=USR2, as before a time limit or a preemption):\n{running}")
+    slurm.run("scancel", "--signal=USR2", job)
+    again = _wait(repo, env, lambda t: "requeued" in t and _epoch(1)(t), PRETRAIN, timeout=300)
+    print(f"requeued by submitit and running again:\n{again}")
+    slurm.run("scontrol", "requeue", job)
+    final = _wait(repo, env, lambda t: _settled(t) and "epoch" not in t, PRETRAIN, timeout=300)
+    print(f"after scontrol requeue:\n{final}")
+    assert "pretrain@n12-linear-0  up to date" in final, final
+    log = (repo / f"logs/cluster/{job}_0_log.err").read_text()
+    assert "Caught signal SIGUSR2" in log and "stopping: SIGTERM" in log, log[-3000:]
+    assert log.count("resumed from epoch") == 2, log[-3000:]
+    assert int((repo / f"logs/cluster/attempts/{job}").read_text()) == 3
+    resumed = timing(repo)["resumed_from_epoch"]
+    assert resumed >= 30
+    requeued = outputs(repo)
+    dvc(repo, "repro", "--force", "--single-item", PRETRAIN)  # never stopped
+    assert timing(repo)["resumed_from_epoch"] == 0
+    assert outputs(repo) == requeued
+    print(f"resumed last from epoch {resumed} of 600; metrics and curves byte-identical to the uninterrupted run")
+    assert not [p for p in os.listdir(repo / ".resume/pretrain") if os.listdir(repo / ".resume/pretrain" / p)]
+
+
+def _cancelled(repo: Path, env: dict) -> None:
+    """cancel: the running job ends (SIGTERM: a clean stop), its resume state stays for the next submit."""
+    _set_epochs(repo, 601)
+    _, job = _submit(repo, env, PRETRAIN)
+    _wait(repo, env, _epoch(5, 601), PRETRAIN)
+    cancelled = cluster(repo, "cancel", env=env)
+    assert cancelled.stdout.strip() == f"cancelled {PRETRAIN}: job {job}", cancelled.stdout + cancelled.stderr
+    final = _wait(repo, env, _settled, PRETRAIN, timeout=120)
+    assert re.search(rf"pretrain@n12-linear-0 +cancelled +{job} +scancel", final), final
+    assert (repo / ".resume/pretrain/n12-linear-0/checkpoint.pt").is_file()
+    assert cluster(repo, "cancel", env=env).stdout.startswith("cluster: no job of ours is queued or running")
+
+
 def test_the_dag_runs_as_slurm_jobs_and_a_requeued_training_job_resumes_exactly(tmp_path):
     with one_node_cluster(tmp_path / "slurm") as slurm:
-        repo = workspace(tmp_path, executor="slurm", partition=slurm.partition, training=CPU_JOB, other=CPU_JOB)
+        repo = workspace(tmp_path, executor="slurm", partition="nosuch", training=CPU_JOB, other=CPU_JOB)
         local = _env(repo)
         env = {**slurm.env, **{k: local[k] for k in ("PATH", "DVC_NO_ANALYTICS", "DVC_SITE_CACHE_DIR")}}
-        instances = set(stale(repo))
-        edit_params(repo, partition="nosuch")
         wrong = cluster(repo, "submit", env=env)
         assert wrong.returncode == 1 and "cluster.partition: 'nosuch' is not a partition" in wrong.stderr, wrong
         assert not (repo / "logs").exists()
         edit_params(repo, partition=slurm.partition)
-        started = time.monotonic()
-        done = cluster(repo, "submit", env=env)
-        assert done.returncode == 0, done.stderr
-        assert done.stdout.count("submitted ") == len(instances) == 8, done.stdout
-        assert "(after " in done.stdout  # afterok dependencies
-        again = cluster(repo, "submit", env=env)  # while the first jobs are queued or running
-        assert again.returncode == 1 and "still queued or running from an earlier submit" in again.stderr, again
-        assert "nothing submitted" in again.stderr
-        print(f"\nwhile it runs:\n{_status(repo, env)}")
 
-        final = _wait(repo, env, _settled)
-        print(f"\nthe tiny DAG as SLURM jobs, {time.monotonic() - started:.0f} s:\n{final}")
-        assert final.strip().splitlines()[-1] == f"{len(instances)} up to date", final
-        lock = yaml.safe_load((repo / "dvc.lock").read_text())
-        assert set(lock["stages"]) == instances
-        assert stale(repo) == {}
-
-        # A training run long enough to requeue mid-way (the params change re-runs the pretraining only)
-        params = yaml.safe_load((repo / "params.yaml").read_text())
-        params["pretrain"]["recipe"]["epochs"] = 600
-        write_params(repo / "params.yaml", params)
-        done = cluster(repo, "submit", PRETRAIN, env=env)
-        assert done.returncode == 0 and done.stdout.count("submitted ") == 1, done.stdout + done.stderr
-        job = done.stdout.split("job ")[1].split()[0]
-        running = _wait(repo, env, lambda t: any(f"epoch {n} done" in t for n in range(30, 600)), PRETRAIN)
-        print(f"before scontrol requeue:\n{running}")
-        slurm.run("scontrol", "requeue", job)
-        final = _wait(repo, env, lambda t: _settled(t) and "epoch" not in t, PRETRAIN, timeout=300)
-        print(f"after:\n{final}")
-        assert "pretrain@n12-linear-0  up to date" in final, final
-        log = (repo / f"logs/cluster/{job}_0_log.err").read_text()
-        assert "stopping: SIGTERM" in log and "resumed from epoch" in log, log[-3000:]
-        assert int((repo / f"logs/cluster/attempts/{job}").read_text()) == 2
-        resumed = timing(repo)["resumed_from_epoch"]
-        assert resumed >= 30
-        requeued = outputs(repo)
-        dvc(repo, "repro", "--force", "--single-item", PRETRAIN)  # never stopped
-        assert timing(repo)["resumed_from_epoch"] == 0
-        assert outputs(repo) == requeued
-        print(f"requeued at epoch {resumed} of 600; metrics and curves byte-identical to the uninterrupted run")
-        assert not [p for p in os.listdir(repo / ".resume/pretrain") if os.listdir(repo / ".resume/pretrain" / p)]
-
-        # cancel: the running job ends (SIGTERM: a clean stop), its resume state stays for the next submit
-        params["pretrain"]["recipe"]["epochs"] = 601
-        write_params(repo / "params.yaml", params)
-        done = cluster(repo, "submit", PRETRAIN, env=env)
-        job = done.stdout.split("job ")[1].split()[0]
-        _wait(repo, env, lambda t: any(f"epoch {n} done" in t for n in range(5, 601)), PRETRAIN)
-        cancelled = cluster(repo, "cancel", env=env)
-        assert cancelled.stdout.strip() == f"cancelled {PRETRAIN}: job {job}", cancelled.stdout + cancelled.stderr
-        final = _wait(repo, env, _settled, PRETRAIN, timeout=120)
-        assert re.search(rf"pretrain@n12-linear-0 +cancelled +{job} +scancel", final), final
-        assert (repo / ".resume/pretrain/n12-linear-0/checkpoint.pt").is_file()
-        assert cluster(repo, "cancel", env=env).stdout.startswith("cluster: no job of ours is queued or running")
+        _whole_dag(repo, env)
+        _stopped_twice_then_exact(repo, env, slurm)
+        _cancelled(repo, env)
 
         # a GPU job on this GPU-less node: sbatch refuses it, the one-line error says so, nothing is recorded
         edit_params(repo, training={"gpus_per_node": 1})
