@@ -70,6 +70,14 @@ def test_a_gpu_count_the_profile_cannot_use_is_refused(training, launcher, messa
         check_fit(_paper(launcher, **training))
 
 
+def test_more_threads_than_the_job_has_cores_is_refused():
+    params = tiny_params()
+    params["runtime"]["threads"] = 2
+    params["cluster"]["training"]["cpus_per_node"] = 1
+    with pytest.raises(SystemExit, match=r"runtime.threads: 2 torch threads x 1 process\(es\) need 2 cores, but "):
+        check_fit(config.from_data(params, "params.yaml"))
+
+
 # ----------------------------------------------------------------------------------------- the command line
 def _no_record(repo: Path) -> None:
     assert not (repo / "logs").exists(), "nothing may be written on bad input"
