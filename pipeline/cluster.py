@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import re
 import shutil
 import subprocess
 import sys
@@ -30,7 +29,8 @@ from pathlib import Path
 from . import config, scratch
 from .cluster_job import Clone, JobFailed, StageJob
 from .cluster_status import Record, live_jobs, reason, result, rows, table
-from .dag import DagError, Instance, read_dag, selected, stale
+from .costs import devices
+from .dag import DagError, Instance, scan, selected
 
 __all__ = ["check_fit", "main"]
 
@@ -45,8 +45,7 @@ def check_fit(params: config.Params) -> None:
     """The profile's launcher and batches fit the training jobs' GPUs (one process per GPU), its threads their
     CPUs."""
     res = params.cluster.training
-    found = re.search(r"--nproc-per-node[= ](\d+)", params.launcher)
-    nproc = int(found.group(1)) if found else 1
+    nproc = devices(params.launcher, params.device).per_node
     if params.device == "cuda" and res.gpus_per_node == 0:
         raise fail("cluster.training.gpus_per_node: 0, but device is cuda: the training jobs need GPUs; set it")
     if res.gpus_per_node and res.gpus_per_node != nproc:
@@ -127,9 +126,9 @@ def submit(root: Path, params: config.Params, targets: list[str]) -> int:
     check_fit(params)
     check_scheduler(params)
     cfg = params.cluster
-    dag = read_dag(root)
+    dag, stale = scan(root)
     chosen = selected(dag, targets)
-    todo = [n for n in chosen if n in stale(root, dag)]
+    todo = [n for n in chosen if n in stale]
     folder = root / cfg.log_folder
     record = Record.read(folder, cfg.executor)
     if record.jobs and record.executor != cfg.executor:
@@ -173,11 +172,11 @@ def submit(root: Path, params: config.Params, targets: list[str]) -> int:
 
 
 def status(root: Path, params: config.Params, targets: list[str]) -> int:
-    dag = read_dag(root)
+    dag, stale = scan(root)
     chosen = set(selected(dag, targets))
     record = Record.read(root / params.cluster.log_folder, params.cluster.executor)
     shown = {n: i for n, i in dag.items() if n in chosen}
-    sys.stdout.write(table(rows(root, shown, stale(root, dag), record)))
+    sys.stdout.write(table(rows(root, shown, stale, record)))
     return 0
 
 

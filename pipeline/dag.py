@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DagError", "Instance", "curves_epochs", "read_dag", "selected", "stale"]
+__all__ = ["DagError", "Instance", "curves_epochs", "scan", "selected"]
 
 TRAINING = ("pretrain", "finetune", "bench")  # the stages that run on the training resources (GPUs)
 
@@ -39,40 +39,29 @@ def _repo(root: Path):
         raise DagError(f"{root}: not a DVC project ({exc}); run this in the repository") from None
 
 
-def read_dag(root: Path) -> dict[str, Instance]:
+def scan(root: Path) -> tuple[dict[str, Instance], set[str]]:
     """Every stage instance of the workspace at ``root``, upstream before downstream (dvc.yaml's order among
-    independent ones)."""
+    independent ones), and the instances a ``dvc repro`` would run: those ``dvc status`` reports changed (deps,
+    params, command or outputs differ from dvc.lock, or never run) or a running job holds locked, and everything
+    downstream of them. One DVC session, under its lock (a job's dvc may be writing dvc.lock)."""
     import networkx as nx
+    from dvc.lock import LockError
 
-    with _repo(root) as repo, repo.lock:  # a job's dvc may be writing dvc.lock: read it between writes
+    with _repo(root) as repo, repo.lock:
         graph = repo.index.graph  # an edge from each stage to every stage it depends on
         order = {stage: i for i, stage in enumerate(graph.nodes)}
         topo = nx.lexicographical_topological_sort(graph.reverse(copy=False), key=order.__getitem__)
-        dag = {}
+        dag, changed = {}, set()
         for stage in topo:
             curves = next((str(o.def_path) for o in stage.outs if str(o.def_path).endswith("curves.csv")), None)
             upstream = tuple(s.addressing for s in sorted(graph.successors(stage), key=order.__getitem__))
             dag[stage.addressing] = Instance(stage.addressing, stage.addressing.split("@")[0], upstream, curves)
-    return dag
-
-
-def stale(root: Path, dag: dict[str, Instance]) -> set[str]:
-    """The instances a ``dvc repro`` would run: those ``dvc status`` reports changed (deps, params, command or
-    outputs differ from dvc.lock, or never run) or a running job holds locked, and everything downstream of them."""
-    from dvc.lock import LockError
-
-    changed = set()
-    with _repo(root) as repo, repo.lock:
-        for stage in repo.index.stages:  # one by one: a stage a job is running has its outputs write-locked
-            try:
-                if stage.status():
+            try:  # stage by stage: a stage a job is running has its outputs write-locked
+                if stage.status() or any(up in changed for up in upstream):  # upstream first: reaches descendants
                     changed.add(stage.addressing)
             except LockError:  # being run right now: not up to date yet
                 changed.add(stage.addressing)
-    for inst in dag.values():  # upstream first: one pass reaches every descendant
-        if any(up in changed for up in inst.upstream):
-            changed.add(inst.name)
-    return changed & set(dag)
+    return dag, changed
 
 
 def selected(dag: dict[str, Instance], targets: list[str]) -> list[str]:
