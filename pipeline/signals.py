@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+from . import procfs
+
 __all__ = ["ANCESTOR_ENDED", "StopRequests", "Stopped", "watched_ancestors"]
 
 ALWAYS = ("SIGTERM", "SIGINT")
@@ -37,23 +39,6 @@ class Stopped(Exception):
     def __init__(self, line: str, status: int):
         super().__init__(line)
         self.line, self.status = line, status
-
-
-def _stat(pid: int) -> tuple[str, int, int] | None:
-    """``(state, parent pid, start time)`` of a process from /proc, or None if there is none."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()  # the command name, in parentheses, may hold spaces
-    return fields[0], int(fields[1]), int(fields[19])
-
-
-def _argv(pid: int) -> list[str]:
-    try:
-        return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
-    except OSError:
-        return []
 
 
 def _name(argv: list[str]) -> str:
@@ -76,20 +61,15 @@ def watched_ancestors(environ: dict | None = None) -> list[tuple[int, int, str]]
         return []
     chain, pid = [], os.getppid()
     while pid > 1:
-        stat = _stat(pid)
+        stat = procfs.stat(pid)
         if stat is None:
             break
-        name = _name(_argv(pid))
+        name = _name(procfs.argv(pid))
         chain.append((pid, stat[2], name))
         if name == "dvc" or "DVC_STAGE" not in environ:
             return chain
         pid = stat[1]
     return chain[:1]
-
-
-def _alive(pid: int, started: int) -> bool:
-    stat = _stat(pid)
-    return stat is not None and stat[2] == started and stat[0] not in "ZX"  # a zombie has ended
 
 
 class StopRequests:
@@ -125,7 +105,7 @@ class StopRequests:
             return self.received
         if self.ended is None and self.ancestors and time.monotonic() >= self._next_poll:
             self._next_poll = time.monotonic() + POLL_SECONDS
-            self.ended = next((a for a in self.ancestors if not _alive(a[0], a[1])), None)
+            self.ended = next((a for a in self.ancestors if not procfs.alive(a[0], a[1])), None)
         return ANCESTOR_ENDED if self.ended is not None else 0
 
     def stopped(self, code: int, *, where: str, folder: Path) -> Stopped:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import checkpoint, pretrain, signals
+from pipeline import checkpoint, pretrain, procfs, signals
 from pipeline.config import ParamsError, load_pretrain
 
 from .test_e2e import _env as e2e_env
@@ -169,6 +169,7 @@ def test_sigterm_to_a_training_stage(tmp_path, synthetic):
         assert proc.wait(timeout=60) == 128 + signal.SIGTERM
     finally:
         proc.kill()
+        proc.wait()
     err = log.read_text()
     lines = [line for line in err.splitlines() if ": stopped " in line]
     assert len(lines) == 1 and (found := STOP_LINE.fullmatch(lines[0])) and "Traceback" not in err, err[-3000:]
@@ -197,19 +198,26 @@ def test_stop_signals_set_a_flag_and_the_handlers_come_back():
     assert signal.getsignal(signal.SIGUSR1) == before
 
 
-def test_ctrl_c_is_a_stop_request_not_a_keyboard_interrupt():
-    with signals.StopRequests(ancestors=[]) as stop:
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(0.05)
-        assert stop.code() == signal.SIGINT
-        assert stop.stopped(0, where="epoch 1 step 0", folder=Path("r")).status == 130
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+@pytest.mark.parametrize("inherited", [signal.default_int_handler, signal.SIG_IGN], ids=["terminal", "nohup"])
+def test_ctrl_c_is_a_stop_request_not_a_keyboard_interrupt(inherited):
+    """Whatever this process inherited (a terminal's shell: Python's KeyboardInterrupt handler; nohup or a
+    background shell: SIGINT ignored), SIGINT is a stop request inside and what was there comes back after."""
+    previous = signal.signal(signal.SIGINT, inherited)
+    try:
+        with signals.StopRequests(ancestors=[]) as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            assert stop.code() == signal.SIGINT
+            assert stop.stopped(0, where="epoch 1 step 0", folder=Path("r")).status == 130
+        assert signal.getsignal(signal.SIGINT) is inherited
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_the_end_of_a_watched_ancestor_is_a_stop_request(monkeypatch):
     monkeypatch.setattr(signals, "POLL_SECONDS", 0.0)
     sleeper = subprocess.Popen(["sleep", "60"])
-    started = signals._stat(sleeper.pid)[2]
+    started = procfs.stat(sleeper.pid)[2]
     with signals.StopRequests(ancestors=[(sleeper.pid, started, "dvc")]) as stop:
         assert stop.code() == 0
         sleeper.terminate()
@@ -481,6 +489,7 @@ def test_sigterm_to_the_launcher_stops_every_rank(tmp_path, synthetic):
         assert proc.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()[-3000:]
     finally:
         proc.kill()
+        proc.wait()
     err = log.read_text()
     lines = [line for line in err.splitlines() if ": stopped " in line]
     assert len(lines) == 1 and STOP_LINE.fullmatch(lines[0]) and "Traceback" not in err, err[-3000:]
@@ -515,6 +524,7 @@ def test_sigterm_to_dvc_repro_leaves_no_training_process(tmp_path):
         assert proc.wait(timeout=60) != 0
     finally:
         proc.kill()
+        proc.wait()
     assert _gone("pipeline.pretrain", cwd=repo, timeout=30) < 10, "the training process outlived its dvc repro"
     assert not (repo / "results/pretrain/n12-linear-0/metrics.json").exists(), "outputs written behind DVC's back"
     assert f"stopped because dvc (PID {proc.pid}) ended at epoch " in log.read_text(), log.read_text()[-3000:]
