@@ -26,8 +26,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import config, scratch
-from .cluster_job import Clone, JobFailed, StageJob
+from . import config, process_tree, scratch
+from .cluster_job import TERM_STOP_S, Clone, JobFailed, StageJob, release_runs
 from .cluster_status import Record, live_jobs, reason, result, rows, table
 from .costs import devices
 from .dag import DagError, Instance, scan, selected
@@ -35,6 +35,9 @@ from .dag import DagError, Instance, scan, selected
 __all__ = ["check_fit", "main"]
 
 STOP_TIMEOUT_S = 0.8  # of cluster.signal_delay_s: the time a stopped run has to save its state and end
+# cancel (local executor): how long a job has to end after SIGTERM before it is killed: its own stop window, the
+# kill that may end it, and a margin
+CANCEL_GRACE_S = TERM_STOP_S + process_tree.KILL_WAIT_S + 5.0
 
 
 def fail(message: str) -> SystemExit:
@@ -180,7 +183,15 @@ def status(root: Path, params: config.Params, targets: list[str]) -> int:
     return 0
 
 
-def cancel(root: Path, params: config.Params) -> int:
+def cancel(root: Path, params: config.Params, grace_s: float = CANCEL_GRACE_S) -> int:
+    """Cancel every queued or running job of ours, and say how each ended.
+
+    SLURM: ``scancel`` (SLURM sends SIGTERM, the job stops its run cleanly, SIGKILL follows after its KillWait).
+    Local executor: SIGTERM to the job's controller, which passes it to its task: the job stops its run, keeping the
+    resume state, as on scancel. Not SIGINT first: on SIGINT submitit's controller kills its task with SIGKILL a
+    second later, before the run can save (and a controller started from a shell that ignores SIGINT, as under
+    nohup, ignores it). A job still running ``grace_s`` later is killed with everything below it (SIGKILL), and the
+    lock records its dvc left are released."""
     record = Record.read(root / params.cluster.log_folder, params.cluster.executor)
     live = live_jobs(record, list(record.jobs))
     if not live:
@@ -191,14 +202,24 @@ def cancel(root: Path, params: config.Params) -> int:
         done = subprocess.run(["scancel", *ids], capture_output=True, text=True)
         if done.returncode != 0:
             raise fail(f"scancel {' '.join(ids)} failed: {done.stderr.strip()}")
+        how = {j: "scancel: SLURM sends SIGTERM, the run saves its resume state; SIGKILL after KillWait" for j in ids}
     else:
-        import os
-        import signal
-
-        for pid in ids:
-            os.kill(int(pid), signal.SIGINT)  # submitit's LocalJob.cancel: the controller stops its task
+        ended = process_tree.terminate([int(j) for j in ids], grace_s)
+        how = {}
+        for job in ids:
+            (record.folder / "attempts").mkdir(parents=True, exist_ok=True)
+            (record.folder / "attempts" / f"{job}.cancelled").touch()  # status shows it as cancelled
+            end = ended[int(job)]
+            if end.killed:
+                inst = next(i for i, j in live.items() if j == job)
+                release_runs(record.folder / "attempts", job, inst)
+                how[job] = (
+                    f"still running {grace_s:.0f} s after SIGTERM: killed (SIGKILL) with {end.killed} process(es)"
+                )
+            else:
+                how[job] = f"SIGTERM: ended {end.seconds:.1f} s later; a training run keeps its resume state"
     for inst, job in live.items():
-        print(f"cancelled {inst}: job {job}")
+        print(f"cancelled {inst}: job {job} ({how[job]})")
     return 0
 
 

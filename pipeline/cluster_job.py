@@ -2,21 +2,23 @@
 (or, without a shared filesystem, in a clone of it: upstream results come from the DVC remote's run-cache, and the
 job's go there, :mod:`pipeline.runcache`).
 
-Stopping. The dvc process and the stage it runs are started in their own process group, so what reaches them
-is decided here, not by how the cluster tracks processes (a scheduler's signals to the job's step reach this
-process; with cgroup tracking they may also reach the group, which ignores SIGUSR2 and stops cleanly on SIGTERM):
+Stopping. dvc runs in its own session, with its signal dispositions set here (:mod:`pipeline.process_tree`), so
+what reaches it and its stage is decided here, not by how the cluster tracks processes or by what this job
+inherited:
 
 * SLURM's warning before the time limit, or a preemption notice (SIGUSR2, ``#SBATCH --signal=USR2@<delay>``):
-  submitit calls :meth:`StageJob.checkpoint`, which sends SIGTERM to the group (the training run finishes its
-  step, saves its resume state in ``.resume/`` and exits: :mod:`pipeline.signals`), waits for every process
-  of it to end, and returns this same job, which submitit requeues (``scontrol requeue``; the local executor
-  restarts it). The requeued job runs the same dvc command, and the stage resumes from its resume state.
-* SIGTERM or SIGINT to this process (``scontrol requeue``, ``scancel``, a preemption without warning): the same
-  stop, then the job ends with an error naming the signal; a job SLURM requeues starts again and resumes.
+  submitit calls :meth:`StageJob.checkpoint`, which stops the run (the stage finishes its step, saves its resume
+  state in ``.resume/`` and exits: :mod:`pipeline.signals`; dvc sees it fail and releases its locks), waits until
+  every process of it has ended *and been reaped*, and returns this same job, which submitit requeues (``scontrol
+  requeue``; the local executor restarts it). The requeued job runs the same dvc command; the stage resumes.
+* SIGTERM or SIGINT to this process (``scontrol requeue``, ``scancel``, a preemption without warning,
+  ``pipeline.cluster cancel``): the same stop, within ``TERM_STOP_S``; then the job ends with an error naming the
+  signal, and a job SLURM requeues starts again and resumes.
 
-This process makes itself the "child subreaper" of its descendants (Linux), so the processes that outlive
-dvc (the stage, torchrun's workers, which run in their own sessions) are still its children and it can wait
-for all of them before the job ends or is requeued: nothing of a stopped run is left writing.
+A job reports its end (or is requeued) only once its run has no process left, zombies included, and no lock record
+of its dvc is left in DVC's rwlock (:mod:`pipeline.dvc_locks` removes those of a dvc that had to be killed). Each
+start records its dvc process (host, PID, command) beside its start count; a start removes the records its
+predecessors' dvc left if those have ended (a predecessor killed with its job, on this node or another).
 
 Every start of a job is counted in ``<log_folder>/attempts/<job id>``; a job that has started more than
 ``1 + cluster.requeue_limit`` times fails at once with a message saying so (submitit also counts time-outs).
@@ -24,51 +26,33 @@ Every start of a job is counted in ``<log_folder>/attempts/<job id>``; a job tha
 
 from __future__ import annotations
 
-import ctypes
+import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from submitit.core.utils import UncompletedJobError
 
-from . import scratch
+from . import dvc_locks, process_tree, procfs, scratch
 
-__all__ = ["JobFailed", "StageJob"]
+__all__ = ["JobFailed", "StageJob", "release_runs"]
 
 log = logging.getLogger("pipeline.cluster")
 
-PR_SET_CHILD_SUBREAPER = 36  # prctl option (linux/prctl.h)
 # After SIGTERM, SLURM kills the job's processes KillWait seconds later (30 by default): a run that has not saved by
 # then is killed here, so that nothing outlives the job (processes in their own session would, and keep the node)
 TERM_STOP_S = 20.0
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR2}
 
 
 class JobFailed(RuntimeError):
     """The job's one-line reason for failing, which ``pipeline.cluster status`` shows."""
-
-
-def _ignore_usr2() -> None:  # runs in the child before exec: the disposition is inherited by dvc and the stage
-    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-
-
-def _children() -> list[int]:
-    """PIDs of this process's live children (orphans re-parented to this subreaper included)."""
-    me, kids = os.getpid(), []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == me and fields[0] not in "ZX":
-                kids.append(int(entry.name))
-    return kids
 
 
 @dataclass
@@ -87,11 +71,12 @@ class StageJob:
     requeue_limit: int
     stop_timeout_s: float  # how long a stopped run may take to save and end before it is killed
     clone: Clone | None = None
-    _proc: subprocess.Popen | None = field(default=None, init=False, repr=False, compare=False)
+    _run: process_tree.Run | None = field(default=None, init=False, repr=False, compare=False)
+    _workdir: Path | None = field(default=None, init=False, repr=False, compare=False)
     _stop_reason: str = field(default="", init=False, repr=False, compare=False)
 
-    def __getstate__(self) -> dict:  # what submitit pickles: the settings, never a live process
-        return {**self.__dict__, "_proc": None, "_stop_reason": ""}
+    def __getstate__(self) -> dict:  # what submitit pickles: the settings, never a live run
+        return {**self.__dict__, "_run": None, "_workdir": None, "_stop_reason": ""}
 
     # ------------------------------------------------------------------------------------------------ running
     def __call__(self) -> str:
@@ -103,16 +88,16 @@ class StageJob:
                 f"({self.requeue_limit}); its resume state is kept: raise the limit or the time limit and submit again"
             )
         log.info("%s: start %d of at most %d", self.instance, start, 1 + self.requeue_limit)
-        if hasattr(ctypes.CDLL(None), "prctl"):
-            ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        process_tree.become_subreaper()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
-        workdir = self._workdir()
+        workdir = self._workdir = self._make_workdir()
+        self._release_predecessors(workdir)
         python = [sys.executable, "-m", "pipeline.runcache"]
         if self.clone is not None:  # upstream results: from the remote's run-cache
-            self._run(workdir, [*python, "pull"])
+            self._execute(workdir, [*python, "pull"])
         try:
-            self._run(workdir, scratch.dvc_command("--wait-for-lock", "repro", *self._repro_args()))
+            self._execute(workdir, scratch.dvc_command("--wait-for-lock", "repro", *self._repro_args()))
         except UncompletedJobError:  # raised by submitit's SIGUSR2 handler once the time-outs are used up
             raise JobFailed(
                 f"{self.instance}: stopped by its time limit more times than cluster.requeue_limit "
@@ -120,7 +105,7 @@ class StageJob:
                 "and submit again, it continues from there"
             ) from None
         if self.clone is not None:  # this run, its outputs and the upstream ones it restored: to the remote
-            self._run(workdir, [*python, "push"])
+            self._execute(workdir, [*python, "push"])
             shutil.rmtree(workdir, ignore_errors=True)
         log.info("%s: done", self.instance)
         return f"{self.instance}: done"
@@ -130,14 +115,20 @@ class StageJob:
         # dependencies and params it has run before instead of running it): repro with its upstream, pulling.
         return ["--pull", self.instance] if self.clone is not None else ["--single-item", self.instance]
 
-    def _run(self, workdir: Path, command: list[str]) -> None:
+    def _execute(self, workdir: Path, command: list[str]) -> None:
         shown = " ".join([Path(command[0]).name, *command[1:]])
         log.info("%s: %s (in %s)", self.instance, shown, workdir)
-        self._proc = subprocess.Popen(
-            command, cwd=workdir, env=scratch.env(), start_new_session=True, preexec_fn=_ignore_usr2
-        )
-        code = self._proc.wait()
-        self._reap(self.stop_timeout_s)
+        # A stop signal arriving while the process starts waits until the run is known here, then stops it
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            if self._stop_reason:
+                raise JobFailed(f"{self.instance}: stopped by {self._stop_reason} before `{shown}` started")
+            self._run = run = process_tree.Run(command, workdir, scratch.env())
+            self._remember(run)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        code = run.wait()
+        self._finish(run, run.stop(self.stop_timeout_s))  # what the command left running, normally nothing
         if self._stop_reason:
             raise JobFailed(f"{self.instance}: stopped by {self._stop_reason}; resume state kept")
         if code != 0:
@@ -146,7 +137,7 @@ class StageJob:
                 "job's log); fix the cause and submit again: finished instances are not run again"
             )
 
-    def _workdir(self) -> Path:
+    def _make_workdir(self) -> Path:
         if self.clone is None:
             return Path(self.workspace)
         from submitit import JobEnvironment
@@ -163,16 +154,33 @@ class StageJob:
                     raise JobFailed(f"{self.instance}: {' '.join(cmd)} failed: {done.stderr.strip()}")
         return path
 
-    def _count_start(self) -> int:
+    # ---------------------------------------------------------------------------------- starts and their dvc
+    def _job_file(self, suffix: str = "") -> Path:
         from submitit import JobEnvironment
 
-        path = Path(self.attempts) / JobEnvironment().job_id
+        return Path(self.attempts) / f"{JobEnvironment().job_id}{suffix}"
+
+    def _count_start(self) -> int:
+        path = self._job_file()
         path.parent.mkdir(parents=True, exist_ok=True)
         start = int(path.read_text() or 0) + 1 if path.exists() else 1
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(f"{start}\n")
-        tmp.replace(path)
+        _write(path, f"{start}\n")
         return start
+
+    def _remember(self, run: process_tree.Run) -> None:
+        """Record this start's process (host, PID, start time, command) for the job's later starts."""
+        path = self._job_file(".runs.json")
+        runs = _read_runs(path)
+        runs.append({"host": socket.gethostname(), "pid": run.pid, "started": run.started,
+                     "cmd": " ".join(run.command), "workdir": str(self._workdir)})  # fmt: skip
+        _write(path, json.dumps(runs, indent=1) + "\n")
+
+    def _release_predecessors(self, workdir: Path) -> None:
+        """Remove the lock records of the dvc processes this job's earlier starts ran, where those have ended: a
+        predecessor killed with its job (SIGKILL after SLURM's KillWait, the OOM killer, a lost node) left them."""
+        from submitit import JobEnvironment
+
+        release_runs(Path(self.attempts), JobEnvironment().job_id, self.instance, workdir)
 
     # ----------------------------------------------------------------------------------------------- stopping
     def checkpoint(self):
@@ -180,46 +188,72 @@ class StageJob:
         same job, which resumes it."""
         from submitit.helpers import DelayedSubmission
 
-        self._stop("the scheduler's warning before the time limit or a preemption (SIGUSR2)")
+        self._stop("the scheduler's warning before the time limit or a preemption (SIGUSR2)", self.stop_timeout_s)
         return DelayedSubmission(StageJob(self.instance, self.workspace, self.attempts, self.requeue_limit,
                                           self.stop_timeout_s, self.clone))  # fmt: skip
 
     def _on_signal(self, signum: int, frame) -> None:
-        self._stop(f"{signal.Signals(signum).name} (scancel, scontrol requeue or a preemption)", TERM_STOP_S)
+        self._stop(f"{signal.Signals(signum).name} (scancel, scontrol requeue, a preemption or cluster cancel)",
+                   TERM_STOP_S)  # fmt: skip
 
-    def _stop(self, reason: str, timeout_s: float | None = None) -> None:
+    def _stop(self, reason: str, timeout_s: float) -> None:
+        """Runs in a signal handler: stop the run and return once all of it has ended, been reaped and left no lock.
+        A second stop signal during a stop only shortens it."""
+        run, stopping = self._run, bool(self._stop_reason)
         self._stop_reason = self._stop_reason or reason
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
+        if run is None or run.status is not None and run.collect():
+            return  # nothing running: __call__ starts nothing more
+        if stopping:
+            run.tighten(timeout_s)
             return
         log.warning("%s: stopping: %s", self.instance, reason)
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # dvc and the stage: the run saves its resume state and exits
-        except ProcessLookupError:
-            pass
-        # Not proc.wait(): this runs in a signal handler that may have interrupted proc.wait(), whose lock it holds
-        began = time.monotonic()
-        self._reap(min(self.stop_timeout_s, timeout_s or self.stop_timeout_s))
-        log.info("%s: every process of the run ended %.1f s after the stop", self.instance, time.monotonic() - began)
+        self._finish(run, run.stop(timeout_s))
 
-    def _reap(self, timeout_s: float) -> None:
-        """Wait for every descendant (re-parented here) to end; after ``timeout_s`` kill what is left."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                while os.waitpid(-1, os.WNOHANG)[0]:
-                    pass
-            except ChildProcessError:
-                return
-            kids = _children()
-            if not kids:
-                return
-            if time.monotonic() > deadline:
-                log.warning("%s: killing processes still running after %.0f s: %s", self.instance, timeout_s, kids)
-                for pid in kids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                deadline = time.monotonic() + 5
-            time.sleep(0.1)
+    def _finish(self, run: process_tree.Run, stopped: process_tree.Stopped) -> None:
+        """Log how the run ended and remove the lock records of its dvc if it had to be killed."""
+        if stopped.killed:
+            log.warning("%s: killed %d process(es) still running %.0f s after the stop: %s", self.instance,
+                        len(stopped.killed), stopped.seconds, " ".join(map(str, stopped.killed)))  # fmt: skip
+        if stopped.left:
+            log.error("%s: process(es) %s did not end after SIGKILL (uninterruptible I/O?)", self.instance,
+                      " ".join(map(str, stopped.left)))  # fmt: skip
+        released = dvc_locks.release(self._workdir, run.pid, " ".join(run.command)) if not stopped.left else []
+        if released:
+            log.warning("%s: released %d DVC lock record(s) the killed dvc (PID %d) left: %s", self.instance,
+                        len(released), run.pid, ", ".join(released))  # fmt: skip
+        if stopped.signalled or stopped.killed:
+            log.info("%s: every process of the run ended and was reaped %.1f s after the stop (exit status %s)%s",
+                     self.instance, stopped.seconds, run.status,
+                     "" if stopped.left else "; no DVC lock of it is left")  # fmt: skip
+
+
+def release_runs(attempts: Path, job_id: str, instance: str, workdir: Path | None = None) -> None:
+    """Remove the lock records left by the dvc processes that job ``job_id``'s starts ran (in ``workdir``, or in any
+    that still exists) and that have ended (on another node: ended, as this job runs now, or was cancelled). One
+    still running here is left, and named."""
+    for run in _read_runs(attempts / f"{job_id}.runs.json"):
+        where = Path(run.get("workdir", ""))
+        if (workdir is not None and where != workdir) or not (where / ".dvc").is_dir():
+            continue
+        if run["host"] == socket.gethostname() and procfs.alive(run["pid"], run["started"]):
+            log.warning("%s: the dvc of an earlier start of job %s (PID %d) is still running; DVC will say its "
+                        "outputs are busy until it ends", instance, job_id, run["pid"])  # fmt: skip
+            continue
+        paths = dvc_locks.release(where, run["pid"], run["cmd"])
+        if paths:
+            log.warning("%s: released %d DVC lock record(s) the dvc of job %s (PID %d on %s) left: %s", instance,
+                        len(paths), job_id, run["pid"], run["host"], ", ".join(paths))  # fmt: skip
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _read_runs(path: Path) -> list[dict]:
+    try:
+        runs = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [r for r in runs if isinstance(r, dict) and {"host", "pid", "started", "cmd"} <= r.keys()]

@@ -147,6 +147,8 @@ def _state(root, inst, is_stale, record, job, live) -> tuple[str, str]:
     outcome = result(record.folder, job)
     if state == "CANCELLED":  # scancel (the run stopped cleanly, its resume state kept), or a failed dependency
         return "cancelled", "an upstream job failed" if why == "DependencyNeverSatisfied" else "scancel" + again
+    if (record.folder / "attempts" / f"{job}.cancelled").exists():  # a local job: `pipeline.cluster cancel`
+        return "cancelled", "cluster cancel" + again
     if outcome is not None and outcome[0] == "success":
         return "done", "results not in this workspace's dvc.lock yet (clone workspace: `dvc repro --pull`)"
     if outcome is not None:

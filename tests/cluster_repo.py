@@ -3,12 +3,18 @@ a tiny profile, committed to git, and helpers to run ``python -m pipeline.cluste
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
+
+from pipeline import process_tree, procfs
 
 from .test_e2e import _env, sh, source_copy
 from .tiny import tiny_params, write_params
@@ -70,3 +76,57 @@ def outputs(repo: Path, run: str = RUN) -> dict[str, bytes]:
 
 def timing(repo: Path, run: str = RUN) -> dict:
     return json.loads((repo / run / "provenance.json").read_text())["timing"]
+
+
+# ------------------------------------------------------------------- a local-executor job, watched from outside
+@contextlib.contextmanager
+def submit_in_background(repo: Path, *targets: str, ignore_sigint: bool = False):
+    """``python -m pipeline.cluster submit`` left running (the local executor waits for its jobs); yields it and the
+    id of its first job (its controller's PID) once submitted. ``ignore_sigint``: started as under nohup or from a
+    non-interactive background shell, which ignore SIGINT, as does everything they start. On the way out whatever
+    is left of it is killed and reaped."""
+    preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cluster", "submit", *targets], cwd=repo, env=_env(repo),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)  # fmt: skip
+    job = ""
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("submitted "), line
+        job = line.split("job ")[1].split()[0]
+        yield proc, job
+    finally:
+        if proc.poll() is None:
+            process_tree.terminate([*([int(job)] if job else []), proc.pid], grace_s=0.0)
+        proc.communicate()
+
+
+def job_process(job: str, marker: str) -> int | None:
+    """The PID of the process of local job ``job`` (its controller's PID) whose command line holds ``marker``:
+    "submitit.core._submit" (its task), "dvc", "pipeline.pretrain" (the stage)."""
+    for pid in process_tree.descendants(int(job)):
+        if any(marker in arg for arg in procfs.argv(pid)[:4]) and (procfs.stat(pid) or "Z")[0] not in "ZX":
+            return pid
+    return None
+
+
+def wait_for(condition, what: str, timeout: float = 180.0):
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return found
+
+
+def this_start(log: Path) -> str:
+    """The job's log since its last start."""
+    text = log.read_text() if log.exists() else ""
+    return text[text.rfind(": start ") :] if ": start " in text else ""
+
+
+def epochs_this_start(log: Path) -> int:
+    return len(re.findall(r" epoch \d+/\d+: train loss", this_start(log)))
+
+
+def starts(repo: Path, job: str) -> int:
+    path = repo / "logs/cluster/attempts" / job
+    return int(path.read_text()) if path.exists() else 0

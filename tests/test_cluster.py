@@ -6,17 +6,38 @@ command line."""
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
+from dvc.lock import make_lock
 
-from pipeline import config
-from pipeline.cluster import check_fit
+from pipeline import config, process_tree, procfs
+from pipeline.cluster import cancel, check_fit
 
-from .cluster_repo import FINETUNE, PRETRAIN, RUN, cluster, dvc, edit_params, outputs, stale, timing, workspace
+from .cluster_repo import (
+    FINETUNE,
+    PRETRAIN,
+    RUN,
+    cluster,
+    dvc,
+    edit_params,
+    epochs_this_start,
+    job_process,
+    outputs,
+    stale,
+    starts,
+    submit_in_background,
+    timing,
+    wait_for,
+    workspace,
+)
+from .load import cpu_load
 from .test_e2e import _env
 from .tiny import tiny_params
 
@@ -107,11 +128,21 @@ def test_an_unknown_stage_is_refused(tmp_path):
     _one_line_error(cluster(repo, "cancel", "flops"), "cancel takes no targets")
 
 
-def test_a_second_submit_while_the_first_jobs_run_is_refused(tmp_path):
+def test_a_second_submit_while_the_first_jobs_run_is_refused_and_cancel_kills_a_job_that_ignores_sigterm(
+    tmp_path, capsys
+):
     repo = workspace(tmp_path)
-    # a live job of an earlier submit: a process whose command line is submitit's, recorded for prepare@synthetic
-    job = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "submitit"])
+    # a live job of an earlier submit: a process whose command line is submitit's, recorded for prepare@synthetic,
+    # that ignores SIGTERM and SIGINT and has a child
+    stubborn = (
+        "import signal, subprocess, sys, time\n"
+        "for s in (signal.SIGTERM, signal.SIGINT): signal.signal(s, signal.SIG_IGN)\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        "print('ready', flush=True); time.sleep(120)\n"
+    )
+    job = subprocess.Popen([sys.executable, "-c", stubborn, "submitit"], stdout=subprocess.PIPE, text=True)
     try:
+        assert job.stdout.readline() == "ready\n"
         folder = repo / "logs/cluster"
         folder.mkdir(parents=True)
         record = f'{{"executor": "local", "jobs": {{"prepare@synthetic": "{job.pid}"}}}}\n'
@@ -124,37 +155,76 @@ def test_a_second_submit_while_the_first_jobs_run_is_refused(tmp_path):
         assert shown.returncode == 0, shown.stderr
         assert f"prepare@synthetic      running        {job.pid}" in shown.stdout, shown.stdout
         assert "pretrain@n12-linear-0  not submitted" in shown.stdout, shown.stdout
-        cancelled = cluster(repo, "cancel")
-        assert f"cancelled prepare@synthetic: job {job.pid}" in cancelled.stdout, cancelled.stderr
-        assert job.wait(timeout=10) != 0
+
+        assert cancel(repo, config.load(repo / "params.yaml"), grace_s=1.0) == 0
+        said = capsys.readouterr().out
+        expected = (
+            f"cancelled prepare@synthetic: job {job.pid} (still running 1 s after SIGTERM: killed (SIGKILL) with "
+        )
+        assert said == expected + "2 process(es))\n", said
+        assert job.wait(timeout=10) == -signal.SIGKILL
+        assert re.search(rf"prepare@synthetic +cancelled +{job.pid} +cluster cancel", cluster(repo, "status").stdout)
     finally:
         job.kill()
+        job.wait()
+        job.stdout.close()
 
 
 # ------------------------------------------------------------------------------------ the local executor, for real
-@pytest.mark.e2e
-def test_a_timed_out_training_job_is_requeued_and_resumes_exactly(tmp_path):
-    """submitit's LocalExecutor sends SIGUSR2 signal_delay_s before the job's time limit: the run stops at a step
-    and saves its resume state; with requeue_limit 0 the job then fails, saying so; submitted again with a
-    higher limit it resumes, is stopped and requeued once more, and ends byte-identical to a run never stopped."""
-    # 700 epochs of the tiny model take about a minute here: more than two 20-s windows of a 30-s job
-    repo = workspace(tmp_path, epochs=700, executor="local", requeue_limit=0, signal_delay_s=10,
-                     training={"time_min": 0.5}, other={"time_min": 0.5})  # fmt: skip
-    dvc(repo, "repro", "prepare@synthetic")
+def _warn(job: str) -> None:
+    """SLURM's warning before a time limit, or a preemption notice, as SLURM and submitit's LocalExecutor send it:
+    SIGUSR2 to the job's task."""
+    os.kill(wait_for(lambda: job_process(job, "submitit.core._submit"), "the job's task"), signal.SIGUSR2)
 
-    done = cluster(repo, "submit", PRETRAIN)
-    _one_line_error(done, "stopped by its time limit more times than cluster.requeue_limit (0) allows")
+
+@pytest.mark.e2e
+def test_a_training_job_stopped_in_any_phase_is_requeued_and_resumes_exactly_under_load(tmp_path):
+    """SLURM's warning before the time limit (SIGUSR2, as submitit's LocalExecutor also sends it) in three phases of
+    a start, on a busy machine: dvc waiting for the repo lock (it is interrupted: nothing has run), the stage
+    starting up (before its first epoch), the stage training (it saves at a step). Every stop ends with every process
+    reaped and no lock of its dvc left, so the next start, a second later, meets none (the landed job met its
+    predecessor's zombie dvc here). With requeue_limit 2 the third stop fails the job, saying so; submitted again it
+    resumes and ends byte-identical to a run never stopped."""
+    # submitit counts a warning as a time-out when the job has run past min(0.8 x, x - 10 min) of its time limit x:
+    # always, with 10 minutes; the test's own warnings come long before the LocalExecutor's at 10 min - 60 s
+    repo = workspace(tmp_path, epochs=100, executor="local", requeue_limit=2, signal_delay_s=60,
+                     training={"time_min": 10}, other={"time_min": 10})  # fmt: skip
+    dvc(repo, "repro", "prepare@synthetic")
+    with cpu_load(2), submit_in_background(repo, PRETRAIN) as (submit, job):  # it has read the DAG under DVC's lock
+        log = repo / f"logs/cluster/{job}_0_log.err"
+        # DVC's repo lock, taken before the job's dvc can (it starts ~2 s after the submit's line): its dvc waits
+        with make_lock(str(repo / ".dvc/tmp/lock"), tmp_dir=str(repo / ".dvc/tmp")):
+            waiting = wait_for(lambda: job_process(job, "dvc"), "the job's dvc")
+            time.sleep(1.0)
+            assert not process_tree.descendants(waiting), "dvc ran a stage while the repo lock was held"
+            _warn(job)  # 1: dvc waiting for the lock
+            wait_for(lambda: starts(repo, job) == 2, "the second start")
+        assert re.search(r"ended and was reaped [0-4]\.\d s after the stop", log.read_text()), log.read_text()[-2000:]
+
+        wait_for(lambda: job_process(job, "pipeline.pretrain"), "the stage's process")
+        assert epochs_this_start(log) == 0
+        _warn(job)  # 2: the stage starting up
+        wait_for(lambda: starts(repo, job) == 3, "the third start")
+
+        wait_for(lambda: epochs_this_start(log) >= 1, "an epoch of the third start")
+        _warn(job)  # 3: the stage training; one warning more than requeue_limit 2 allows
+        _, err = submit.communicate(timeout=180)
+    assert submit.returncode == 1 and "stopped by its time limit more times than cluster.requeue_limit (2)" in err
     assert (repo / ".resume/pretrain/n12-linear-0/checkpoint.pt").is_file()
+    text = log.read_text()
+    assert re.search(r"stopped by SIGTERM at epoch \d+ step \d+; resume state saved", text), text[-3000:]
     shown = cluster(repo, "status", PRETRAIN).stdout
-    assert "pretrain@n12-linear-0  failed" in shown and "requeue_limit (0)" in shown, shown
+    assert "pretrain@n12-linear-0  failed" in shown and "requeue_limit (2)" in shown, shown
 
     edit_params(repo, requeue_limit=3)
     done = cluster(repo, "submit", PRETRAIN)
     assert done.returncode == 0, done.stderr
-    job = done.stdout.split("job ")[1].split()[0]
-    log = (repo / f"logs/cluster/{job}_0_log.err").read_text()
-    assert "resumed from epoch" in log and "Requeued job" in log, log[-3000:]
-    assert int((repo / f"logs/cluster/attempts/{job}").read_text()) >= 2
+    again = done.stdout.split("job ")[1].split()[0]
+    text += (repo / f"logs/cluster/{again}_0_log.err").read_text()
+    assert text.count("every process of the run ended and was reaped") == 3, text[-3000:]
+    assert "resumed from epoch" in text
+    for trace in ("had been killed. Auto removed", "is busy", "DVC lock record"):  # every dvc released its own locks
+        assert trace not in text, text[-3000:]
     assert timing(repo)["resumed_from_epoch"] > 0
     assert PRETRAIN not in stale(repo)
     assert "pretrain@n12-linear-0  up to date" in cluster(repo, "status", PRETRAIN).stdout
@@ -163,6 +233,30 @@ def test_a_timed_out_training_job_is_requeued_and_resumes_exactly(tmp_path):
     dvc(repo, "repro", "--force", "--single-item", PRETRAIN)  # never stopped
     assert timing(repo)["resumed_from_epoch"] == 0
     assert outputs(repo) == stopped
+
+
+@pytest.mark.e2e
+def test_cancel_stops_a_local_job_started_with_sigint_ignored(tmp_path):
+    """A job submitted from a shell that ignores SIGINT (nohup, a background shell; its controller and task ignore
+    it too): cancel stops it anyway, cleanly (SIGTERM: the run saves its resume state), says so, and leaves no
+    process of it behind."""
+    repo = workspace(tmp_path, epochs=2000, executor="local")
+    dvc(repo, "repro", "prepare@synthetic")
+    with submit_in_background(repo, PRETRAIN, ignore_sigint=True) as (submit, job):
+        log = repo / f"logs/cluster/{job}_0_log.err"
+        wait_for(lambda: epochs_this_start(log) >= 1, "an epoch")
+        ignored = int(Path(f"/proc/{job}/status").read_text().split("SigIgn:")[1].split()[0], 16)
+        assert ignored & (1 << (signal.SIGINT - 1)), "the controller should ignore SIGINT, as under nohup"
+        below = [int(job), *process_tree.descendants(int(job))]
+        cancelled = cluster(repo, "cancel")
+        expected = rf"cancelled {PRETRAIN}: job {job} \(SIGTERM: ended \d+\.\d s later; a training run keeps its "
+        assert re.fullmatch(expected + r"resume state\)\n", cancelled.stdout), cancelled.stdout + cancelled.stderr
+        _, err = submit.communicate(timeout=60)
+    assert submit.returncode == 1 and f"job {job} ({PRETRAIN}) failed: {PRETRAIN}: stopped by SIGTERM" in err, err
+    assert not [p for p in below if procfs.stat(p) is not None], "a process of the cancelled job is left"
+    assert re.search(r"stopped by SIGTERM at epoch \d+ step \d+; resume state saved", log.read_text())
+    assert (repo / ".resume/pretrain/n12-linear-0/checkpoint.pt").is_file()
+    assert re.search(rf"pretrain@n12-linear-0 +cancelled +{job} +cluster cancel", cluster(repo, "status").stdout)
 
 
 @pytest.mark.e2e

@@ -98,6 +98,9 @@ def _stopped_twice_then_exact(repo: Path, env: dict, slurm) -> None:
     log = (repo / f"logs/cluster/{job}_0_log.err").read_text()
     assert "Caught signal SIGUSR2" in log and "stopping: SIGTERM" in log, log[-3000:]
     assert log.count("resumed from epoch") == 2, log[-3000:]
+    assert log.count("every process of the run ended and was reaped") == 2, log[-3000:]
+    for trace in ("had been killed. Auto removed", "is busy", "DVC lock record"):  # each dvc released its own locks
+        assert trace not in log, log[-3000:]
     assert int((repo / f"logs/cluster/attempts/{job}").read_text()) == 3
     resumed = timing(repo)["resumed_from_epoch"]
     assert resumed >= 30
@@ -115,7 +118,8 @@ def _cancelled(repo: Path, env: dict) -> None:
     _, job = _submit(repo, env, PRETRAIN)
     _wait(repo, env, _epoch(5, 601), PRETRAIN)
     cancelled = cluster(repo, "cancel", env=env)
-    assert cancelled.stdout.strip() == f"cancelled {PRETRAIN}: job {job}", cancelled.stdout + cancelled.stderr
+    expected = f"cancelled {PRETRAIN}: job {job} (scancel: SLURM sends SIGTERM, the run saves its resume state; "
+    assert cancelled.stdout == expected + "SIGKILL after KillWait)\n", cancelled.stdout + cancelled.stderr
     final = _wait(repo, env, _settled, PRETRAIN, timeout=120)
     assert re.search(rf"pretrain@n12-linear-0 +cancelled +{job} +scancel", final), final
     assert (repo / ".resume/pretrain/n12-linear-0/checkpoint.pt").is_file()
