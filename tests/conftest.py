@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import itertools
+import os
+import signal
 import socket
+import warnings
 
 import pytest
 import timm
 import torch
 
 import qkv  # noqa: F401  (registers the qkv_xcit_* models)
+from pipeline import procfs
 
 
 def _option_sets() -> list[dict]:
@@ -74,3 +79,22 @@ def _loopback_only(self, address):
 def no_network(monkeypatch):
     """Every test runs with connections outside loopback refused, so an accidental download fails loudly."""
     monkeypatch.setattr(socket.socket, "connect", _loopback_only)
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_running():
+    """A test reaps what it starts. A child process still running when a test ends is killed here and fails that
+    test, naming it; left alone it would run on (a job surviving its cancel) and fail a later, unrelated test
+    through the ResourceWarning of its Popen object."""
+    yield
+    left = [pid for pid, (state, ppid, _) in procfs.processes().items() if ppid == os.getpid() and state not in "ZX"]
+    if not left:
+        return
+    names = [" ".join(procfs.argv(pid))[:120] for pid in left]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    with warnings.catch_warnings():  # the test's Popen objects, now unreferenced, go without their ResourceWarning
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    pytest.fail(f"the test left {len(left)} process(es) running: {names}")

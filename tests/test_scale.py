@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import launch, pretrain
+from pipeline import launch, pretrain, process_tree
 from pipeline.config import Augment, Dataset
 from pipeline.outputs import write_outputs
 
@@ -110,19 +110,7 @@ def _nodes(tmp: Path, params: Path, data: Path, port: int) -> list[subprocess.Po
 def _kill_tree(pid: int) -> None:
     """SIGKILL ``pid`` and every process below it, as a node that fails takes them all (torchrun starts its
     workers in sessions of their own, so killing its process group would leave them running)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo += parents.get(current, [])
-    for member in tree:
+    for member in [pid, *process_tree.descendants(pid)]:
         try:
             os.kill(member, signal.SIGKILL)
         except ProcessLookupError:
