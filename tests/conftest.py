@@ -8,6 +8,7 @@ import itertools
 import os
 import signal
 import socket
+import time
 import warnings
 
 import pytest
@@ -16,6 +17,8 @@ import torch
 
 import qkv  # noqa: F401  (registers the qkv_xcit_* models)
 from pipeline import procfs
+
+LEFT_GRACE_S = 10.0  # for a test's processes to end after its objects are collected
 
 
 def _option_sets() -> list[dict]:
@@ -81,13 +84,23 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", _loopback_only)
 
 
+def _running_children() -> list[int]:
+    return [pid for pid, (state, ppid, _) in procfs.processes().items() if ppid == os.getpid() and state not in "ZX"]
+
+
 @pytest.fixture(autouse=True)
 def no_process_left_running():
-    """A test reaps what it starts. A child process still running when a test ends is killed here and fails that
-    test, naming it; left alone it would run on (a job surviving its cancel) and fail a later, unrelated test
-    through the ResourceWarning of its Popen object."""
+    """A test reaps what it starts. A child process still running when a test ends (after the garbage its objects
+    left is collected: a DataLoader iterator in a reference cycle shuts its workers down only then, and they get
+    LEFT_GRACE_S to end) is killed here and fails that test, naming it; left alone it would run on (a job surviving
+    its cancel) and fail a later, unrelated test through the ResourceWarning of its Popen object."""
     yield
-    left = [pid for pid, (state, ppid, _) in procfs.processes().items() if ppid == os.getpid() and state not in "ZX"]
+    if not _running_children():
+        return
+    gc.collect()
+    deadline = time.monotonic() + LEFT_GRACE_S
+    while (left := _running_children()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     if not left:
         return
     names = [" ".join(procfs.argv(pid))[:120] for pid in left]
