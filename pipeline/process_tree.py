@@ -77,7 +77,7 @@ def _children(pid: int) -> list[int]:
             kids += [int(c) for c in Path(task, "children").read_text().split()]
         except FileNotFoundError:
             if Path(task).exists():  # the kernel lacks the file (CONFIG_PROC_CHILDREN)
-                return [p for p, (_, ppid, _) in procfs.processes().items() if ppid == pid]
+                return procfs.children(pid)
         except OSError:  # the thread ended while read
             continue
     return kids
@@ -134,10 +134,11 @@ class Run:
 
     def wait(self) -> int:
         """Until the command has exited; its exit code. Signal handlers may stop the run meanwhile."""
-        while not self.collect() and self.status is None:
+        while self.status is None:  # collected with the rest: the command is a child of this process
             self._had_child = self._had_child or bool(_children(self.pid))
             time.sleep(WATCH_S)
-        return self.status if self.status is not None else 0
+            self.collect()
+        return self.status
 
     def tighten(self, timeout_s: float) -> None:
         """A stop in progress must end within ``timeout_s`` from now (a scheduler's SIGTERM during the warning's
@@ -164,8 +165,7 @@ class Run:
             table = procfs.processes()
             if time.monotonic() > self._deadline:
                 return self._kill(began, len(signalled))
-            mine = [p for p, (state, ppid, _) in table.items() if ppid == os.getpid() and state not in "ZX"]
-            below = [p for p, (state, ppid, _) in table.items() if ppid == self.pid and state not in "ZX"]
+            mine, below = procfs.children(os.getpid(), table), procfs.children(self.pid, table)
             self._had_child = self._had_child or bool(below)
             for pid in [p for p in mine if p != self.pid] + below:
                 self._signal(pid, signal.SIGTERM, table, signalled)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["Stat", "alive", "argv", "processes", "stat"]
+__all__ = ["Stat", "alive", "argv", "children", "processes", "stat"]
 
 Stat = tuple[str, int, int]  # (state, parent pid, start time in clock ticks after boot)
 
@@ -37,6 +37,12 @@ def processes() -> dict[int, Stat]:
             if found is not None:  # not ended while listed
                 table[int(entry.name)] = found
     return table
+
+
+def children(pid: int, table: dict[int, Stat] | None = None) -> list[int]:
+    """The running children of ``pid`` (a zombie has ended), from ``table`` (default: :func:`processes`)."""
+    table = processes() if table is None else table
+    return [p for p, (state, ppid, _) in table.items() if ppid == pid and state not in "ZX"]
 
 
 def argv(pid: int) -> list[str]:

@@ -84,10 +84,6 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", _loopback_only)
 
 
-def _running_children() -> list[int]:
-    return [pid for pid, (state, ppid, _) in procfs.processes().items() if ppid == os.getpid() and state not in "ZX"]
-
-
 @pytest.fixture(autouse=True)
 def no_process_left_running():
     """A test reaps what it starts. A child process still running when a test ends (after the garbage its objects
@@ -95,11 +91,11 @@ def no_process_left_running():
     LEFT_GRACE_S to end) is killed here and fails that test, naming it; left alone it would run on (a job surviving
     its cancel) and fail a later, unrelated test through the ResourceWarning of its Popen object."""
     yield
-    if not _running_children():
+    if not procfs.children(os.getpid()):
         return
     gc.collect()
     deadline = time.monotonic() + LEFT_GRACE_S
-    while (left := _running_children()) and time.monotonic() < deadline:
+    while (left := procfs.children(os.getpid())) and time.monotonic() < deadline:
         time.sleep(0.05)
     if not left:
         return
