@@ -6,7 +6,8 @@ Importing ``qkv`` registers the ``qkv_xcit_*`` models in timm.
 from .convert import ClassAttnQKV, convert, embed_modules
 from .counts import FlopCount, embed_flops, embed_params, xcit_flops, xcit_params
 from .diagnostics import qkv_similarity
-from .embed import EMBED_KINDS, EmbedConfig, QKVEmbed
+from .embed import QKVEmbed
+from .options import EMBED_KINDS, EmbedConfig
 from .xcit import ARCHS, ContiguousXCA, ConvPatchEmbed4, XcitArch, create_qkv_xcit, model_arch, split_model_options
 
 __all__ = [

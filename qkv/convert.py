@@ -14,7 +14,8 @@ import torch
 from timm.models.cait import ClassAttn
 from torch import nn
 
-from .embed import EmbedConfig, QKVEmbed
+from .embed import QKVEmbed
+from .options import EmbedConfig
 
 __all__ = ["ClassAttnQKV", "convert", "embed_modules", "install"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .embed import EmbedConfig
+from .options import EmbedConfig
 from .xcit import XcitArch
 
 __all__ = ["FlopCount", "embed_flops", "embed_params", "stem_channels", "xcit_flops", "xcit_params"]

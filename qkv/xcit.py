@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .convert import install
-from .embed import EmbedConfig
+from .options import EmbedConfig
 
 __all__ = [
     "ARCHS",

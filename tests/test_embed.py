@@ -7,7 +7,8 @@ import torch
 from timm.models.xcit import XCA
 
 import qkv
-from qkv.embed import EmbedConfig, QKVEmbed
+from qkv.embed import QKVEmbed
+from qkv.options import EmbedConfig
 
 from .conftest import OPTION_SETS, option_id
 from .reference import reference_qkv
