@@ -51,16 +51,16 @@ profile: $(STAMP)
 # references/compute.yaml and the bench's measurements (used when taken for that profile on its device).
 plan: $(STAMP)
 	@test -n "$(PROFILE)" || { echo "usage: make plan PROFILE=<embedded|cifar|paper> [ARGS='--img-per-s 2500 --nodes 2']"; exit 2; }
-	python -m pipeline.plan --params profiles/$(PROFILE).yaml --bench results/bench/metrics.json $(ARGS)
+	python -m pipeline.stages.plan --params profiles/$(PROFILE).yaml --bench results/bench/metrics.json $(ARGS)
 
 # Run a GPU profile's whole DAG on this CPU in .rehearsal/$(PROFILE) (size and data overrides only, printed first;
 # stand-in datasets in the real formats); fails naming the stage, file or claim a real run would trip on.
 # SET="key=value ..." adds size overrides.
 rehearse: $(STAMP)
 	@test -n "$(PROFILE)" || { echo "usage: make rehearse PROFILE=<cifar|paper> [SET='pretrain.recipe.epochs=3']"; exit 2; }
-	python -m pipeline.rehearse "$(PROFILE)" $(foreach s,$(SET),--set "$(s)")
+	python -m pipeline.review.rehearse "$(PROFILE)" $(foreach s,$(SET),--set "$(s)")
 
-# Run the instances of the DAG that are not up to date as cluster jobs (pipeline/cluster.py, the cluster section of
+# Run the instances of the DAG that are not up to date as cluster jobs (pipeline/cluster/commands.py, the cluster section of
 # params.yaml): one submitit job each, in dependency order, each `dvc --wait-for-lock repro --single-item <instance>`.
 # PROFILE=<name> makes profiles/<name>.yaml the active params.yaml first (validated); TARGETS="pretrain ..." limits the
 # jobs to those stages or instances and what they need. Watch with `make cluster-status`, stop with `make cluster-cancel`.
@@ -77,7 +77,7 @@ cluster-cancel: $(STAMP)
 # Re-run one stage instance in a scratch copy and compare it with dvc.lock and the committed metrics.
 audit: $(STAMP)
 	@test -n "$(STAGE)" || { echo "usage: make audit STAGE=<stage instance, e.g. finetune@sne-digits-0>"; exit 2; }
-	python -m pipeline.audit "$(STAGE)"
+	python -m pipeline.review.audit "$(STAGE)"
 
 # Re-resolve requirements.in into exact pins (needs the package registry; not part of repro or test).
 lock:

@@ -1,5 +1,5 @@
-"""A scratch copy of the repository, to re-run stages away from the workspace (:mod:`pipeline.audit`,
-:mod:`pipeline.rehearse`): its tracked files copied, committed as a one-commit git repository (provenance records
+"""A scratch copy of the repository, to re-run stages away from the workspace (:mod:`pipeline.review.audit`,
+:mod:`pipeline.review.rehearse`): its tracked files copied, committed as a one-commit git repository (provenance records
 a commit), and ``dvc`` run there with this interpreter's environment."""
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import process_tree, procfs
+from pipeline import procfs
+from pipeline.cluster import process_tree
 
 from .test_e2e import _env, sh, source_copy
 from .tiny import tiny_params, write_params
@@ -102,7 +103,7 @@ def submit_in_background(repo: Path, *targets: str, ignore_sigint: bool = False)
 
 def job_process(job: str, marker: str) -> int | None:
     """The PID of the process of local job ``job`` (its controller's PID) whose command line holds ``marker``:
-    "submitit.core._submit" (its task), "dvc", "pipeline.pretrain" (the stage)."""
+    "submitit.core._submit" (its task), "dvc", "pipeline.stages.pretrain" (the stage)."""
     for pid in process_tree.descendants(int(job)):
         if any(marker in arg for arg in procfs.argv(pid)[:4]) and (procfs.stat(pid) or "Z")[0] not in "ZX":
             return pid

@@ -1,7 +1,7 @@
 """Tiny datasets written in the exact on-disk formats of the real ones, for loading through the same code
 path users' files take. CIFAR and STL-10 here are random pixels with chosen labels (for the bad-input tests):
 torchvision checks their files against published md5 sums, and the fakes' own sums are put into those lists
-with pytest's monkeypatch (tests only). ImageNet and Stanford Cars are pipeline.standins' photographs."""
+with pytest's monkeypatch (tests only). ImageNet and Stanford Cars are pipeline.data.standins' photographs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.standins import WRITERS
+from pipeline.data.standins import WRITERS
 
 
 def md5(path: Path) -> str:
@@ -67,6 +67,6 @@ def write_stl10(root: Path, monkeypatch, *, per_class: int = 2) -> Path:
 
 
 def write_imagenet(root: Path, *, classes: int = 3, per_class: int = 4) -> Path:
-    """ImageNet class folders train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (2 a class), from pipeline.standins."""
+    """ImageNet class folders train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (2 a class), from pipeline.data.standins."""
     WRITERS["imagenet"](root, classes=classes, per_class=per_class, test_per_class=2, layout="folders")
     return root

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import config, distributed, train
-from pipeline.recipe import evaluate
+from pipeline import config
+from pipeline.training import distributed, train
+from pipeline.training.recipe import evaluate
 
 
 def main(params: str, data: str, out: str) -> None:

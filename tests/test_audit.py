@@ -12,9 +12,9 @@ import pytest
 import yaml
 from safetensors.numpy import save_file
 
-from pipeline.audit import audit
-from pipeline.compare import compare_measured, compare_outputs
 from pipeline.config import Audit
+from pipeline.review.audit import audit
+from pipeline.review.compare import compare_measured, compare_outputs
 
 from .tiny import ROOT, write_params
 

@@ -9,16 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import bench, compare, config
+from pipeline import config
 from pipeline.config import Dataset
 from pipeline.outputs import write_outputs
+from pipeline.review import compare
+from pipeline.stages import bench
 
 from .tiny import tiny_params, write_params
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
-    from pipeline import prepare
+    from pipeline.stages import prepare
 
     entry = tiny_params()["datasets"]["synthetic"]
     files, _ = prepare.run("synthetic", Dataset(**entry))
@@ -60,7 +62,7 @@ def test_bench_measures_every_model_interleaved(tmp_path, prepared, capsys):
     firsts = [next(r["model"] for r in trains if r["round"] == str(i)) for i in range(3)]
     assert firsts == ["linear", "sne", "fsne"]
     # Ratios are consistent with the timings and with the closed-form FLOP counts.
-    from pipeline.model import forward_flops
+    from pipeline.training.model import forward_flops
 
     nets = {n.variant: n for n in config.load_bench(tmp_path / "params.yaml").nets}  # as run_bench wrote it
     base_flops = forward_flops(nets["linear"], 3)

@@ -13,8 +13,9 @@ import pytest
 import yaml
 from scipy import stats as scipy_stats
 
-from pipeline import config, report
-from pipeline.stats import detectable, detection_power, seeds_needed
+from pipeline import config
+from pipeline.reporting.stats import detectable, detection_power, seeds_needed
+from pipeline.stages import report
 
 from .tiny import ROOT
 

@@ -17,8 +17,9 @@ import pytest
 import yaml
 from dvc.lock import make_lock
 
-from pipeline import config, process_tree, procfs
-from pipeline.cluster import cancel, check_fit
+from pipeline import config, procfs
+from pipeline.cluster import process_tree
+from pipeline.cluster.commands import cancel, check_fit
 
 from .cluster_repo import (
     FINETUNE,
@@ -83,7 +84,11 @@ def test_every_profile_fits_its_jobs():
     [
         ({"gpus_per_node": 4}, None, "cluster.training.gpus_per_node: 4, but the launcher"),
         ({"gpus_per_node": 0}, None, "cluster.training.gpus_per_node: 0, but device is cuda"),
-        ({"gpus_per_node": 3}, "python -m pipeline.launch --nproc-per-node 3", "pretrain.recipe.batch_size: 1024"),
+        (
+            {"gpus_per_node": 3},
+            "python -m pipeline.training.launch --nproc-per-node 3",
+            "pretrain.recipe.batch_size: 1024",
+        ),
     ],
 )
 def test_a_gpu_count_the_profile_cannot_use_is_refused(training, launcher, message):
@@ -201,7 +206,7 @@ def test_a_training_job_stopped_in_any_phase_is_requeued_and_resumes_exactly_und
             wait_for(lambda: starts(repo, job) == 2, "the second start")
         assert re.search(r"ended and was reaped [0-4]\.\d s after the stop", log.read_text()), log.read_text()[-2000:]
 
-        wait_for(lambda: job_process(job, "pipeline.pretrain"), "the stage's process")
+        wait_for(lambda: job_process(job, "pipeline.stages.pretrain"), "the stage's process")
         assert epochs_this_start(log) == 0
         _warn(job)  # 2: the stage starting up
         wait_for(lambda: starts(repo, job) == 3, "the third start")
@@ -291,7 +296,7 @@ def test_without_a_shared_filesystem_results_come_through_the_remote_and_run_cac
     fresh = tmp_path / "reviewer"
     subprocess.run(["git", "clone", "-q", str(repo), str(fresh)], check=True)
     dvc(fresh, "pull", "--with-deps", FINETUNE)  # its inputs (prepared data, pretrained weights) and outputs
-    audited = subprocess.run([sys.executable, "-m", "pipeline.audit", FINETUNE], cwd=fresh, env=_env(fresh),
+    audited = subprocess.run([sys.executable, "-m", "pipeline.review.audit", FINETUNE], cwd=fresh, env=_env(fresh),
                              capture_output=True, text=True)  # fmt: skip
     assert audited.returncode == 0, audited.stdout + audited.stderr
     assert "identical" in audited.stdout, audited.stdout

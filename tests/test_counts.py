@@ -7,7 +7,7 @@ import torch
 
 import qkv
 from pipeline.config import Count, network
-from pipeline.flops import check, count
+from pipeline.stages.flops import check, count
 
 from .conftest import tiny_xcit
 

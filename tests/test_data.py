@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import data, prepare
-from pipeline.batched import TensorBatches
 from pipeline.config import Augment, Dataset, ParamsError
 from pipeline.config.schema import parse
+from pipeline.data import loaders
+from pipeline.data.batched import TensorBatches
 from pipeline.outputs import write_outputs
+from pipeline.stages import prepare
 
 from . import fakes
 
@@ -34,9 +35,9 @@ TIMM = dataclasses.replace(RECIPE, mode="timm", auto_augment="rand-m9-mstd0.5-in
 
 
 def build_loaders(folder: Path, augment: Augment, *, img_size: int = 16, workers: int = 0, **kwargs):
-    """pipeline.data.build_loaders at 16 px, with the evaluation batch of the training batch."""
+    """pipeline.data.loaders.build_loaders at 16 px, with the evaluation batch of the training batch."""
     kwargs.setdefault("eval_batch_size", kwargs["batch_size"])
-    return data.build_loaders(folder, augment, img_size=img_size, workers=workers, **kwargs)
+    return loaders.build_loaders(folder, augment, img_size=img_size, workers=workers, **kwargs)
 
 
 def write_prepared(folder: Path, params: Dataset, name: str = "d") -> Path:

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import load as load_safetensors
 
-from pipeline import prepare
 from pipeline.config import SOURCES, Dataset, ParamsError
 from pipeline.config.schema import parse
-from pipeline.datafiles import DEVKIT
-from pipeline.datasets import READERS, DatasetError, load, split_indices
-from pipeline.standins import WRITERS
+from pipeline.data.datafiles import DEVKIT
+from pipeline.data.datasets import READERS, DatasetError, load, split_indices
+from pipeline.data.standins import WRITERS
+from pipeline.stages import prepare
 
 from . import fakes
 from .tiny import tiny_params, write_params
@@ -209,7 +209,7 @@ def test_empty_class(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("source", ["cifar10", "cifar100", "stl10"])
 def test_checksums_false_reads_files_that_cannot_match_the_published_md5(tmp_path, source):
-    """pipeline.standins' files are in the real format with other bytes: refused by md5, read without it."""
+    """pipeline.data.standins' files are in the real format with other bytes: refused by md5, read without it."""
     WRITERS[source](tmp_path, classes=2, per_class=3, test_per_class=2)
     with pytest.raises(DatasetError, match=r"is corrupt or truncated \(md5 does not match [0-9a-f]{32}\)"):
         load(source, params(source, root=str(tmp_path)))

@@ -1,6 +1,6 @@
-"""pipeline.dvc_locks: the lock records of one ended dvc process are removed, every other record is kept, and DVC
-reads the file afterwards; nothing is touched when the process holds none. And a job's start removing what its
-killed predecessors left (pipeline.cluster_job.release_runs)."""
+"""pipeline.cluster.dvc_locks: the lock records of one ended dvc process are removed, every other record is kept, and
+DVC reads the file afterwards; nothing is touched when the process holds none. And a job's start removing what its
+killed predecessors left (pipeline.cluster.job.release_runs)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import dvc_locks, procfs
-from pipeline.cluster_job import release_runs
+from pipeline import procfs
+from pipeline.cluster import dvc_locks
+from pipeline.cluster.job import release_runs
 
 DVC = str(Path(sys.executable).parent / "dvc")
 KILLED = {"pid": 4242, "cmd": "/venv/bin/dvc --wait-for-lock repro --single-item pretrain@n12-linear-0"}

@@ -64,7 +64,7 @@ def source_copy(repo: Path) -> Path:
 
 def run_audit(stage: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.audit", stage], cwd=cwd, capture_output=True, text=True, env=_env(cwd)
+        [sys.executable, "-m", "pipeline.review.audit", stage], cwd=cwd, capture_output=True, text=True, env=_env(cwd)
     )
 
 

@@ -21,9 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import cli, data, finetune, model, prepare, pretrain
+from pipeline import cli
 from pipeline.config import Dataset
+from pipeline.data.loaders import build_loaders
 from pipeline.outputs import OutputError, write_outputs
+from pipeline.stages import finetune, prepare, pretrain
+from pipeline.training import model
 
 from . import fakes
 from .test_data import TIMM
@@ -182,7 +185,7 @@ def test_bad_index_is_one_line(tmp_path, imagenet):
     index.write_text("".join(",".join(r) + "\n" for r in rows))
 
     def load():
-        return data.build_loaders(folder, TIMM, img_size=16, batch_size=3, eval_batch_size=3, workers=0, seed=0)
+        return build_loaders(folder, TIMM, img_size=16, batch_size=3, eval_batch_size=3, workers=0, seed=0)
 
     with pytest.raises(ValueError, match="content does not match meta.json's content_hash") as excinfo:
         load()
@@ -207,7 +210,7 @@ def test_image_missing_from_the_index_root_is_one_line(tmp_path, imagenet, worke
     (folder / "meta.json").write_text(json.dumps({**meta, "root": str(root)}))
     for image in root.rglob("*.JPEG"):
         image.write_bytes(b"not a JPEG")
-    loaders = data.build_loaders(folder, TIMM, img_size=16, batch_size=3, eval_batch_size=3, workers=workers, seed=0)
+    loaders = build_loaders(folder, TIMM, img_size=16, batch_size=3, eval_batch_size=3, workers=workers, seed=0)
     with pytest.raises(SystemExit) as excinfo:
         cli.run_stage("pretrain", lambda: next(iter(loaders.test)))
     message = excinfo.value.code
@@ -216,7 +219,7 @@ def test_image_missing_from_the_index_root_is_one_line(tmp_path, imagenet, worke
     assert message.endswith("re-create the index with: dvc repro --force prepare@imagenet")
     shutil.rmtree(root)
     with pytest.raises(SystemExit, match=f"^pretrain: error: {re.escape(str(root))}: the image folder of .* does not"):
-        cli.run_stage("pretrain", lambda: data.build_loaders(folder, TIMM, img_size=16, batch_size=3,
+        cli.run_stage("pretrain", lambda: build_loaders(folder, TIMM, img_size=16, batch_size=3,
                                                               eval_batch_size=3, workers=0, seed=0))  # fmt: skip
 
 
@@ -362,7 +365,7 @@ def mounted(folder: Path, options: str):
 
 def _prepare_process(tmp: Path, out: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    argv = [sys.executable, "-m", "pipeline.prepare", *prepare_argv(tmp, out)]
+    argv = [sys.executable, "-m", "pipeline.stages.prepare", *prepare_argv(tmp, out)]
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 

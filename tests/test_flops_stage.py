@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import flops
+from pipeline.stages import flops
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -105,7 +105,13 @@ def test_command_line_bad_input_exits_1_with_one_line(tmp_path):
     import sys
 
     files = outputs(tmp_path)
-    argv = [sys.executable, "-m", "pipeline.flops", "--params", str(small_params(tmp_path, flops__variants=["x"]))]
+    argv = [
+        sys.executable,
+        "-m",
+        "pipeline.stages.flops",
+        "--params",
+        str(small_params(tmp_path, flops__variants=["x"])),
+    ]
     for key, path in files.items():
         argv += [f"--{key}", str(path)]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)

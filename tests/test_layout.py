@@ -17,7 +17,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 STDLIB = set(sys.stdlib_module_names)
 STAGES = sorted(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])  # module name = stage name
-TOOLS = ["audit", "profile"]  # `make audit`, `make profile`: entry points, not stages
+# entry points of the Makefile, not stages: make audit, rehearse, profile, cluster
+TOOLS = ["review.audit", "review.rehearse", "profile", "cluster.__main__"]
+GROUPS = ["stages", "training", "data", "planning", "reporting", "cluster", "review"]  # pipeline's subpackages
 PIPELINE = sorted(p for p in (ROOT / "pipeline").rglob("*.py"))
 
 
@@ -71,25 +73,41 @@ def _pipeline_modules(path: Path) -> set[str]:
 @pytest.mark.parametrize("path", PIPELINE, ids=lambda p: module_name(p))
 def test_no_stage_or_tool_module_is_imported_by_another_module(path):
     """Stages talk through the files dvc.yaml declares; shared pieces live in helpers."""
-    entry_points = {f"pipeline.{name}" for name in [*STAGES, *TOOLS]}
+    entry_points = {f"pipeline.stages.{name}" for name in STAGES} | {f"pipeline.{name}" for name in TOOLS}
     imported = _pipeline_modules(path) & entry_points
     assert not imported - {module_name(path)}, f"{module_name(path)} imports {sorted(imported)}"
 
 
 def test_every_pipeline_module_is_a_stage_a_tool_or_a_helper():
     """The layers: stage and tool modules (named in dvc.yaml and the Makefile) import helpers; a helper never
-    imports a stage or tool module (checked above), so a new module is a helper unless it is listed here."""
-    names = {p.stem for p in (ROOT / "pipeline").glob("*.py")}
-    assert set(STAGES) <= names and set(TOOLS) <= names
+    imports a stage or tool module (checked above), so a new module is a helper unless it is listed here. The
+    stages folder holds the stages and nothing else."""
+    assert {p.stem for p in (ROOT / "pipeline/stages").glob("*.py")} - {"__init__"} == set(STAGES)
+    makefile = (ROOT / "Makefile").read_text()
     for tool in TOOLS:
-        assert f"python -m pipeline.{tool}" in (ROOT / "Makefile").read_text()
+        assert f"python -m pipeline.{tool.removesuffix('.__main__')}" in makefile, tool
+
+
+def test_pipeline_is_grouped_by_concern():
+    """Few modules at the top (what every group shares), no folder past ~15 modules, and a subpackage's
+    __init__ holds only its docstring (saying what lives there), so importing a group runs no code of its own."""
+    top = sorted(p.stem for p in (ROOT / "pipeline").glob("*.py") if p.stem != "__init__")
+    assert len(top) <= 8, top
+    for group in [*GROUPS, "config"]:
+        folder = ROOT / "pipeline" / group
+        assert len([p for p in folder.glob("*.py") if p.stem not in ("__init__", "__main__")]) <= 15, group
+        init = ast.parse((folder / "__init__.py").read_text())
+        assert ast.get_docstring(init), f"pipeline/{group}/__init__.py says what lives there"
+        if group != "config":
+            assert len(init.body) == 1, f"pipeline/{group}/__init__.py: its docstring only"
 
 
 def test_config_and_report_never_import_torch():
     """The report (and everything it imports: config, results, tables, figures) is torch-free, so CI rebuilds it
     in seconds and a config can be checked without the library; both at module level and when run."""
     code = (
-        "import sys; import pipeline.config, pipeline.report, pipeline.results, pipeline.tables, pipeline.figures; "
+        "import sys; import pipeline.config, pipeline.stages.report, pipeline.reporting.results, "
+        "pipeline.reporting.tables, pipeline.reporting.figures; "
         "bad = [m for m in ('torch', 'timm', 'qkv', 'numpy.random') if m in sys.modules and m != 'numpy.random']; "
         "assert not bad, bad"
     )
@@ -113,10 +131,10 @@ def _template(key: str) -> str:
 def test_stage_params_match_dvc_yaml_exactly(name):
     """PARAMS lists exactly the keys that reach the stage's outputs, as dvc.yaml tracks them: never `runtime`."""
     body = dvc_stages()[name].get("do", dvc_stages()[name])  # foreach / matrix stages keep it under `do`
-    module = importlib.import_module(f"pipeline.{name}")
+    module = importlib.import_module(f"pipeline.stages.{name}")
     check, command = body["cmd"]  # the torch-free params check runs first, as a line of its own
     assert check == "python -m pipeline.config params.yaml"
-    assert f" -m pipeline.{name} " in command, "stage name must equal its module name"
+    assert f" -m pipeline.stages.{name} " in command, "stage name must equal its module name"
     assert tuple(_template(k) for k in body["params"]) == module.PARAMS
     assert not any(k.split(".")[0] == "runtime" for k in module.PARAMS)
 
@@ -132,8 +150,8 @@ def _closure(module: str) -> set[str]:
         seen.add(current)
         todo += [m for m in _pipeline_modules(paths[current]) if m in paths]
         parent = current.rpartition(".")[0]
-        if parent in paths and parent != "pipeline":  # importing pipeline.config.x runs pipeline/config/__init__
-            todo.append(parent)
+        if parent == "pipeline.config":  # importing pipeline.config.x runs pipeline/config/__init__ (the other
+            todo.append(parent)  # groups' __init__ run nothing: test_pipeline_is_grouped_by_concern)
     return seen
 
 
@@ -144,14 +162,21 @@ def test_stage_deps_list_exactly_the_code_it_runs(name):
     body = dvc_stages()[name].get("do", dvc_stages()[name])
     code = {d for d in body["deps"] if d.startswith("pipeline/")}
     needed = set()
-    for module in _closure(f"pipeline.{name}"):
+    for module in _closure(f"pipeline.stages.{name}"):
         parts = module.split(".")
-        needed.add("/".join(parts[:2]) if parts[1] == "config" else "/".join(parts) + ".py")
-    needed |= {f"pipeline/templates/{p.name}" for p in (ROOT / "pipeline/templates").glob("*") if name == "report"}
+        if parts[1] == "config":
+            needed.add("pipeline/config")
+        elif module not in (f"pipeline.{g}" for g in GROUPS):  # a group's __init__: its docstring only
+            needed.add("/".join(parts) + ".py")
+    needed |= {
+        f"pipeline/reporting/templates/{p.name}"
+        for p in (ROOT / "pipeline/reporting/templates").glob("*")
+        if name == "report"
+    }
     assert code == needed, f"missing {sorted(needed - code)}, not imported {sorted(code - needed)}"
     # The library builds this stage's models (pipeline.config imports it only to check variants: no output of a
     # stage that builds no model can change with it).
-    files = [ROOT / (m.replace(".", "/") + ".py") for m in _closure(f"pipeline.{name}") if ".config" not in m]
+    files = [ROOT / (m.replace(".", "/") + ".py") for m in _closure(f"pipeline.stages.{name}") if ".config" not in m]
     assert ("qkv" in body["deps"]) == any("qkv" in roots(f) for f in files if f.is_file())
 
 

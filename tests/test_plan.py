@@ -1,5 +1,5 @@
-"""The cost plan (pipeline/plan.py): its numbers from hand-computable cases and from the samplers the training loop
-uses, the order in which it picks a training rate, bad input, rehearsal params, and the loader measurement."""
+"""The cost plan (pipeline/stages/plan.py): its numbers from hand-computable cases and from the samplers the training
+loop uses, the order in which it picks a training rate, bad input, rehearsal params, and the loader measurement."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import config, cost_tables, costs, plan, rates, tables, throughput
+from pipeline import config
 from pipeline.config import ParamsError
+from pipeline.planning import cost_tables, costs, rates, throughput
+from pipeline.reporting import tables
+from pipeline.stages import plan
 
 from .tiny import ROOT, tiny_params, write_params
 
@@ -69,7 +72,7 @@ EPOCHS = [(72, 16, 1, 1), (1000, 64, 4, 1), (1000, 64, 4, 3), (300, 8, 8, 3), (2
 def test_epoch_images_are_what_the_samplers_draw(n, batch, world, repeats):
     """An epoch as the training loop draws it: each rank's sampler (timm's RepeatAugSampler under repeated
     augmentation), in whole per-rank batches (drop_last), over every rank."""
-    from pipeline.samples import EpochSampler
+    from pipeline.data.samples import EpochSampler
 
     per_rank = len(EpochSampler(n, train=True, seed=0, rank=0, world_size=world, repeats=repeats))
     drawn = per_rank // (batch // world) * (batch // world) * world
@@ -112,7 +115,8 @@ def test_two_nodes_halve_the_wall_time():
 
 
 def fake_bench(params: Path, *, profile: str = "embedded", device: str = "cpu", scale: float = 1.0) -> dict:
-    """A bench metrics file as pipeline.bench writes it for the tiny profile (``scale``: another model's FLOPs)."""
+    """A bench metrics file as pipeline.stages.bench writes it for the tiny profile (``scale``: another model's
+    FLOPs)."""
     models = {}
     for v, rate in (("linear", 50.0), ("fsne", 40.0)):
         gflops = 2 * flops(params, v, 3) * scale / 1e9
@@ -256,7 +260,7 @@ def test_digits_splits_exactly_as_the_prepare_stage_did():
 
 def test_launchers_and_their_devices():
     assert costs.devices("python", "cuda", 4).total == 1
-    assert costs.devices("python -m pipeline.launch --nproc-per-node 8", "cuda", 2).total == 16
+    assert costs.devices("python -m pipeline.training.launch --nproc-per-node 8", "cuda", 2).total == 16
     assert costs.devices("torchrun --nproc_per_node=4", "cuda").total == 4
     with pytest.raises(ParamsError, match="--nodes: expected a positive number of nodes, got 0"):
         costs.devices("python", "cuda", 0)
@@ -278,7 +282,7 @@ def test_the_per_core_loader_rate_is_measured_on_a_few_jpegs():
 
 
 def test_peak_memory_is_read_from_training_records(tmp_path):
-    from pipeline.runner import peak_rss_mib
+    from pipeline.training.runner import peak_rss_mib
 
     assert peak_rss_mib() > 0
     assert throughput.peak_memory([tmp_path]) is None

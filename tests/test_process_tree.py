@@ -1,4 +1,4 @@
-"""pipeline.process_tree, as a cluster job runs it (tests/tree_driver.py, a process of its own that becomes the
+"""pipeline.cluster.process_tree, as a cluster job runs it (tests/tree_driver.py, a process of its own that becomes the
 subreaper): a stop returns only when every process of the run has ended and been reaped, whatever phase it lands
 in; the stage is signalled, dvc and the stage's workers are not; dvc still collecting is interrupted; a run that
 ignores the stop is killed. And :func:`process_tree.terminate`, which ``cluster cancel`` uses."""
@@ -12,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import process_tree, procfs
+from pipeline import procfs
+from pipeline.cluster import process_tree
 
 from .load import cpu_load
 

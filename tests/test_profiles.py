@@ -52,7 +52,7 @@ def test_paper_profile_matches_the_xcit_recipe():
     }
     assert p["datasets"][p["pretrain"]["dataset"]]["source"] == "imagenet" and len(p["seeds"]) == 3
     assert sorted(p["finetune"]["datasets"]) == ["cifar10", "cifar100", "stanford_cars", "stl10"]
-    assert p["launcher"] == "python -m pipeline.launch --nproc-per-node 8" and p["device"] == "cuda"
+    assert p["launcher"] == "python -m pipeline.training.launch --nproc-per-node 8" and p["device"] == "cuda"
     assert (aug["re_mode"], aug["repeated_aug"], pre["weights"]) == ("pixel", 3, "raw")  # XCiT's main.py defaults
 
 

@@ -1,5 +1,5 @@
-"""The rehearsal of a GPU profile (pipeline/rehearsal.py, pipeline/rehearse.py): what it may change, what it
-refuses, what it checks after the run. The whole rehearsals run in .ci/run (`make rehearse`); the fault test here
+"""The rehearsal of a GPU profile (pipeline/review/rehearsal.py, pipeline/review/rehearse.py): what it may change, what
+it refuses, what it checks after the run. The whole rehearsals run in .ci/run (`make rehearse`); the fault test here
 runs one up to the stage that must fail."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import config, rehearsal, rehearse
+from pipeline import config
 from pipeline.config import ParamsError, get_key, is_knob
+from pipeline.review import rehearsal, rehearse
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +51,7 @@ def test_a_rehearsal_changes_size_and_data_knobs_only_and_records_each(name, tmp
 
 def test_the_paper_rehearsal_keeps_what_exercises_each_path():
     profile, params, overrides = _derive("paper")
-    assert params["launcher"] == "python -m pipeline.launch --nproc-per-node 2"
+    assert params["launcher"] == "python -m pipeline.training.launch --nproc-per-node 2"
     assert params["seeds"] == [0, 1]  # two seeds: intervals and verdicts are computed
     assert params["pretrain"]["variants"] == ["linear", "sne"]
     assert params["bench"]["variants"] == profile["bench"]["variants"]  # every embedding still trains a step
@@ -132,9 +133,11 @@ def test_nan_and_infinite_numbers_are_found_wherever_they_are(tmp_path):
 
 def test_the_lines_only_a_gpu_runs_are_listed():
     lines = rehearsal.cuda_lines(ROOT)
-    assert any(line.startswith("pipeline/distributed.py:") and "torch.cuda.set_device" in line for line in lines)
+    assert any(
+        line.startswith("pipeline/training/distributed.py:") and "torch.cuda.set_device" in line for line in lines
+    )
     assert any('"nccl" if' in line for line in lines)
-    assert not any(line.startswith("pipeline/rehearsal.py") for line in lines)
+    assert not any(line.startswith("pipeline/review/rehearsal.py") for line in lines)
     assert all("# CUDA only" not in line for line in lines)
 
 

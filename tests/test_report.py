@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from pipeline import report
-from pipeline.claims import verdict
 from pipeline.config import Claim
-from pipeline.stats import paired, summary
+from pipeline.reporting.claims import verdict
+from pipeline.reporting.stats import paired, summary
+from pipeline.stages import report
 
 from .tiny import ROOT, tiny_params, write_params
 
@@ -91,7 +91,7 @@ def instance(profile: str, variant: str, seed: int, dataset: str, backbone: str 
 
 
 def fake_bench(profile: str) -> dict:
-    """A bench metrics file as pipeline.bench writes it, with round numbers."""
+    """A bench metrics file as pipeline.stages.bench writes it, with round numbers."""
 
     def model(ms: float, flop_ratio: float) -> dict:
         return {
@@ -132,7 +132,7 @@ def fake_bench(profile: str) -> dict:
 
 
 def fake_plan(profile: str) -> dict:
-    """A plan JSON as pipeline.plan writes it: one pretraining group of 2 runs at a given rate, round numbers."""
+    """A plan JSON as pipeline.stages.plan writes it: one pretraining group of 2 runs at a given rate, round numbers."""
     group = {
         "stage": "pretrain", "backbone": "n12", "runs": 2, "epochs": 2, "train_images": 256, "eval_images": 160,
         "train_flops": 3_000_000_000, "eval_flops": 500_000_000, "weights_bytes": 2_000_000, "resume_bytes": 3_000_000,

@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import launch, pretrain, process_tree
+from pipeline.cluster import process_tree
 from pipeline.config import Augment, Dataset
 from pipeline.outputs import write_outputs
+from pipeline.stages import pretrain
+from pipeline.training import launch
 
 from .tiny import ROOT, paper_recipe, prepare_synthetic, tiny_params, write_params
 
@@ -86,13 +88,21 @@ def _outputs(tmp: Path) -> dict[str, bytes]:
 
 
 def _nodes(tmp: Path, params: Path, data: Path, port: int) -> list[subprocess.Popen]:
-    """Two nodes of one process each, started by pipeline.launch from SLURM's variables, sharing the resume
+    """Two nodes of one process each, started by pipeline.training.launch from SLURM's variables, sharing the resume
     folder (the filesystem two cluster nodes share)."""
     procs = []
     for node in (0, 1):
         slurm = {"SLURM_JOB_ID": "7", "SLURM_NNODES": "2", "SLURM_NODEID": str(node), launch.NODE_TASK: "1"}
         env = _env(**slurm, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        cmd = [sys.executable, "-m", "pipeline.launch", "--nproc-per-node", "1", "-m", "pipeline.pretrain"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pipeline.training.launch",
+            "--nproc-per-node",
+            "1",
+            "-m",
+            "pipeline.stages.pretrain",
+        ]
         procs.append(
             subprocess.Popen(
                 [*cmd, *_argv(tmp, params, data)],
@@ -210,7 +220,7 @@ def test_cuda_asked_for_without_a_gpu_is_an_error_not_a_cpu_run(tmp_path, synthe
 
 def test_a_world_size_that_does_not_divide_the_batch_is_refused(tmp_path, synthetic):
     params = write_params(tmp_path / "params.yaml", tiny_params(pretrain={"batch_size": 15}))
-    cmd = _torchrun(2, "-m", "pipeline.pretrain", *_argv(tmp_path / "out", params, synthetic))
+    cmd = _torchrun(2, "-m", "pipeline.stages.pretrain", *_argv(tmp_path / "out", params, synthetic))
     done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "pretrain: error: pretrain.recipe.batch_size: 15 is not divisible by 2 processes" in done.stderr
@@ -223,7 +233,7 @@ def test_repeated_augmentation_spreads_each_image_over_the_ranks():
     under its own seed."""
     from collections import Counter
 
-    from pipeline.samples import EpochSampler
+    from pipeline.data.samples import EpochSampler
 
     ranks = [EpochSampler(24, train=True, seed=0, rank=r, world_size=3, repeats=3) for r in range(3)]
     draws = [list(s) for s in ranks]
@@ -236,33 +246,34 @@ def test_repeated_augmentation_spreads_each_image_over_the_ranks():
 
 
 def test_repeated_augmentation_needs_an_image_per_rank(synthetic):
-    from pipeline import data
+    from pipeline.data.loaders import build_loaders
 
     augment = Augment("timm", 0.5, 0, 0.5, None, None, 0.25, "pixel", 3, "bicubic", 1.0)
     with pytest.raises(ValueError, match="augment.repeated_aug: 3 needs at least one training image per process"):
-        data.build_loaders(
+        build_loaders(
             synthetic, augment, img_size=16, batch_size=0, eval_batch_size=8, workers=0, seed=0, world_size=100
         )
 
 
 def test_repeated_augmentation_that_leaves_less_than_a_batch_is_refused(tmp_path):
     """timm's RepeatAugSampler keeps floor(n / 256) * 256 / world_size images per rank (n >= 256)."""
-    from pipeline import data, prepare
+    from pipeline.data.loaders import build_loaders
+    from pipeline.stages import prepare
 
     entry = {**tiny_params()["datasets"]["synthetic"], "img_size": 8, "per_class": 170}  # 306 training images
     files, _ = prepare.run("big", Dataset(**entry))
     write_outputs({tmp_path / k: v for k, v in files.items()})
     augment = Augment("timm", 0.5, 0, 0.5, None, None, 0.25, "pixel", 3, "bicubic", 1.0)
     with pytest.raises(ValueError, match=r"RepeatAugSampler keeps 128 of the 306 training images per process"):
-        data.build_loaders(tmp_path, augment, img_size=8, batch_size=140, eval_batch_size=8, workers=0, seed=0,
+        build_loaders(tmp_path, augment, img_size=8, batch_size=140, eval_batch_size=8, workers=0, seed=0,
                            world_size=2)  # fmt: skip
 
 
 def test_random_erasing_uses_the_recipes_mode(synthetic):
-    from pipeline import data
+    from pipeline.data.loaders import build_loaders
 
     augment = Augment("timm", 0.5, 0, 0.5, None, None, 0.25, "pixel", 1, "bicubic", 1.0)
-    loader = data.build_loaders(synthetic, augment, img_size=16, batch_size=8, eval_batch_size=8, workers=0, seed=0)
+    loader = build_loaders(synthetic, augment, img_size=16, batch_size=8, eval_batch_size=8, workers=0, seed=0)
     erasing = [t for t in loader.train.dataset.transform.transforms if type(t).__name__ == "RandomErasing"]
     assert len(erasing) == 1 and erasing[0].mode == "pixel"
 
@@ -272,18 +283,18 @@ def test_the_prepared_images_are_memory_mapped_not_copied(synthetic):
     batch needs."""
     import numpy as np
 
-    from pipeline import data
+    from pipeline.data.loaders import build_loaders
 
     augment = Augment("batched", 0.0, 0, 1.0, None, None, 0.0, "const", 1, "bicubic", 1.0)
-    loader = data.build_loaders(synthetic, augment, img_size=16, batch_size=8, eval_batch_size=8, workers=0, seed=0)
+    loader = build_loaders(synthetic, augment, img_size=16, batch_size=8, eval_batch_size=8, workers=0, seed=0)
     assert isinstance(loader.train.images, np.memmap) and str(loader.train.images.filename).endswith("data.safetensors")
 
 
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({}, ["--standalone", "-m", "pipeline.pretrain", "--x"]),
-        ({"PET_NNODES": "2", "PET_NODE_RANK": "1"}, ["-m", "pipeline.pretrain", "--x"]),
+        ({}, ["--standalone", "-m", "pipeline.stages.pretrain", "--x"]),
+        ({"PET_NNODES": "2", "PET_NODE_RANK": "1"}, ["-m", "pipeline.stages.pretrain", "--x"]),
         (
             {
                 "SLURM_JOB_ID": "42",
@@ -302,21 +313,21 @@ def test_the_prepared_images_are_memory_mapped_not_copied(synthetic):
                 "--master-port",
                 "29542",
                 "-m",
-                "pipeline.pretrain",
+                "pipeline.stages.pretrain",
                 "--x",
             ],
         ),  # fmt: skip
     ],
 )
 def test_launcher_takes_the_nodes_from_the_environment(env, expected):
-    cmd = launch.command(["--nproc-per-node", "8", "-m", "pipeline.pretrain", "--x"], env)
+    cmd = launch.command(["--nproc-per-node", "8", "-m", "pipeline.stages.pretrain", "--x"], env)
     assert cmd[:6] == [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "8", *cmd[5:6]]
     assert cmd[5:] == expected
 
 
 def test_launcher_in_a_slurm_batch_script_starts_one_task_per_node():
     env = {"SLURM_JOB_ID": "42", "SLURM_NNODES": "4", "SLURM_GPUS_ON_NODE": "8", "SLURM_CPUS_ON_NODE": "64"}
-    cmd = launch.command(["-m", "pipeline.pretrain", "--x"], env)
+    cmd = launch.command(["-m", "pipeline.stages.pretrain", "--x"], env)
     assert cmd[:7] == [
         "srun",
         "--nodes=4",
@@ -326,7 +337,15 @@ def test_launcher_in_a_slurm_batch_script_starts_one_task_per_node():
         "--kill-on-bad-exit=1",
         f"--export=ALL,{launch.NODE_TASK}=1",
     ]
-    assert cmd[8:] == ["-m", "pipeline.launch", "--nproc-per-node", "8", "-m", "pipeline.pretrain", "--x"]
+    assert cmd[8:] == [
+        "-m",
+        "pipeline.training.launch",
+        "--nproc-per-node",
+        "8",
+        "-m",
+        "pipeline.stages.pretrain",
+        "--x",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -334,7 +353,10 @@ def test_launcher_in_a_slurm_batch_script_starts_one_task_per_node():
     [
         (["--nproc-per-node"], "--nproc-per-node needs a positive number, got nothing"),
         (["--nproc-per-node", "x", "-m", "m"], "--nproc-per-node needs a positive number, got ['x']"),
-        (["pipeline.pretrain"], "usage: python -m pipeline.launch [--nproc-per-node N] -m MODULE ARGS..."),
+        (
+            ["pipeline.stages.pretrain"],
+            "usage: python -m pipeline.training.launch [--nproc-per-node N] -m MODULE ARGS...",
+        ),
     ],
 )
 def test_launcher_bad_arguments_are_one_line(argv, message):

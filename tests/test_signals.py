@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import checkpoint, pretrain, procfs, signals
+from pipeline import procfs
 from pipeline.config import ParamsError, load_pretrain
+from pipeline.stages import pretrain
+from pipeline.training import checkpoint, signals
 
 from .test_e2e import _env as e2e_env
 from .test_e2e import sh, source_copy
@@ -155,7 +157,7 @@ def test_sigterm_to_a_training_stage(tmp_path, synthetic):
     argv = _argv(tmp_path / "stopped", params, synthetic)
     resume, log = tmp_path / "stopped" / "resume", tmp_path / "stderr.log"
     with log.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline.pretrain", *argv], cwd=ROOT, env=_env(),
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.stages.pretrain", *argv], cwd=ROOT, env=_env(),
                                 stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
     try:
         _wait_for(proc, lambda: f"{NAME} epoch 1/12" in log.read_text(), "epoch 1")
@@ -232,7 +234,7 @@ def test_the_end_of_a_watched_ancestor_is_a_stop_request(monkeypatch):
 def test_under_dvc_the_watch_reaches_the_dvc_process(tmp_path):
     """DVC runs a command through `$SHELL -c`; here a program named dvc starts a shell that starts Python."""
     fake = tmp_path / "dvc"
-    code = "from pipeline.signals import watched_ancestors; print([a[2] for a in watched_ancestors()])"
+    code = "from pipeline.training.signals import watched_ancestors; print([a[2] for a in watched_ancestors()])"
     fake.write_text(f"#!/bin/sh\n/bin/sh -c '{sys.executable} -c \"{code}\"; true'\n")
     fake.chmod(0o755)
     done = subprocess.run([str(fake)], env=_env(DVC_STAGE="x"), capture_output=True, text=True, check=True)
@@ -243,7 +245,8 @@ def test_under_dvc_the_watch_reaches_the_dvc_process(tmp_path):
 
 def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
     folder = tmp_path / "resume"
-    script = f"from pipeline import checkpoint; import pathlib, time\nwith checkpoint.hold(pathlib.Path('{folder}')):\n"
+    script = "from pipeline.training import checkpoint; import pathlib, time\n"
+    script += f"with checkpoint.hold(pathlib.Path('{folder}')):\n"
     holder = subprocess.Popen([sys.executable, "-c", script + "    print('held', flush=True); time.sleep(60)"],
                               env=_env(), stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
@@ -433,7 +436,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, synth
 
 
 def _model_and_ema(params: Path):
-    from pipeline import model as models
+    from pipeline.training import model as models
 
     run = load_pretrain(params, "n12", "linear", 0)
     return models.build(run.net, 3), None
@@ -468,11 +471,19 @@ def _gone(text: str, cwd: Path | None = None, timeout: float = 30) -> float:
 
 
 def test_sigterm_to_the_launcher_stops_every_rank(tmp_path, synthetic):
-    """`python -m pipeline.launch --nproc-per-node 2` (torchrun's agent and two gloo ranks): SIGTERM to the
+    """`python -m pipeline.training.launch --nproc-per-node 2` (torchrun's agent and two gloo ranks): SIGTERM to the
     launcher alone reaches both ranks, which stop at the same step, each saving its state; the launcher exits
     with 143 and the one line of rank 0, no traceback; the re-run resumes to the uninterrupted result."""
     params = write_params(tmp_path / "params.yaml", tiny_params(pretrain={"epochs": 30}))
-    launch = [sys.executable, "-m", "pipeline.launch", "--nproc-per-node", "2", "-m", "pipeline.pretrain"]
+    launch = [
+        sys.executable,
+        "-m",
+        "pipeline.training.launch",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "pipeline.stages.pretrain",
+    ]
 
     def run(name: str) -> subprocess.CompletedProcess:
         argv = [*launch, *_argv(tmp_path / name, params, synthetic)]
@@ -525,7 +536,7 @@ def test_sigterm_to_dvc_repro_leaves_no_training_process(tmp_path):
     finally:
         proc.kill()
         proc.wait()
-    assert _gone("pipeline.pretrain", cwd=repo, timeout=30) < 10, "the training process outlived its dvc repro"
+    assert _gone("pipeline.stages.pretrain", cwd=repo, timeout=30) < 10, "the training process outlived its dvc repro"
     assert not (repo / "results/pretrain/n12-linear-0/metrics.json").exists(), "outputs written behind DVC's back"
     assert f"stopped because dvc (PID {proc.pid}) ended at epoch " in log.read_text(), log.read_text()[-3000:]
     assert 1 <= torch.load(resume / "checkpoint.pt", weights_only=True)["epoch"] < 40

@@ -1,4 +1,4 @@
-"""pipeline.standins: every stand-in read back through the users' code path, ImageNet's flat validation labels,
+"""pipeline.data.standins: every stand-in read back through the users' code path, ImageNet's flat validation labels,
 determinism, and photographs that are the packages' own."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from PIL import Image
 from scipy.io import loadmat
 
 from pipeline.config import SOURCES, Dataset
-from pipeline.datafiles import DEVKIT
-from pipeline.datasets import load
-from pipeline.photos import IMAGENET_SIZES
-from pipeline.standins import WRITERS, photos, write_jpegs
+from pipeline.data.datafiles import DEVKIT
+from pipeline.data.datasets import load
+from pipeline.data.photos import IMAGENET_SIZES
+from pipeline.data.standins import WRITERS, photos, write_jpegs
 
 SIZE = dict(classes=3, per_class=4, test_per_class=2)
 FIRST_CLASSES = {

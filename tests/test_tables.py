@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import tables
+from pipeline.reporting import tables
 
 from .test_report import build, fake_results, params_file
 

@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import finetune, pretrain
 from pipeline.config import Dataset
 from pipeline.outputs import write_outputs
+from pipeline.stages import finetune, pretrain
 
 from .tiny import ROOT, tiny_params, write_params
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> dict[str, Path]:
-    from pipeline import prepare
+    from pipeline.stages import prepare
 
     base = tmp_path_factory.mktemp("prepared")
     out = {}
@@ -106,7 +106,7 @@ def test_runtime_settings_do_not_change_the_result(tmp_path, prepared):
     every byte alike; threads and the evaluation batch reorder float sums, so their outputs (metrics, curves,
     weights) stay within the audit's tolerances."""
     from pipeline import config
-    from pipeline.compare import compare_outputs
+    from pipeline.review.compare import compare_outputs
 
     timm = {"augment": {**tiny_params()["pretrain"]["recipe"]["augment"], **TIMM_AUGMENT}, "epochs": 3}
     base = _run(tmp_path, prepared, "base", pretrain=timm)
@@ -123,7 +123,7 @@ def test_the_model_trains_at_its_own_resolution(tmp_path, prepared):
     """model.img_size is the one statement of the resolution: data prepared at 16 px is resized by the loader to
     the model's 32 px, so the metrics' GFLOPs are those of what was trained."""
     from pipeline import config
-    from pipeline.model import forward_flops
+    from pipeline.training.model import forward_flops
 
     params = write_params(tmp_path / "params.yaml", tiny_params(model={"img_size": 32}))
     pretrain.main(pretrain_argv(tmp_path, params, prepared["synthetic"]))
@@ -153,7 +153,7 @@ def test_resume_after_kill_gives_the_same_result(tmp_path, prepared):
     argv = pretrain_argv(tmp_path / "killed", params, prepared["synthetic"])
     checkpoint = tmp_path / "killed" / "resume" / "linear-0" / "checkpoint.pt"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.pretrain", *argv],
+        [sys.executable, "-m", "pipeline.stages.pretrain", *argv],
         cwd=ROOT,
         env=_env(),
         stdout=subprocess.DEVNULL,
@@ -200,7 +200,7 @@ def test_two_process_torchrun_matches_one_process(tmp_path, prepared):
             "--nproc_per_node",
             "2",
             "-m",
-            "pipeline.pretrain",
+            "pipeline.stages.pretrain",
             *argv,
         ],
         cwd=ROOT,

@@ -85,9 +85,9 @@ def paper_recipe(epochs: int = 6) -> dict:
 
 def prepare_synthetic(folder: Path) -> Path:
     """The tiny profile's synthetic dataset prepared into ``folder``/synthetic (as the prepare stage writes it)."""
-    from pipeline import prepare
     from pipeline.config import Dataset
     from pipeline.outputs import write_outputs
+    from pipeline.stages import prepare
 
     files, _ = prepare.run("synthetic", Dataset(**tiny_params()["datasets"]["synthetic"]))
     write_outputs({folder / "synthetic" / k: v for k, v in files.items()})

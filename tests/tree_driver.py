@@ -1,7 +1,7 @@
-"""Runs :class:`pipeline.process_tree.Run` as a cluster job does, in a process of its own (it becomes the subreaper
-of what it starts and reaps every child; a test must not do that to pytest's process): a stand-in dvc that starts a
-stand-in stage, stopped ``--stop-after`` seconds after the start, ``--repeat`` times. Prints one JSON line per run:
-what the stop did and which of the run's processes still existed (zombies included) the moment it returned.
+"""Runs :class:`pipeline.cluster.process_tree.Run` as a cluster job does, in a process of its own (it becomes the
+subreaper of what it starts and reaps every child; a test must not do that to pytest's process): a stand-in dvc that
+starts a stand-in stage, stopped ``--stop-after`` seconds after the start, ``--repeat`` times. Prints one JSON line per
+run: what the stop did and which of the run's processes still existed (zombies included) the moment it returned.
 
     python -m tests.tree_driver --stage dies --repeat 20
 """
@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import process_tree, procfs
+from pipeline import procfs
+from pipeline.cluster import process_tree
 
 # dvc: "collects" for COLLECT seconds (SIGINT, as DVC, unwinds it), runs its stage, ignores SIGINT meanwhile (as DVC
 # does while a command runs) and exits 1 if the stage failed, as `dvc repro` does

@@ -4,7 +4,7 @@ measurement on fake data of the real size, not a stage.
     python tools/loader_memory.py --images 16185 --size 224 --ranks 2     # Stanford Cars at 224 px (~2.4 GB)
 
 Writes a fake prepared dataset (uint8 noise in the prepare stage's format) to a scratch folder, then starts
-``--ranks`` processes, each building its loaders as a training rank does (pipeline.data.build_loaders, one
+``--ranks`` processes, each building its loaders as a training rank does (pipeline.data.loaders.build_loaders, one
 rank's shard) and drawing ``--batches`` training batches and a whole evaluation pass. Each process reports,
 from /proc/self/smaps_rollup, in MiB: its resident memory (rss); its anonymous memory (the process's own: torch,
 batches; a copy of the dataset would land here); the file pages it maps (page cache, shared by every rank and
@@ -38,7 +38,7 @@ def _smaps() -> dict[str, int]:
 def _rank(folder: str, rank: int, ranks: int, batches: int, queue) -> None:
     import torch
 
-    from pipeline.data import build_loaders
+    from pipeline.data.loaders import build_loaders
 
     torch.set_num_threads(1)
     loaders = build_loaders(

@@ -3,7 +3,7 @@
     python tools/profile_ops.py linear            # or a variant, or the bench's timm reference model name
     python tools/profile_ops.py fsne --steps 10 --rows 40 --params params.yaml --data data/prepared/mnist5k
 
-A developer's tool, not a stage: it builds the models exactly as the bench stage times them (pipeline.timing),
+A developer's tool, not a stage: it builds the models exactly as the bench stage times them (pipeline.planning.timing),
 runs a few warm-up steps, then profiles ``--steps`` training steps of the one asked for. docs/performance.md
 shows what it found.
 """
@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from torch.profiler import ProfilerActivity, profile
 
-from pipeline import cli, config, distributed, timing
-from pipeline.data import read_meta
-from pipeline.distributed import configure_torch
+from pipeline import cli, config
+from pipeline.data.loaders import read_meta
+from pipeline.planning import timing
+from pipeline.training import distributed
+from pipeline.training.distributed import configure_torch
 
 
 def profile_ops(params: str, data: str, name: str, steps: int, rows: int) -> str:

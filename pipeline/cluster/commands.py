@@ -4,10 +4,10 @@
     python -m pipeline.cluster status [INSTANCE_OR_STAGE ...]
     python -m pipeline.cluster cancel
 
-``submit`` reads the DAG and what is stale from DVC (:mod:`pipeline.dag`), checks that the profile fits the
+``submit`` reads the DAG and what is stale from DVC (:mod:`pipeline.cluster.dag`), checks that the profile fits the
 jobs (the launcher's processes per node = ``cluster.training.gpus_per_node``, every batch divisible by them),
 and submits, upstream first, one submitit job per stale instance (and per stale instance downstream of one):
-``dvc --wait-for-lock repro --single-item <instance>`` in this workspace (:mod:`pipeline.cluster_job`).
+``dvc --wait-for-lock repro --single-item <instance>`` in this workspace (:mod:`pipeline.cluster.job`).
 With the ``slurm`` executor every job is an sbatch job that starts after its upstream jobs succeed
 (``--dependency=afterok:...``; a failure cancels what depends on it); with the ``local`` executor (submitit's
 LocalExecutor) the jobs run on this machine one after another while ``submit`` waits. DVC runs nothing twice:
@@ -26,11 +26,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import config, process_tree, scratch
-from .cluster_job import TERM_STOP_S, Clone, JobFailed, StageJob, release_runs
-from .cluster_status import Record, live_jobs, reason, result, rows, table
-from .costs import devices
-from .dag import DagError, Instance, scan, selected
+from pipeline import config, scratch
+from pipeline.cluster import process_tree
+from pipeline.cluster.dag import DagError, Instance, scan, selected
+from pipeline.cluster.job import TERM_STOP_S, Clone, JobFailed, StageJob, release_runs
+from pipeline.cluster.status import Record, live_jobs, reason, result, rows, table
+from pipeline.planning.costs import devices
 
 __all__ = ["check_fit", "main"]
 

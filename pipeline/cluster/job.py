@@ -1,23 +1,23 @@
 """One stage instance as one submitit job: ``dvc --wait-for-lock repro --single-item <instance>`` in the workspace
 (or, without a shared filesystem, in a clone of it: upstream results come from the DVC remote's run-cache, and the
-job's go there, :mod:`pipeline.runcache`).
+job's go there, :mod:`pipeline.cluster.runcache`).
 
-Stopping. dvc runs in its own session, with its signal dispositions set here (:mod:`pipeline.process_tree`), so
+Stopping. dvc runs in its own session, with its signal dispositions set here (:mod:`pipeline.cluster.process_tree`), so
 what reaches it and its stage is decided here, not by how the cluster tracks processes or by what this job
 inherited:
 
 * SLURM's warning before the time limit, or a preemption notice (SIGUSR2, ``#SBATCH --signal=USR2@<delay>``):
   submitit calls :meth:`StageJob.checkpoint`, which stops the run (the stage finishes its step, saves its resume
-  state in ``.resume/`` and exits: :mod:`pipeline.signals`; dvc sees it fail and releases its locks), waits until
-  every process of it has ended *and been reaped*, and returns this same job, which submitit requeues (``scontrol
+  state in ``.resume/`` and exits: :mod:`pipeline.training.signals`; dvc sees it fail and releases its locks), waits
+  until every process of it has ended *and been reaped*, and returns this same job, which submitit requeues (``scontrol
   requeue``; the local executor restarts it). The requeued job runs the same dvc command; the stage resumes.
 * SIGTERM or SIGINT to this process (``scontrol requeue``, ``scancel``, a preemption without warning,
   ``pipeline.cluster cancel``): the same stop, within ``TERM_STOP_S``; then the job ends with an error naming the
   signal, and a job SLURM requeues starts again and resumes.
 
 A job reports its end (or is requeued) only once its run has no process left, zombies included, and no lock record
-of its dvc is left in DVC's rwlock (:mod:`pipeline.dvc_locks` removes those of a dvc that had to be killed). Each
-start records its dvc process (host, PID, command) beside its start count; a start removes the records its
+of its dvc is left in DVC's rwlock (:mod:`pipeline.cluster.dvc_locks` removes those of a dvc that had to be killed).
+Each start records its dvc process (host, PID, command) beside its start count; a start removes the records its
 predecessors' dvc left if those have ended (a predecessor killed with its job, on this node or another).
 
 Every start of a job is counted in ``<log_folder>/attempts/<job id>``; a job that has started more than
@@ -39,7 +39,8 @@ from pathlib import Path
 
 from submitit.core.utils import UncompletedJobError
 
-from . import dvc_locks, process_tree, procfs, scratch
+from pipeline import procfs, scratch
+from pipeline.cluster import dvc_locks, process_tree
 
 __all__ = ["JobFailed", "StageJob", "release_runs"]
 
@@ -93,7 +94,7 @@ class StageJob:
             signal.signal(signum, self._on_signal)
         workdir = self._workdir = self._make_workdir()
         self._release_predecessors(workdir)
-        python = [sys.executable, "-m", "pipeline.runcache"]
+        python = [sys.executable, "-m", "pipeline.cluster.runcache"]
         if self.clone is not None:  # upstream results: from the remote's run-cache
             self._execute(workdir, [*python, "pull"])
         try:

@@ -20,7 +20,7 @@ further down:
   DVC unwinds on KeyboardInterrupt and releases its locks. Once a stage has run, dvc is left alone: after its last
   command it is writing ``dvc.lock`` for a finished run.
 * After ``timeout_s``: SIGKILL to every process of the run, the command included; their locks are left for
-  :mod:`pipeline.dvc_locks` to release.
+  :mod:`pipeline.cluster.dvc_locks` to release.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import procfs
+from pipeline import procfs
 
 __all__ = ["Ended", "Run", "Stopped", "become_subreaper", "descendants", "terminate"]
 

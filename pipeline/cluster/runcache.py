@@ -1,5 +1,5 @@
-"""DVC's run-cache through a remote, whole: ``python -m pipeline.runcache pull|push`` (run by the cluster's jobs
-that work in their own clone, :mod:`pipeline.cluster_job`).
+"""DVC's run-cache through a remote, whole: ``python -m pipeline.cluster.runcache pull|push`` (run by the cluster's jobs
+that work in their own clone, :mod:`pipeline.cluster.job`).
 
 ``push`` does what ``dvc push --run-cache`` does — copy the local run-cache entries (``.dvc/cache/runs``) to the
 default remote — and then also the objects of every output those runs record. DVC 3 pushes the entries and the
@@ -44,7 +44,7 @@ def push(root: Path) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.runcache", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.cluster.runcache", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("pull", "push"))
     args = parser.parse_args(argv)
     from dvc.exceptions import DvcException

@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .dag import Instance, curves_epochs
+from pipeline.cluster.dag import Instance, curves_epochs
 
 __all__ = ["Record", "Row", "live_jobs", "reason", "result", "rows", "scheduler_states", "table"]
 
@@ -91,7 +91,7 @@ def result(folder: Path, job_id: str) -> tuple[str, str] | None:
 def reason(traceback: str) -> str:
     """The one line a failed job's traceback ends with, without the exception's module path for our own."""
     last = [line.strip() for line in traceback.splitlines() if line.strip()][-1:] or ["(no message)"]
-    return last[0].removeprefix("pipeline.cluster_job.JobFailed: ")
+    return last[0].removeprefix("pipeline.cluster.job.JobFailed: ")
 
 
 def log_tail(folder: Path, job_id: str, lines: int = 2) -> list[str]:

@@ -13,24 +13,24 @@
 Importing this package never imports torch; only the torch stages' loaders call the qkv library, lazily.
 """
 
-from .cluster import Cluster, Resources
-from .compute import Compute, GpuReference, PlanConfig, SourceSize, Splits, load_compute, load_plan, split_counts
-from .datasets import SOURCES, Dataset, Source
-from .params import Audit, Bench, Flops, Forensics, Params, Plan, Report, Targets, from_data, load
-from .references import Assumption, Claim, Published, XcitResult, load_assumptions, load_published
-from .rehearsal import DATA_KNOBS, SIZE_KNOBS, Rehearsal, get_key, is_knob, put_key, real_profile
-from .schema import NAME_PATTERN, ParamsError, read_yaml
-from .sections import (
-    BACKBONES,
-    Augment,
-    Finetune,
-    Model,
-    Pretrain,
-    Recipe,
-    Runtime,
-    backbone_label,
+from pipeline.config.cluster import Cluster, Resources
+from pipeline.config.compute import (
+    Compute,
+    GpuReference,
+    PlanConfig,
+    SourceSize,
+    Splits,
+    load_compute,
+    load_plan,
+    split_counts,
 )
-from .stages import (
+from pipeline.config.datasets import SOURCES, Dataset, Source
+from pipeline.config.params import Audit, Bench, Flops, Forensics, Params, Plan, Report, Targets, from_data, load
+from pipeline.config.references import Assumption, Claim, Published, XcitResult, load_assumptions, load_published
+from pipeline.config.rehearsal import DATA_KNOBS, SIZE_KNOBS, Rehearsal, get_key, is_knob, put_key, real_profile
+from pipeline.config.schema import NAME_PATTERN, ParamsError, read_yaml
+from pipeline.config.sections import BACKBONES, Augment, Finetune, Model, Pretrain, Recipe, Runtime, backbone_label
+from pipeline.config.stages import (
     BenchConfig,
     Count,
     FlopsConfig,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .schema import ParamsError, positive
+from pipeline.config.schema import ParamsError, positive
 
 __all__ = ["Cluster", "Resources"]
 
@@ -35,7 +35,7 @@ class Resources:
         if self.nodes != 1:
             raise ParamsError(
                 f"{where}.nodes: {self.nodes}: a job runs on one node (instances run side by side as separate "
-                "jobs); to spread one run over nodes start pipeline.launch on each by hand (README); set 1"
+                "jobs); to spread one run over nodes start pipeline.training.launch on each by hand (README); set 1"
             )
 
 

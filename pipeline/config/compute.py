@@ -1,4 +1,4 @@
-"""What the cost plan (pipeline/plan.py) reads: ``references/compute.yaml`` (the size of every dataset source and
+"""What the cost plan (pipeline/stages/plan.py) reads: ``references/compute.yaml`` (the size of every dataset source and
 timm's published GPU training rates, each with its source), parsed and checked like params; the split sizes a
 prepared dataset will have, computed from it with the rounding rule the prepare stage uses
 (:func:`.datasets.split_sizes`) without reading the data; and :func:`load_plan`, the plan stage's loader.
@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .datasets import SOURCES, Dataset, split_sizes
-from .params import Params, from_data
-from .rehearsal import Rehearsal, real_profile
-from .schema import ParamsError, parse, positive, read_yaml
-from .sections import BACKBONES
-from .stages import Net, network
+from pipeline.config.datasets import SOURCES, Dataset, split_sizes
+from pipeline.config.params import Params, from_data
+from pipeline.config.rehearsal import Rehearsal, real_profile
+from pipeline.config.schema import ParamsError, parse, positive, read_yaml
+from pipeline.config.sections import BACKBONES
+from pipeline.config.stages import Net, network
 
 __all__ = ["Compute", "GpuReference", "PlanConfig", "SourceSize", "Splits", "load_compute", "load_plan", "split_counts"]
 

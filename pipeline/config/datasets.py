@@ -1,11 +1,11 @@
-"""The ``datasets`` section: which sources exist (pipeline/datasets.py has a reader for each), what each needs
+"""The ``datasets`` section: which sources exist (pipeline/data/datasets.py has a reader for each), what each needs
 (a root, a test fraction, ...), and one checked entry per prepared dataset."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .schema import ParamsError, fraction, positive
+from pipeline.config.schema import ParamsError, fraction, positive
 
 __all__ = ["SOURCES", "Dataset", "Source", "split_sizes"]
 
@@ -22,7 +22,7 @@ class Source:
 
 def split_sizes(n: int, val_fraction: float, test_fraction: float | None) -> tuple[int, int, int]:
     """``(test, val, train)`` images split off a class of ``n`` (test only where there is no official test
-    split): the one rounding rule, used by pipeline/datasets.py to split and here to check fractions early."""
+    split): the one rounding rule, used by pipeline/data/datasets.py to split and here to check fractions early."""
     n_test = 0 if test_fraction is None else int(round(n * test_fraction))
     n_val = int(round(n * val_fraction))
     return n_test, n_val, n - n_test - n_val

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cluster import Cluster
-from .datasets import Dataset
-from .rehearsal import Rehearsal
-from .schema import ParamsError, check_name, fraction, names_in, non_negative, parse, positive, read_yaml
-from .sections import Finetune, Model, Pretrain, Runtime, check_options, registered
+from pipeline.config.cluster import Cluster
+from pipeline.config.datasets import Dataset
+from pipeline.config.rehearsal import Rehearsal
+from pipeline.config.schema import ParamsError, check_name, fraction, names_in, non_negative, parse, positive, read_yaml
+from pipeline.config.sections import Finetune, Model, Pretrain, Runtime, check_options, registered
 
 __all__ = ["Audit", "Bench", "Flops", "Forensics", "Params", "Plan", "Report", "Targets", "from_data", "load"]
 
@@ -123,7 +123,7 @@ class Audit:
 
 @dataclass(frozen=True)
 class Plan:
-    """The cost plan's own settings (pipeline/plan.py)."""
+    """The cost plan's own settings (pipeline/stages/plan.py)."""
 
     loader_images: int  # JPEGs decoded and transformed to time the timm input pipeline on one CPU core
 
@@ -156,7 +156,7 @@ class Params:
     audit: Audit
     plan: Plan
     cluster: Cluster  # where pipeline.cluster runs the stage instances (listed by no stage)
-    rehearsal: Rehearsal | None  # null, except in a rehearsal's params (pipeline.rehearse)
+    rehearsal: Rehearsal | None  # null, except in a rehearsal's params (pipeline.review.rehearse)
     path: Path = field(default=Path("params.yaml"), compare=False)
 
     def check(self, where: str) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .datasets import SOURCES
-from .schema import ParamsError, parse, read_yaml
-from .sections import BACKBONES
+from pipeline.config.datasets import SOURCES
+from pipeline.config.schema import ParamsError, parse, read_yaml
+from pipeline.config.sections import BACKBONES
 
 __all__ = ["Assumption", "Claim", "Published", "XcitResult", "load_assumptions", "load_published"]
 

@@ -1,6 +1,6 @@
 """The ``rehearsal`` section: which keys a rehearsal of a GPU profile may change, and what it changed.
 
-A rehearsal (``make rehearse PROFILE=paper``, :mod:`pipeline.rehearse`) runs a GPU profile's whole DAG on a
+A rehearsal (``make rehearse PROFILE=paper``, :mod:`pipeline.review.rehearse`) runs a GPU profile's whole DAG on a
 CPU. Its params file is the real profile with a short list of overrides, and only of two kinds:
 
 * **size knobs** (:data:`SIZE_KNOBS`): how much is trained, on how many processes, on which device — epochs,
@@ -11,7 +11,7 @@ CPU. Its params file is the real profile with a short list of overrides, and onl
 Every other key — the recipe's components, the models, the image sizes, the report's statistics — stays as the
 profile sets it. The section records each override as ``key: {profile: <real value>, rehearsal: <value>}``;
 in a real profile it is ``null``. The report labels a rehearsal's every page and table, and the plan stage
-(:mod:`pipeline.plan`) plans the real profile: :func:`real_profile` puts the profile's values back.
+(:mod:`pipeline.stages.plan`) plans the real profile: :func:`real_profile` puts the profile's values back.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
-from .schema import ParamsError, check_name
+from pipeline.config.schema import ParamsError, check_name
 
 __all__ = ["DATA_KNOBS", "SIZE_KNOBS", "Rehearsal", "get_key", "is_knob", "put_key", "real_profile"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .schema import ParamsError, fraction, non_negative, positive
+from pipeline.config.schema import ParamsError, fraction, non_negative, positive
 
 __all__ = [
     "BACKBONES",

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .datasets import Dataset
-from .params import Audit, Bench, Params, Report, load
-from .rehearsal import Rehearsal
-from .schema import ParamsError
-from .sections import Model, Recipe, Runtime
+from pipeline.config.datasets import Dataset
+from pipeline.config.params import Audit, Bench, Params, Report, load
+from pipeline.config.rehearsal import Rehearsal
+from pipeline.config.schema import ParamsError
+from pipeline.config.sections import Model, Recipe, Runtime
 
 if TYPE_CHECKING:
     from qkv import EmbedConfig, XcitArch

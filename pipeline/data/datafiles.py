@@ -1,4 +1,4 @@
-"""What the readers of users' dataset files share (pipeline/datasets.py holds the readers): the error they raise,
+"""What the readers of users' dataset files share (pipeline/data/datasets.py holds the readers): the error they raise,
 the checks of a root and of the files it must hold, torchvision's classes without their md5 check, the image
 reader, and the labels of ImageNet's validation images in either of its layouts.
 

@@ -10,7 +10,7 @@
 | ``stl10`` | user files | tensor | yes | torchvision's STL10 class (raw binaries) |
 | ``stanford_cars`` | user files | tensor | yes | torchvision's StanfordCars class (devkit .mat files + jpgs) |
 | ``imagenet`` | user files | files | yes (val/) | class folders ``train/<wnid>/*.JPEG``; ``val/<wnid>/*.JPEG`` or the |
-| | | | | official flat ``val/ILSVRC2012_val_*.JPEG`` labelled by the extracted devkit (pipeline/datafiles.py) |
+| | | | | official flat ``val/ILSVRC2012_val_*.JPEG`` labelled by the extracted devkit (pipeline/data/datafiles.py) |
 
 Every source returns a :class:`Loaded`: uint8 images (tensor storage) or image paths relative to the
 dataset root (file storage: ImageNet is never copied), integer labels, class names, and which samples
@@ -28,7 +28,15 @@ import numpy as np
 
 from pipeline.config import SOURCES, Dataset, ParamsError
 from pipeline.config.datasets import check_split, split_sizes
-from pipeline.datafiles import DatasetError, check_files, check_root, imagenet_val, read_image, reading, unchecked
+from pipeline.data.datafiles import (
+    DatasetError,
+    check_files,
+    check_root,
+    imagenet_val,
+    read_image,
+    reading,
+    unchecked,
+)
 
 __all__ = ["READERS", "DatasetError", "Loaded", "load", "read_image", "split_indices"]
 

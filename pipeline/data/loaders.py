@@ -4,7 +4,7 @@
 ``augment`` section) into train / val / test loaders at the model's resolution. Two paths:
 
 - ``mode: batched`` (tensor storage only): the uint8 images stay in memory and a whole batch is augmented at
-  once with tensor operations (:mod:`pipeline.batched`).
+  once with tensor operations (:mod:`pipeline.data.batched`).
 - ``mode: timm``: per-sample transforms from timm's factory (``timm.data.create_transform``: random resized
   crop, RandAugment, colour jitter, random erasing, bicubic resize, eval crop ratio), in DataLoader workers;
   for image files (ImageNet) and for the GPU profiles' recipes.
@@ -13,7 +13,7 @@ Both are deterministic for a seed, and neither depends on how many worker proces
 shuffling of an epoch comes from a generator seeded by (seed, epoch), and on the timm path every training
 sample is transformed under its own seed, derived from (seed, epoch, rank, position), whichever worker
 draws it. With ``world_size > 1`` each rank gets a disjoint shard of every epoch. The loader's throughput is
-measured by the bench stage. Every file of the prepared folder is checked as it is read (:mod:`pipeline.prepared`):
+measured by the bench stage. Every file of the prepared folder is checked as it is read (:mod:`pipeline.data.prepared`):
 a missing, truncated or corrupt one is one line naming it and the prepare instance that re-creates it.
 """
 
@@ -23,10 +23,10 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import samples
-from pipeline.batched import TensorBatches
 from pipeline.config import Augment, ParamsError
-from pipeline.prepared import SPLITS, read_index, read_meta, read_tensors
+from pipeline.data import samples
+from pipeline.data.batched import TensorBatches
+from pipeline.data.prepared import SPLITS, read_index, read_meta, read_tensors
 
 __all__ = ["SPLITS", "Loaders", "build_loaders", "read_meta"]
 

@@ -1,5 +1,5 @@
 """Real photographs shipped inside installed packages, and seeded crops of them: the pixels of the stand-in
-datasets (pipeline/standins.py), so a rehearsal decodes, resizes and augments photographs, not noise.
+datasets (pipeline/data/standins.py), so a rehearsal decodes, resizes and augments photographs, not noise.
 
 Every file is read from the package's own folder with PIL; nothing is fetched (scikit-image's ``skimage.data``
 functions may download files that are not bundled: none of these is used through them).

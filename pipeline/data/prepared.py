@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.tensorfile import read_header
+from pipeline.data.tensorfile import read_header
 
 __all__ = ["SPLITS", "read_index", "read_meta", "read_tensors", "remedy"]
 
@@ -126,7 +126,7 @@ def _map(path: Path, info) -> np.ndarray:
 
 def read_index(prepared: Path, meta: dict) -> dict[str, tuple[list[str], torch.Tensor]]:
     """The relative image paths and labels of a prepared ``index.csv`` (file storage), checked row by row and
-    against meta's content hash; the images themselves are checked as they are read (:mod:`pipeline.samples`)."""
+    against meta's content hash; the images themselves are checked as they are read (:mod:`pipeline.data.samples`)."""
     path = Path(prepared) / "index.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: prepared index not found; {remedy(prepared)}")

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.batched import epoch_generator
 from pipeline.config import Augment
+from pipeline.data.batched import epoch_generator
 
 __all__ = ["EpochSampler", "ImageDataset", "ImageFileError", "loader", "transform"]
 

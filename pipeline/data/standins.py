@@ -1,9 +1,9 @@
 """Small stand-in datasets written exactly in the on-disk formats users hold the real ones in, from real
 photographs (:func:`photos`, shipped in installed packages): a rehearsal reads them through the same readers
-(pipeline/datasets.py) as the real files, and decodes real JPEGs at the real sizes.
+(pipeline/data/datasets.py) as the real files, and decodes real JPEGs at the real sizes.
 
 ``WRITERS[source](root, classes=..., per_class=..., test_per_class=..., seed=0)`` writes under ``root`` what
-``pipeline.datasets`` reads for that source with ``root`` as the entry's ``root``:
+``pipeline.data.datasets`` reads for that source with ``root`` as the entry's ``root``:
 
 - ``imagenet``: ``train/<wnid>/<wnid>_<n>.JPEG``; ``val/ILSVRC2012_val_%08d.JPEG`` flat in a shuffled class
   order (or, with ``layout="folders"``, in ``val/<wnid>/``); the devkit's
@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.datafiles import DEVKIT
-from pipeline.photos import IMAGENET_SIZES, crop, photos, quarter_turned
+from pipeline.data.datafiles import DEVKIT
+from pipeline.data.photos import IMAGENET_SIZES, crop, photos, quarter_turned
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -126,7 +126,7 @@ def _savemat(path: Path, variables: dict) -> None:
     buffer = io.BytesIO()
     savemat(buffer, variables)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"MATLAB 5.0 MAT-file, written by pipeline.standins".ljust(116) + buffer.getvalue()[116:])
+    path.write_bytes(b"MATLAB 5.0 MAT-file, written by pipeline.data.standins".ljust(116) + buffer.getvalue()[116:])
 
 
 def write_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
@@ -250,7 +250,7 @@ def _write_devkit(data: Path, wnids: list[str], val: np.ndarray, per_class: int,
     ids = np.random.default_rng([seed, 5]).permutation(len(wnids)) + 1  # class c's ID
     if len(ids) > 1 and (np.diff(ids) > 0).all():  # not in wnid order, as the real IDs, not even by chance
         ids = np.roll(ids, 1)
-    gloss = "a stand-in class of pipeline.standins: crops of one photograph"
+    gloss = "a stand-in class of pipeline.data.standins: crops of one photograph"
     synsets = [
         (int(ids[c]), wnid, IMAGENET.get(wnid, f"stand-in class {c}"), gloss, 0, np.zeros(0), 0, per_class)
         for c, wnid in enumerate(wnids)

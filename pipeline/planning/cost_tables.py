@@ -1,10 +1,10 @@
 """The cost plan as a table (the plan stage prints it, the report shows it): one row per training stage and backbone,
 the prepared data and the total, with every rate's source and the input pipeline in the note. Plain data in (the
-plan stage's JSON), a :class:`pipeline.tables.Table` out; torch-free."""
+plan stage's JSON), a :class:`pipeline.reporting.tables.Table` out; torch-free."""
 
 from __future__ import annotations
 
-from pipeline.tables import Table
+from pipeline.reporting.tables import Table
 
 __all__ = ["plan", "plan_workers"]
 

@@ -1,7 +1,7 @@
 """What one training run of the DAG costs, in closed form: the images it trains on and evaluates (as the training
 loop and its samplers really draw them), its FLOPs (the closed-form counts of :mod:`qkv.counts`), and the bytes it
 keeps and holds while it runs; the devices a launcher starts; the bytes of a prepared dataset. Pure arithmetic on
-a :class:`pipeline.config.PlanConfig`; the plan stage (pipeline/plan.py) adds the rates and the measurements.
+a :class:`pipeline.config.PlanConfig`; the plan stage (pipeline/stages/plan.py) adds the rates and the measurements.
 
 Conventions: FLOPs as timm's and XCiT's tables count them (fvcore: one multiply-add is one flop, eval mode); a
 training image costs 3 forward passes (forward + backward), an evaluated image one.
@@ -50,7 +50,7 @@ class Devices:
 
 def devices(launcher: str, device: str, nodes: int = 1) -> Devices:
     """The devices of ``launcher`` (params.yaml's): ``python`` is one process; ``... --nproc-per-node N``
-    (pipeline.launch, torchrun) is N per node, on ``nodes`` nodes."""
+    (pipeline.training.launch, torchrun) is N per node, on ``nodes`` nodes."""
     if nodes < 1:
         raise ParamsError(f"--nodes: expected a positive number of nodes, got {nodes}")
     words = shlex.split(launcher)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import BACKBONES, GpuReference, PlanConfig, network
-from pipeline.costs import forward_flops
+from pipeline.planning.costs import forward_flops
 
 __all__ = ["Rate", "Rates", "resolve"]
 

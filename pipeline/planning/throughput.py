@@ -15,13 +15,13 @@ __all__ = ["peak_memory", "per_core_rate"]
 
 def per_core_rate(augment: Augment, img_size: int, *, images: int, seed: int = 0) -> float:
     """Training images/s of one CPU core on the timm loader path: ``images`` ImageNet-like JPEGs
-    (:func:`pipeline.standins.write_jpegs`) each read, decoded (PIL) and transformed by the training transform of
-    ``augment`` at ``img_size`` px under its own seed, as :class:`pipeline.samples.ImageDataset` does in a loader
+    (:func:`pipeline.data.standins.write_jpegs`) each read, decoded (PIL) and transformed by the training transform of
+    ``augment`` at ``img_size`` px under its own seed, as :class:`pipeline.data.samples.ImageDataset` does in a loader
     worker, with one torch thread. One more image, first, is transformed untimed (imports, first-call costs)."""
     import torch
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # normalisation constants: no cost difference
 
-    from pipeline import samples, standins
+    from pipeline.data import samples, standins
 
     with tempfile.TemporaryDirectory(prefix="plan-jpegs-") as tmp:
         folder = Path(tmp)

@@ -1,6 +1,7 @@
 """Timing a model's training step, its eval pass, a matrix product and the data loader: the pieces the bench
-stage (and ``tools/profile_ops.py``) measure with. The step is the pipeline's own :func:`pipeline.recipe.train_step`
-on the pretraining recipe, so what is timed is what the training stages run."""
+stage (and ``tools/profile_ops.py``) measure with. The step is the pipeline's own
+:func:`pipeline.training.recipe.train_step` on the pretraining recipe, so what is timed is what the training stages
+run."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline import model as models
 from pipeline.config import BenchConfig, Net, ParamsError
-from pipeline.recipe import loss_recipe, make_optimizer, train_step
+from pipeline.training import model as models
+from pipeline.training.recipe import loss_recipe, make_optimizer, train_step
 
 __all__ = ["Matmul", "Subject", "Timer", "dominant_shape", "loader_rate", "subjects"]
 
@@ -164,7 +165,7 @@ def loader_rate(settings: BenchConfig, prepared: Path) -> float:
     """Training images/s the loader delivers (augmentation included), over ``bench.loader_batches`` batches: the
     one measurement of the loader's throughput. The clock starts after the first batch (worker start-up is not
     throughput)."""
-    from pipeline.data import build_loaders
+    from pipeline.data.loaders import build_loaders
 
     bench = settings.bench
     loader = build_loaders(

@@ -6,7 +6,7 @@ ImageNet top-1 of pretraining, or the average transfer top-1 over four targets. 
 dataset (pretraining claims) or pretrains on ``pretrained_on`` and fine-tunes on every one of the claim's
 datasets (transfer claims). The same rule judges both kinds, on seed-paired differences to the baseline.
 
-For every claim the report also says what it needs (:mod:`pipeline.stats`): the seed spread of the paired
+For every claim the report also says what it needs (:mod:`pipeline.reporting.stats`): the seed spread of the paired
 difference, the smallest difference the seeds can detect, and the seeds the published difference would need.
 For a claim this profile does not test, the same is computed with the settings of the profile that can test it
 (``profiles/paper.yaml``: its seeds, confidence and power) and the best spread this run offers, labelled as such.
@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.config import Claim, Params, Published, ReportConfig
-from pipeline.results import Inputs, accuracies, transfer_average
-from pipeline.stats import detectable, paired, pooled_sd, seeds_needed
+from pipeline.reporting.results import Inputs, accuracies, transfer_average
+from pipeline.reporting.stats import detectable, paired, pooled_sd, seeds_needed
 
 __all__ = ["RULE", "Needs", "Verdict", "judge", "tested_by", "verdict"]
 

@@ -1,5 +1,5 @@
 """Reading the pipeline's result files for the report, and the per-backbone, per-variant statistics of a study
-(:mod:`pipeline.stats`); the verdicts on the published claims are :mod:`pipeline.claims`'.
+(:mod:`pipeline.reporting.stats`); the verdicts on the published claims are :mod:`pipeline.reporting.claims`'.
 
 No torch here: the report stage reads JSON and CSV only and never recomputes a result.
 """
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import ReportConfig
-from pipeline.inputs import BENCH, FINETUNE, FLOPS, PLAN, PREPARE, PRETRAIN, load_json, read_record
-from pipeline.stats import paired, summary
+from pipeline.reporting.inputs import BENCH, FINETUNE, FLOPS, PLAN, PREPARE, PRETRAIN, load_json, read_record
+from pipeline.reporting.stats import paired, summary
 
 __all__ = [
     "Inputs",
@@ -69,7 +69,7 @@ class Inputs:
 
 
 def read_inputs(cfg: ReportConfig, paths: Paths) -> Inputs:
-    """Every result file of the study, each checked (:mod:`pipeline.inputs`)."""
+    """Every result file of the study, each checked (:mod:`pipeline.reporting.inputs`)."""
     profile, models = cfg.profile, {b: m.name for b, m in cfg.backbones.items()}
 
     def rerun(instance: str) -> str:

@@ -1,11 +1,12 @@
 """The report's tables of the study and of the claims: pretraining (the main table), transfer, the verdicts
-and what each claim needs. Plain data in (rows of :mod:`pipeline.results`, verdicts of :mod:`pipeline.claims`,
-claims of ``references/published.yaml``), a :class:`pipeline.tables.Table` out."""
+and what each claim needs. Plain data in (rows of :mod:`pipeline.reporting.results`, verdicts of
+:mod:`pipeline.reporting.claims`, claims of ``references/published.yaml``), a :class:`pipeline.reporting.tables.Table`
+out."""
 
 from __future__ import annotations
 
 from pipeline.config import Claim, Params, Report
-from pipeline.tables import Table, fmt, interval, mean_std
+from pipeline.reporting.tables import Table, fmt, interval, mean_std
 
 __all__ = ["main", "needs", "transfer", "verdicts"]
 
@@ -44,7 +45,7 @@ def main(
     confidence: float,
 ) -> Table:
     """The ImageNet claims' columns beside this run's pretraining. ``rows``: per backbone and variant
-    (:func:`pipeline.results.pretraining`); ``claims``: the pretraining claim about each backbone, if any."""
+    (:func:`pipeline.reporting.results.pretraining`); ``claims``: the pretraining claim about each backbone, if any."""
     body = [
         [
             r["backbone"],
@@ -86,7 +87,7 @@ def transfer(
     rows: list[dict], *, datasets: tuple[str, ...], claims: dict[str, Claim | None], baseline: str, confidence: float
 ) -> Table:
     """Transfer accuracy per target and averaged, each with its seed-paired difference to the baseline.
-    ``rows``: per backbone and variant (:func:`pipeline.results.transfer`)."""
+    ``rows``: per backbone and variant (:func:`pipeline.reporting.results.transfer`)."""
 
     def cell(summary: dict, diff: dict | None) -> str:
         return mean_std(summary) + ("" if diff is None or not summary["n"] else f"; Δ {_delta(diff)}")
@@ -114,7 +115,7 @@ def transfer(
 
 
 def verdicts(outcomes: list, rule: str) -> Table:
-    """One row per published claim (:class:`pipeline.claims.Verdict`)."""
+    """One row per published claim (:class:`pipeline.reporting.claims.Verdict`)."""
     return Table(
         "verdicts",
         "Verdicts",
@@ -155,7 +156,7 @@ def needs(outcomes: list, claims: tuple[Claim, ...], report: Report, plan: Param
         rows,
         f"Detectable: the smallest true difference whose seed-paired {report.confidence:.0%} interval lies above "
         f"zero in {report.power:.0%} of studies with that many seeds and that spread (non-central t; "
-        "pipeline/stats.py). Claims this profile does not test: the settings of profile {plan.profile} "
+        "pipeline/reporting/stats.py). Claims this profile does not test: the settings of profile {plan.profile} "
         f"({len(plan.seeds)} seeds, {plan.report.confidence:.0%} interval, {plan.report.power:.0%} power) with "
         "the best spread this run offers, as labelled; a spread measured at another scale is an order of "
         "magnitude, not a plan.",

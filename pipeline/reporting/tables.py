@@ -1,7 +1,7 @@
 """The report's tables: one function per table, each taking plain data (result dicts, summaries computed by
-:mod:`pipeline.results`, entries of the reference files) and returning a :class:`Table`; :func:`files` renders
+:mod:`pipeline.reporting.results`, entries of the reference files) and returning a :class:`Table`; :func:`files` renders
 any table as CSV, Markdown and LaTeX, :func:`text` for a terminal. The bench stage prints its table through
-the same function the report uses. The tables of the study and the claims are in :mod:`pipeline.study_tables`.
+the same function the report uses. The tables of the study and the claims are in :mod:`pipeline.reporting.study_tables`.
 Published numbers come from ``references/published.yaml`` only."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Audit one stage instance: re-run it alone in a scratch copy and compare its outputs with the committed ones.
 
-    python -m pipeline.audit finetune@n12-sne-digits-0        (or: make audit STAGE=finetune@n12-sne-digits-0)
+    python -m pipeline.review.audit finetune@n12-sne-digits-0        (or: make audit STAGE=finetune@n12-sne-digits-0)
 
 The repository's tracked files are copied to a scratch folder, together with the stage's dependencies that
 git does not hold (prepared data, pretrained weights: taken from this working tree); the instance is re-run
@@ -9,7 +9,7 @@ or directories, file by file) is compared with the committed one: the working tr
 metrics, curves and tables; for DVC-cached outputs such as models and prepared data, the copy on disk). A
 committed output missing from the working tree is an error naming it (``dvc pull`` or ``dvc repro`` it first).
 
-Each file is compared by what it means (:mod:`pipeline.compare`): metrics JSON value by value and CSV cell by
+Each file is compared by what it means (:mod:`pipeline.review.compare`): metrics JSON value by value and CSV cell by
 cell, numbers within ``audit.abs_tol``; safetensors (weights, prepared data) tensor by tensor, same names,
 shapes and dtypes, float elements within ``audit.weights_abs_tol``, integer ones exactly; any other file byte
 for byte. Provenance files (host, wall time) are left out.
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from pipeline import cli, config
 from pipeline.cli import run_stage
-from pipeline.compare import compare_outputs, is_provenance
+from pipeline.review.compare import compare_outputs, is_provenance
 from pipeline.scratch import commit, copy_tracked, dvc
 
 
@@ -92,7 +92,7 @@ def audit(repo: Path, name: str, tol: config.Audit) -> tuple[str, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = cli.parser("python -m pipeline.audit", __doc__, {})
+    parser = cli.parser("python -m pipeline.review.audit", __doc__, {})
     parser.add_argument("stage", help="a stage instance of dvc.lock, e.g. finetune@n12-sne-digits-0")
     parser.add_argument("--repo", default=".", help="the repository to audit")
     parser.add_argument("--params", default="params.yaml")

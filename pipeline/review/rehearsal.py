@@ -13,7 +13,7 @@ section:
 | ``*.recipe.epochs`` / ``warmup_epochs`` | 2 / 1 (0 if the profile has none) | warm-up and cosine, a checkpoint each |
 | ``*.recipe.batch_size`` | 8 (4 per process) | the stand-in datasets hold a few dozen images |
 | ``*.recipe.diagnostic_images`` | 8 | |
-| ``datasets.*.root`` | the rehearsal's stand-in files | :mod:`pipeline.standins`, the real on-disk formats |
+| ``datasets.*.root`` | the rehearsal's stand-in files | :mod:`pipeline.data.standins`, the real on-disk formats |
 | ``datasets.*.download`` / ``checksums`` | false / false | offline; stand-ins cannot match the published md5 sums |
 | ``datasets.*.val_fraction`` | 0.25 where the profile's rounds to an empty split | |
 | ``datasets.*.stats_max_images`` | 16 | |
@@ -39,7 +39,7 @@ from pipeline.config import SOURCES, ParamsError, get_key, is_knob, put_key
 __all__ = ["DATA", "PROCESSES", "bad_numbers", "cuda_lines", "derive", "describe", "parse_sets", "summary"]
 
 PROCESSES = 2  # gloo processes standing in for a node's GPUs
-DATA = {"classes": 4, "per_class": 6, "test_per_class": 2}  # stand-in images per dataset (pipeline.standins)
+DATA = {"classes": 4, "per_class": 6, "test_per_class": 2}  # stand-in images per dataset (pipeline.data.standins)
 _EPOCHS, _BATCH, _EVAL_BATCH, _DIAGNOSTIC, _STATS, _WORKERS = 2, 8, 16, 8, 16, 2
 _CHECKSUMMED = ("cifar10", "cifar100", "stl10")  # sources whose files torchvision checks against md5 sums
 _DEFAULTS = {"checksums": True, "download": False}  # a dataset key's value when the profile leaves it out
@@ -64,7 +64,7 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
 
 
 def _launcher(launcher: str) -> str:
-    if "pipeline.launch" not in launcher:
+    if "pipeline.training.launch" not in launcher:
         return launcher  # one process per run: the profile's own path
     if "--nproc-per-node" not in launcher:
         return f"{launcher} --nproc-per-node {PROCESSES}"

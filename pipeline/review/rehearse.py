@@ -1,12 +1,12 @@
 """Rehearse a GPU profile on this CPU: its whole DAG, end to end, in a scratch copy, in minutes.
 
-    python -m pipeline.rehearse paper        (or: make rehearse PROFILE=paper; also cifar)
+    python -m pipeline.review.rehearse paper        (or: make rehearse PROFILE=paper; also cifar)
 
-1. The params: ``profiles/<name>.yaml`` with the size and data overrides of :mod:`pipeline.rehearsal` (and any
+1. The params: ``profiles/<name>.yaml`` with the size and data overrides of :mod:`pipeline.review.rehearsal` (and any
    ``--set key=value`` of a size knob), printed first and recorded in the params' ``rehearsal`` section, which
    labels the rehearsal's report REHEARSAL on every page and table.
 2. The data: small stand-ins of every dataset the profile reads from your files, written in their real on-disk
-   formats from real photographs (:mod:`pipeline.standins`), in ``<workdir>/data/<dataset>``.
+   formats from real photographs (:mod:`pipeline.data.standins`), in ``<workdir>/data/<dataset>``.
 3. The run: the repository's tracked code copied to ``<workdir>/repo`` (no results), ``dvc repro`` there.
 4. The checks: any failing stage, NaN or infinite number, missing output, unbuilt report, or a claim the real
    profile tests left "not run" fails the rehearsal (exit 1), naming it. The summary (stages and wall time,
@@ -29,10 +29,11 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import cli, config, rehearsal
-from pipeline.claims import tested_by
+from pipeline import cli, config
 from pipeline.cli import run_stage
 from pipeline.config import SOURCES, ParamsError
+from pipeline.reporting.claims import tested_by
+from pipeline.review import rehearsal
 from pipeline.scratch import commit, copy_tracked, dvc, dvc_command, env
 
 MARKER = ".qkv-rehearsal"  # a workdir holds this file: only such a folder is ever replaced
@@ -48,7 +49,7 @@ def _workdir(path: Path) -> Path:
             raise ParamsError(f"--workdir {path}: exists and is not a rehearsal's folder; give a new or empty path")
         shutil.rmtree(path)
     path.mkdir(parents=True)
-    (path / MARKER).write_text("a rehearsal's scratch folder (pipeline/rehearse.py); safe to delete\n")
+    (path / MARKER).write_text("a rehearsal's scratch folder (pipeline/review/rehearse.py); safe to delete\n")
     return path
 
 
@@ -122,7 +123,7 @@ def _check(code: Path, real: Path, stages: list[str]) -> list[str]:
 
 def _write_data(profile: dict, roots: dict[str, Path]) -> list[str]:
     """The stand-in files of every dataset the profile reads from the user's files; what was done, per dataset."""
-    from pipeline import standins
+    from pipeline.data import standins
 
     notes = []
     for name, entry in profile["datasets"].items():
@@ -161,7 +162,7 @@ def rehearse(repo: Path, source: Path, profile: dict, sets: dict, workdir: Path)
 
 def main(argv: list[str] | None = None) -> None:
     parser = cli.parser(
-        "python -m pipeline.rehearse", __doc__, {"profile": "the GPU profile to rehearse: cifar or paper"}
+        "python -m pipeline.review.rehearse", __doc__, {"profile": "the GPU profile to rehearse: cifar or paper"}
     )
     parser.add_argument("--workdir", help="scratch folder (default .rehearsal/<profile>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="another size override")

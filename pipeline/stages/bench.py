@@ -2,7 +2,7 @@
 
 For every variant (and timm's own XCiT as a reference) at the profile's model, resolution and batch size:
 
-- the median time of the pipeline's own training step (:func:`pipeline.recipe.train_step`: forward, loss,
+- the median time of the pipeline's own training step (:func:`pipeline.training.recipe.train_step`: forward, loss,
   backward, the recipe's optimizer) and of an eval forward pass, after warm-up. The rounds are interleaved —
   each round times one step of every model in turn, starting at a different model each round — so drift of
   the machine (thermal, other load) hits every model alike;
@@ -41,11 +41,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline import cli, config, distributed, provenance, tables, timing
+from pipeline import cli, config, provenance
 from pipeline.cli import run_stage
-from pipeline.data import read_meta
-from pipeline.distributed import configure_torch
+from pipeline.data.loaders import read_meta
 from pipeline.outputs import csv_bytes, json_bytes, round_measurement, write_outputs
+from pipeline.planning import timing
+from pipeline.reporting import tables
+from pipeline.training import distributed
+from pipeline.training.distributed import configure_torch
 
 PARAMS = ("profile", "variants", "backbones", "device", "pretrain.dataset", "pretrain.recipe", "bench")
 
@@ -172,7 +175,7 @@ def _targets(metrics: dict, bench: config.Bench) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = cli.parser(
-        "python -m pipeline.bench",
+        "python -m pipeline.stages.bench",
         __doc__,
         {
             "--params": "params.yaml",

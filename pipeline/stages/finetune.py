@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import config, runner
+from pipeline import config
 from pipeline.cli import run_stage
+from pipeline.training import runner
 
 PARAMS = (
     "profile",

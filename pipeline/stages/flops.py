@@ -32,10 +32,10 @@ from tqdm import tqdm
 
 import qkv
 from pipeline import cli, config, provenance
-from pipeline import model as models
 from pipeline.cli import run_stage
 from pipeline.config import Count
 from pipeline.outputs import csv_bytes, json_bytes, round_result, write_outputs
+from pipeline.training import model as models
 
 PARAMS = ("profile", "variants", "flops", "forensics")
 
@@ -155,7 +155,7 @@ def run(settings: config.FlopsConfig, *, progress: bool = False) -> tuple[dict, 
 
 def main(argv: list[str] | None = None) -> None:
     parser = cli.parser(
-        "python -m pipeline.flops",
+        "python -m pipeline.stages.flops",
         __doc__,
         {
             "--params": "params.yaml",

@@ -1,21 +1,22 @@
 """Stage ``plan``: what a profile's DAG will cost, before it runs — images, FLOPs, device-hours, wall time, disk and
 input pipeline of every training stage, per stage and backbone and in total.
 
-- Images: per run, the training images each epoch really draws (the samplers of :mod:`pipeline.samples` and
-  :mod:`pipeline.batched`, repeated augmentation and whole batches included) times the epochs; evaluated images:
+- Images: per run, the training images each epoch really draws (the samplers of :mod:`pipeline.data.samples` and
+  :mod:`pipeline.data.batched`, repeated augmentation and whole batches included) times the epochs; evaluated images:
   the validation split every epoch, the test split at the end (twice with an EMA) and the diagnostic's images.
   Dataset sizes come from ``references/compute.yaml`` (cited), split by the profile's fractions as the prepare
   stage splits them: no dataset is read, the roots need not exist.
 - FLOPs: the closed-form forward counts of :mod:`qkv.counts` for each backbone, variant and head, 3x per trained
   image, 1x per evaluated one.
-- Device-hours: images / rate per device (:mod:`pipeline.rates`: --img-per-s, else the bench stage's measurements
+- Device-hours: images / rate per device (:mod:`pipeline.planning.rates`: --img-per-s, else the bench stage's
+measurements
   of this profile on its device, else timm's published benchmark; each figure labelled). Wall time: device-hours
   over the launcher's processes (``--nproc-per-node`` x ``--nodes``), stages one after another, scaling assumed
   linear.
 - Disk: prepared datasets; the weights kept (float32, x2 with an EMA); the resume checkpoint a run holds while it
   runs (weights, AdamW's two moments, EMA).
 - Input pipeline (augment mode ``timm``): images/s one CPU core decodes and transforms, measured here
-  (:mod:`pipeline.throughput`), and the cores each device needs at its rate.
+  (:mod:`pipeline.planning.throughput`), and the cores each device needs at its rate.
 
 A rehearsal's params (a non-null ``rehearsal`` section) plan the real profile it records.
 
@@ -31,10 +32,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline import cli, config, cost_tables, costs, provenance, rates, tables, throughput
+from pipeline import cli, config, provenance
 from pipeline.cli import run_stage
 from pipeline.config import ParamsError, PlanConfig
 from pipeline.outputs import json_bytes, round_measurement, write_outputs
+from pipeline.planning import cost_tables, costs, rates, throughput
+from pipeline.reporting import tables
 
 PARAMS = (
     "profile",
@@ -192,7 +195,7 @@ def _inputs(cfg: PlanConfig, rate: rates.Rates, measure, host: str) -> list[dict
 
 def main(argv: list[str] | None = None) -> None:
     parser = cli.parser(
-        "python -m pipeline.plan",
+        "python -m pipeline.stages.plan",
         __doc__,
         {"--params": "the params file to plan (a rehearsal's: the real profile it records)"},
     )

@@ -34,7 +34,7 @@ import numpy as np
 from pipeline import cli, config, provenance
 from pipeline.cli import run_stage
 from pipeline.config import Dataset
-from pipeline.datasets import Loaded, load, read_image, split_indices
+from pipeline.data.datasets import Loaded, load, read_image, split_indices
 from pipeline.outputs import json_bytes, round_result, write_outputs
 
 PARAMS = ("profile", "datasets.{dataset}")
@@ -140,7 +140,7 @@ def _index_files(name: str, loaded: Loaded, splits: dict, params: Dataset) -> tu
 
 def main(argv: list[str] | None = None) -> None:
     parser = cli.parser(
-        "python -m pipeline.prepare",
+        "python -m pipeline.stages.prepare",
         __doc__,
         {
             "--params": "params.yaml",

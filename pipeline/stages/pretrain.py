@@ -10,15 +10,16 @@ Writes: --weights-out  folder of safetensors weights: raw.safetensors, and ema.s
         --curves       CSV per epoch: lr, train loss/top-1, val loss/top-1/top-5 (``dvc plots``).
         --provenance   JSON: resolved params, git commit, versions, hardware, threads, world size, img/s.
 Resume state lives in --resume-dir, outside DVC's outputs, and is deleted after a successful run.
-Runs under ``torchrun --nproc_per_node N -m pipeline.pretrain ...`` unchanged.
+Runs under ``torchrun --nproc_per_node N -m pipeline.stages.pretrain ...`` unchanged.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import config, runner
+from pipeline import config
 from pipeline.cli import run_stage
+from pipeline.training import runner
 
 PARAMS = (
     "profile",

@@ -19,13 +19,15 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from pipeline import cli, config, cost_tables, figures, results, study_tables, tables
-from pipeline.claims import RULE, Verdict, judge
+from pipeline import cli, config
 from pipeline.cli import run_stage
 from pipeline.config import Published, ReportConfig
-from pipeline.inputs import read_curves
 from pipeline.outputs import json_bytes, round_result, write_outputs
-from pipeline.results import Inputs, Paths, pretraining, read_inputs, transfer
+from pipeline.planning import cost_tables
+from pipeline.reporting import figures, results, study_tables, tables
+from pipeline.reporting.claims import RULE, Verdict, judge
+from pipeline.reporting.inputs import read_curves
+from pipeline.reporting.results import Inputs, Paths, pretraining, read_inputs, transfer
 
 PARAMS = (
     "profile",
@@ -42,7 +44,7 @@ PARAMS = (
     "report",
     "rehearsal",
 )
-TEMPLATE = Path(__file__).with_name("templates") / "report.html.j2"
+TEMPLATE = Path(__file__).parents[1] / "reporting" / "templates" / "report.html.j2"
 
 
 def build(cfg: ReportConfig, paths: Paths) -> dict[str, bytes]:
@@ -238,7 +240,7 @@ def _render(**context) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = cli.parser(
-        "python -m pipeline.report",
+        "python -m pipeline.stages.report",
         __doc__,
         {
             "--params": "params.yaml",

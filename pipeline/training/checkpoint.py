@@ -57,7 +57,7 @@ SHARED_KEYS = ("fingerprint", "epoch", "model", "optimizer", "scheduler", "ema",
 RANK_KEYS = ("rng", "last_finite")
 _WRITE_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 
-log = logging.getLogger("pipeline.checkpoint")
+log = logging.getLogger("pipeline.training.checkpoint")
 _HELD: set[int] = set()  # this process's lock files: a forked child (a DataLoader worker) closes its copies, which
 # would otherwise share the lock and keep it after this process ends
 

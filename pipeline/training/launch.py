@@ -1,6 +1,6 @@
-"""The launcher of the training stages on one or several nodes: ``launcher: python -m pipeline.launch
---nproc-per-node 8`` in params.yaml makes a stage's command ``python -m pipeline.launch --nproc-per-node 8 -m
-pipeline.pretrain ...``, which starts torchrun with the node count, this node's rank and the rendezvous address
+"""The launcher of the training stages on one or several nodes: ``launcher: python -m pipeline.training.launch
+--nproc-per-node 8`` in params.yaml makes a stage's command ``python -m pipeline.training.launch --nproc-per-node 8 -m
+pipeline.stages.pretrain ...``, which starts torchrun with the node count, this node's rank and the rendezvous address
 taken from the environment the cluster sets:
 
 - under SLURM (``SLURM_JOB_ID``) with several nodes, from the batch script: it runs itself once per node
@@ -17,7 +17,7 @@ Processes per node: ``--nproc-per-node``, else ``PET_NPROC_PER_NODE``, else ``SL
 
 Stopping: torchrun's agent runs in this process (no extra process between DVC and it) and passes SIGTERM,
 SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 on to its workers (``PET_SIGNALS_TO_HANDLE`` changes the list),
-which stop cleanly (:mod:`pipeline.signals`) within ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` seconds (30 unless set)
+which stop cleanly (:mod:`pipeline.training.signals`) within ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` seconds (30 unless set)
 before it kills them. It then exits with 128 + the signal's number, as do workers that stopped on their own
 (after their one line), without torchrun's traceback. Two nodes by hand (shared filesystem, node A reachable
 from B)::
@@ -25,7 +25,8 @@ from B)::
     # on node A                                   # on node B
     export PET_NNODES=2 PET_NODE_RANK=0           export PET_NNODES=2 PET_NODE_RANK=1
     export PET_MASTER_ADDR=nodeA PET_MASTER_PORT=29500   (the same two)
-    dvc repro --single-item pretrain@n12-sne-0    python -m pipeline.launch --nproc-per-node 8 -m pipeline.pretrain ...
+    dvc repro --single-item pretrain@n12-sne-0    python -m pipeline.training.launch --nproc-per-node 8 \
+                                                      -m pipeline.stages.pretrain ...
 """
 
 from __future__ import annotations
@@ -54,14 +55,16 @@ def _first_host(nodelist: str) -> str:
 
 
 def command(argv: list[str], env: dict[str, str]) -> list[str]:
-    """The command to run for ``python -m pipeline.launch <argv>`` in environment ``env``."""
+    """The command to run for ``python -m pipeline.training.launch <argv>`` in environment ``env``."""
     nproc = None
     if argv[:1] == ["--nproc-per-node"]:
         if len(argv) < 2 or not argv[1].isdigit() or int(argv[1]) < 1:
             raise SystemExit(f"launch: error: --nproc-per-node needs a positive number, got {argv[1:2] or 'nothing'}")
         nproc, argv = argv[1], argv[2:]
     if argv[:1] != ["-m"] or len(argv) < 2:
-        raise SystemExit("launch: error: usage: python -m pipeline.launch [--nproc-per-node N] -m MODULE ARGS...")
+        raise SystemExit(
+            "launch: error: usage: python -m pipeline.training.launch [--nproc-per-node N] -m MODULE ARGS..."
+        )
     nproc = nproc or env.get("PET_NPROC_PER_NODE") or env.get("SLURM_GPUS_ON_NODE") or "1"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", nproc]
     nodes = int(env.get("SLURM_NNODES", "1")) if "SLURM_JOB_ID" in env else 1
@@ -70,8 +73,8 @@ def command(argv: list[str], env: dict[str, str]) -> list[str]:
         # node's CPUs for its ranks and their loader workers (srun no longer inherits --cpus-per-task since 22.05)
         cpus = [f"--cpus-per-task={env['SLURM_CPUS_ON_NODE']}"] if "SLURM_CPUS_ON_NODE" in env else []
         return ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", *cpus, "--kill-on-bad-exit=1",
-                f"--export=ALL,{NODE_TASK}=1", sys.executable, "-m", "pipeline.launch", "--nproc-per-node", nproc,
-                *argv]  # fmt: skip
+                f"--export=ALL,{NODE_TASK}=1", sys.executable, "-m", "pipeline.training.launch",
+                "--nproc-per-node", nproc, *argv]  # fmt: skip
     if nodes > 1:
         addr = env.get("MASTER_ADDR") or _first_host(env["SLURM_JOB_NODELIST"])
         port = env.get("MASTER_PORT") or str(29500 + int(env["SLURM_JOB_ID"]) % 20000)

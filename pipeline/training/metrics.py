@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from pipeline import model as models
 from pipeline.config import TrainConfig
-from pipeline.data import Loaders
+from pipeline.data.loaders import Loaders
 from pipeline.outputs import round_result
-from pipeline.recipe import evaluate
+from pipeline.training import model as models
+from pipeline.training.recipe import evaluate
 
 __all__ = ["final_metrics"]
 

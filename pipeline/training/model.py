@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import Net
-from pipeline.tensorfile import read_header
+from pipeline.data.tensorfile import read_header
 
 __all__ = ["build", "count_params", "forward_flops", "load_pretrained"]
 

@@ -114,9 +114,9 @@ def train_step(
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, env, amp: bool) -> dict:
     """Loss, top-1 and top-5 (%) over a whole split. Every rank evaluates its shard of the loader and the sums
-    are added over the ranks (``env``: a :class:`pipeline.distributed.Dist`), so all ranks return the numbers of
-    the whole split: the counts exactly those of one process, the loss up to the order of its float sum."""
-    from pipeline.distributed import all_sum
+    are added over the ranks (``env``: a :class:`pipeline.training.distributed.Dist`), so all ranks return the numbers
+    of the whole split: the counts exactly those of one process, the loss up to the order of its float sum."""
+    from pipeline.training.distributed import all_sum
 
     model.eval()
     device = env.device

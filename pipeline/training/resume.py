@@ -1,20 +1,17 @@
-"""A training run's resume state (:mod:`pipeline.train`): restoring it from the resume folder, saving it after
-an epoch or at a step, and the stop points where the ranks agree whether to stop (:mod:`pipeline.signals`)."""
+"""A training run's resume state (:mod:`pipeline.training.train`): restoring it from the resume folder, saving it after
+an epoch or at a step, and the stop points where the ranks agree whether to stop (:mod:`pipeline.training.signals`)."""
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING
 
-from pipeline import checkpoint, distributed
-
-if TYPE_CHECKING:
-    from pipeline.train import RunState as State
+from pipeline.training import checkpoint, distributed
+from pipeline.training.state import RunState as State
 
 __all__ = ["own", "restore", "save", "stop_point"]
 
-log = logging.getLogger("pipeline.train")
+log = logging.getLogger("pipeline.training.train")
 
 
 def restore(state: State) -> None:

@@ -2,7 +2,7 @@
 the instance at the same time is refused), check that every folder it writes is writable, fit (rewriting the
 curves after every epoch, so ``dvc plots`` and ``tail -f`` follow a running job), then write the weights (raw,
 and EMA when the recipe keeps one), metrics, curves and provenance all at once (rank 0), remove the resume
-state and print a one-line summary. A run asked to stop (:mod:`pipeline.signals`) writes none of them: it
+state and print a one-line summary. A run asked to stop (:mod:`pipeline.training.signals`) writes none of them: it
 ends with one line saying where its resume state is, and exit status 128 + the signal's number."""
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import checkpoint, cli, distributed, provenance, signals
+from pipeline import cli, provenance
 from pipeline.config import TrainConfig
 from pipeline.outputs import csv_bytes, json_bytes, write_outputs
-from pipeline.train import fit
+from pipeline.training import checkpoint, distributed, signals
+from pipeline.training.train import fit
 
 __all__ = ["TrainOutputs", "parse_args", "peak_rss_mib", "train_and_write"]
 
@@ -131,7 +132,7 @@ def _train_and_write(run: TrainConfig, data: Path, outputs: TrainOutputs, init_w
     if result.ema is not None:
         weights[outputs.weights / "ema.safetensors"] = _safetensors(result.ema)
     extra = {"timing": result.timing, "world_size": result.env.world_size, "device": str(result.env.device)}
-    extra["peak_rss_mib"] = peak_rss_mib()  # host memory, for the cost plan (pipeline/plan.py --measured)
+    extra["peak_rss_mib"] = peak_rss_mib()  # host memory, for the cost plan (pipeline/stages/plan.py --measured)
     write_outputs(
         {
             **weights,

@@ -3,15 +3,15 @@
 SIGTERM (SLURM's preemption and time limit, ``kill``, torchrun passing on its own), SIGINT (Ctrl-C) and the signals
 of ``runtime.stop_signals`` (SLURM's warning before the limit, ``#SBATCH --signal=USR1@120``) only set a flag
 here. The training loop reads it before every step; every rank takes the largest of the ranks' requests
-(:func:`pipeline.distributed.largest`), so all stop at the same step, write a resume checkpoint and exit with
+(:func:`pipeline.training.distributed.largest`), so all stop at the same step, write a resume checkpoint and exit with
 one line and status 128 + the signal's number.
 
 A run started by ``dvc repro`` also stops when that dvc process ends: ``kill -TERM`` of dvc ends dvc alone, and
 its command, re-parented, would otherwise run on and write its outputs behind DVC's back (and meet the next
 ``dvc repro`` in its resume folder). :class:`StopRequests` records, at the start, the processes between this
 one and its dvc (walking /proc's parent links: DVC runs a stage's command through ``$SHELL -c``, which execs
-it, or through ``pipeline.launch``, which runs torchrun's agent in its own process) and checks about once a second
-that they all still live; a torchrun worker outside DVC watches its agent the same way. The watch needs Linux's
+it, or through ``pipeline.training.launch``, which runs torchrun's agent in its own process) and checks about once a
+second that they all still live; a torchrun worker outside DVC watches its agent the same way. The watch needs Linux's
 /proc; elsewhere only signals stop a run.
 """
 
@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import procfs
+from pipeline import procfs
 
 __all__ = ["ANCESTOR_ENDED", "StopRequests", "Stopped", "watched_ancestors"]
 
@@ -46,7 +46,7 @@ def _name(argv: list[str]) -> str:
     head = [Path(a).name for a in argv[:3]]
     if "dvc" in head:  # `dvc ...`, `python .../bin/dvc ...`, `python -m dvc ...`
         return "dvc"
-    if {"torchrun", "torch.distributed.run", "pipeline.launch"} & set(head):
+    if {"torchrun", "torch.distributed.run", "pipeline.training.launch"} & set(head):
         return "torchrun"
     return head[0] if head else "its parent"
 

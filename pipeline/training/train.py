@@ -1,17 +1,17 @@
 """The training loop shared by the ``pretrain`` and ``finetune`` stages: :func:`fit` sets a run up, trains it
 epoch by epoch (validating, logging and checkpointing after each) and evaluates the final weights, with the
-recipe of :mod:`pipeline.recipe` and model EMA.
+recipe of :mod:`pipeline.training.recipe` and model EMA.
 
 :func:`fit` runs unchanged under ``torchrun`` on one or several nodes (gloo on CPU, NCCL on GPU; BatchNorm
 synchronised on GPU). Every rank draws its own random stream (Mixup/CutMix, drop path; its data augmentation
 is seeded per sample by the loaders) and evaluates its shard of every split. Deterministic on CPU for a seed
 and a world size. Every ``runtime.checkpoint_every`` epochs the full training state is written atomically to a
-resume folder (:mod:`pipeline.checkpoint`), so a run killed part-way continues from its last checkpoint and
-ends with the same weights and metrics as an uninterrupted run. A run asked to stop (:mod:`pipeline.signals`:
+resume folder (:mod:`pipeline.training.checkpoint`), so a run killed part-way continues from its last checkpoint and
+ends with the same weights and metrics as an uninterrupted run. A run asked to stop (:mod:`pipeline.training.signals`:
 SIGTERM, SIGINT, a configured signal, the end of its ``dvc repro``) stops before its next step on every rank
 at once, saves its state there (part-way through an epoch too: the resumed epoch loads and skips the batches
 already trained on, whose order and augmentation are functions of the seed, epoch and position) and raises
-:class:`pipeline.signals.Stopped`. One line per epoch goes to the log (stderr), whether or not it is a
+:class:`pipeline.training.signals.Stopped`. One line per epoch goes to the log (stderr), whether or not it is a
 terminal; the tqdm bar only to a terminal.
 """
 
@@ -21,18 +21,18 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from pipeline import checkpoint, distributed, resume, signals
-from pipeline import model as models
 from pipeline.config import ParamsError, TrainConfig
-from pipeline.data import Loaders, build_loaders
-from pipeline.metrics import final_metrics
+from pipeline.data.loaders import build_loaders
 from pipeline.outputs import round_measurement, round_result
-from pipeline.recipe import (
+from pipeline.training import checkpoint, distributed, resume, signals
+from pipeline.training import model as models
+from pipeline.training.metrics import final_metrics
+from pipeline.training.recipe import (
     TrainingDiverged,
     evaluate,
     loss_recipe,
@@ -41,10 +41,11 @@ from pipeline.recipe import (
     set_seed,
     train_step,
 )
+from pipeline.training.state import RunState
 
 __all__ = ["TrainResult", "fit"]
 
-log = logging.getLogger("pipeline.train")
+log = logging.getLogger("pipeline.training.train")
 
 
 @dataclass
@@ -60,43 +61,6 @@ class TrainResult:
     metrics: dict | None = None
 
 
-@dataclass
-class RunState:
-    """A run in progress."""
-
-    run: TrainConfig
-    env: distributed.Dist
-    loaders: Loaders
-    model: torch.nn.Module
-    net: torch.nn.Module  # the model, wrapped in DistributedDataParallel when there are several processes
-    optimizer: torch.optim.Optimizer
-    scheduler: object
-    mixup: object
-    criterion: object
-    ema: object
-    fingerprint: dict
-    resume_dir: Path
-    params: int
-    stop: signals.StopRequests | None
-    curves: list[dict] = field(default_factory=list)
-    start_epoch: int = 0
-    start_step: int = 0  # steps of epoch start_epoch already trained on (a run stopped part-way through it)
-    partial: tuple = (0.0, 0, 0)  # this rank's loss sum, correct and count over those steps
-    saved: tuple[int, int] | None = None  # (epoch, step) of the checkpoint in the resume folder
-    last_finite: float | None = None
-    seen: int = 0
-    train_seconds: float = 0.0
-    epoch_rate: float = 0.0  # training images/s of the last epoch, over all ranks
-
-    @property
-    def amp(self) -> bool:
-        return self.run.recipe.amp and self.env.device.type == "cuda"
-
-    @property
-    def updates_per_epoch(self) -> int:
-        return len(self.loaders.train)
-
-
 def fit(
     run: TrainConfig,
     *,
@@ -110,7 +74,7 @@ def fit(
     """Train ``run`` on the prepared dataset at ``data`` to the end, resuming from ``resume_dir`` if it holds a
     checkpoint of the same run; ``init_weights`` (finetune) are the pretrained weights. ``on_epoch(curves)``
     runs on rank 0 after each epoch (the runner writes the live curves with it). Raises
-    :class:`TrainingDiverged` on a non-finite loss, :class:`pipeline.signals.Stopped` once ``stop`` asked for
+    :class:`TrainingDiverged` on a non-finite loss, :class:`pipeline.training.signals.Stopped` once ``stop`` asked for
     it and the resume state is saved (also when it asks during the final evaluation: a resumed run redoes it)."""
     state = _setup(run, data, resume_dir, init_weights, stop)
     for epoch in range(state.start_epoch, run.recipe.epochs):
