@@ -62,10 +62,13 @@ def paper_study(root: Path, *, targets: tuple[str, ...] = tuple(TARGET_OFFSET)) 
     return root
 
 
-def build_paper(tmp_path: Path, results: Path, params: Path = ROOT / "profiles/paper.yaml") -> Path:
+def build_paper(
+    tmp_path: Path, results: Path, params: Path = ROOT / "profiles/paper.yaml", plan_table: Path | None = None
+) -> Path:
     out = tmp_path / "reports"
     report.main(
         [
+            *(("--plan-table", str(plan_table)) if plan_table else ()),
             *("--params", str(params), "--published", str(ROOT / "references/published.yaml")),
             *("--assumptions", str(ROOT / "references/assumptions.yaml"), "--plan", str(ROOT / "profiles/paper.yaml")),
             *("--flops", str(results / "flops/metrics.json"), "--bench", str(results / "bench/metrics.json")),

@@ -20,7 +20,7 @@ from pipeline.config import Claim, Params, Published, ReportConfig
 from pipeline.reporting.results import Inputs, accuracies, transfer_average
 from pipeline.reporting.stats import detectable, paired, pooled_sd, seeds_needed
 
-__all__ = ["RULE", "Needs", "Verdict", "judge", "tested_by", "verdict"]
+__all__ = ["RULE", "Needs", "Verdict", "judge", "tested_by", "verdict", "why_untested"]
 
 RULE = (
     "A claim is tested only when the profile trains the claim's backbone at the claim's resolution and patch size on "
@@ -51,6 +51,7 @@ class Verdict:
     backbone: str | None = None  # the entry of backbones that tested it
     differences: dict | None = None  # variant -> summary of the paired difference
     needs: Needs | None = None
+    why: str = ""  # a claim this profile does not test: what the profile lacks (:func:`why_untested`)
 
 
 def verdict(claim: Claim, *, tested: bool, differences: dict[str, dict]) -> Verdict:
@@ -100,6 +101,34 @@ def tested_by(claim: Claim, cfg: ReportConfig) -> tuple[str, tuple[str, ...]] | 
     return None
 
 
+def why_untested(claim: Claim, cfg: ReportConfig) -> str:
+    """What this profile lacks to test ``claim`` (the conditions of :func:`tested_by` it misses), in one line."""
+    sources = {name: d.source for name, d in cfg.datasets.items()}
+    lacks = []
+    if claim.kind == "pretrain" and sources[cfg.source] not in claim.datasets:
+        lacks.append(f"pretrains on {cfg.source}, not {' or '.join(claim.datasets)}")
+    if claim.kind == "transfer":
+        if sources[cfg.source] != claim.pretrained_on:
+            lacks.append(f"pretrains on {cfg.source}, not {claim.pretrained_on}")
+        missing = [d for d in claim.datasets if d not in {sources[t] for t in cfg.targets}]
+        if missing:
+            lacks.append(f"does not fine-tune on {', '.join(missing)}")
+    wanted = (
+        claim.backbone
+        + (f"/{claim.patch}" if claim.patch else "")
+        + (f" at {claim.img_size} px" if claim.img_size else "")
+    )
+    matching = [
+        key
+        for key, m in cfg.backbones.items()
+        if m.backbone == claim.backbone and claim.patch in (None, m.patch_size) and claim.img_size in (None, m.img_size)
+    ]
+    if not matching:
+        have = ", ".join(f"{k}: {m.backbone}/{m.patch_size} at {m.img_size} px" for k, m in cfg.backbones.items())
+        lacks.append(f"has no {wanted} backbone ({have})")
+    return f"profile {cfg.profile} " + "; ".join(lacks or ["does not test it"])
+
+
 def _differences(kind: str, cfg: ReportConfig, inputs: Inputs, backbone: str, datasets: tuple) -> dict:
     """Proposed variant -> summary of its seed-paired difference to the baseline on what a claim of ``kind``
     measures (pretraining top-1, or the per-seed average over ``datasets`` after transfer)."""
@@ -141,7 +170,8 @@ def judge(cfg: ReportConfig, published: Published, inputs: Inputs, plan: Params)
             )
             verdicts.append(Verdict(v.claim, v.outcome, v.detail, found[0], found[1], needs))
             continue
-        verdicts.append(Verdict(v.claim, v.outcome, v.detail, needs=_planned(claim, cfg, plan, spreads)))
+        needs = _planned(claim, cfg, plan, spreads)
+        verdicts.append(Verdict(v.claim, v.outcome, v.detail, needs=needs, why=why_untested(claim, cfg)))
     return verdicts
 
 

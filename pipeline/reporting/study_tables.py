@@ -1,14 +1,14 @@
-"""The report's tables of the study and of the claims: pretraining (the main table), transfer, the verdicts
-and what each claim needs. Plain data in (rows of :mod:`pipeline.reporting.results`, verdicts of
-:mod:`pipeline.reporting.claims`, claims of ``references/published.yaml``), a :class:`pipeline.reporting.tables.Table`
-out."""
+"""The report's tables of the study and of the claims: the claims at a glance (the page's first screen),
+pretraining (the main table), transfer, the verdicts and what each claim needs. Plain data in (rows of
+:mod:`pipeline.reporting.results`, verdicts of :mod:`pipeline.reporting.claims`, claims of
+``references/published.yaml``), a :class:`pipeline.reporting.tables.Table` out."""
 
 from __future__ import annotations
 
 from pipeline.config import Claim, Params, Report
 from pipeline.reporting.tables import Table, fmt, interval, mean_std
 
-__all__ = ["main", "needs", "transfer", "verdicts"]
+__all__ = ["claims", "main", "needs", "transfer", "verdicts"]
 
 
 def _both_weights(row: dict) -> str:
@@ -114,6 +114,96 @@ def transfer(
     )
 
 
+def claims(
+    outcomes: list,
+    published: tuple[Claim, ...],
+    *,
+    baseline: str,
+    confidence: float,
+    plan: Params,
+    cost: dict | None,
+) -> Table:
+    """The first screen: per published claim its difference as published (cited), what this run measured or why it
+    could not, the verdict, the seeds the published difference needs
+    (:class:`pipeline.reporting.claims.Needs`) and the device-hours of the claim's stages in the cost plan
+    (``cost``: the plan stage's JSON, or None); ``plan``: the profile that can test what this one does not."""
+    by_id = {c.id: c for c in published}
+    rows = [
+        [
+            f"{v.claim}: {by_id[v.claim].claim}",
+            f"{by_id[v.claim].difference:+.1f} pp ({by_id[v.claim].source})",
+            f"not measured: {v.why}" if v.backbone is None else _measured(v),
+            v.outcome,
+            _seeds(v.needs),
+            _compute(v.backbone, by_id[v.claim].kind, cost, plan.profile),
+        ]
+        for v in outcomes
+    ]
+    return Table(
+        "claims",
+        "Claims",
+        [
+            "claim",
+            "published Δ (source)",
+            f"this run: Δ vs {baseline}, paired by seed [{confidence:.0%} CI]",
+            "verdict",
+            "seeds the published Δ needs",
+            "compute: the claim's stages in the cost plan",
+        ],
+        rows,
+        "Published Δ: the proposed minus the baseline top-1 as published (references/published.yaml). This run: per "
+        "proposed variant of the backbone that tests the claim, the seed-paired difference to the baseline on what "
+        "the claim measures (ImageNet top-1, or the transfer average). Seeds: the fewest whose interval clears zero "
+        "at the published Δ with the power of this run's settings or of the profile named, from the seed spread "
+        "named (details: What each claim needs). "
+        "Compute: the device-hours of the claim's training stages (a transfer claim: pretraining and fine-tuning), "
+        "every variant and seed of the cost plan's profile (details: Cost plan).",
+    )
+
+
+def _measured(v) -> str:
+    """The paired differences of the proposed variants on the backbone that tested the claim."""
+    shown = "; ".join(f"{variant} {_delta(d)}" for variant, d in (v.differences or {}).items())
+    return f"{v.backbone}: {shown or 'no proposed variant trained'}"
+
+
+def _seeds(n) -> str:
+    """What a claim's :class:`pipeline.reporting.claims.Needs` says, in one cell."""
+    if n is None or n.sd is None:
+        return f"n/a: {n.sd_source if n else 'no spread known'}"
+    count = f"{n.seeds_needed} seeds" if n.seeds_needed is not None else "n/a (more than the search allows)"
+    if n.sd_source == "this run":
+        return f"{count}, from this run's seed std of Δ {fmt(n.sd, 3)} pp ({n.n} seeds run)"
+    return (
+        f"{count} at the settings of {n.n_source}, from a seed std of Δ {fmt(n.sd, 3)} pp measured at another scale "
+        "(an order of magnitude, not a plan)"
+    )
+
+
+def _hours(h: float) -> str:  # as the cost plan's table writes device-hours
+    return f"{h:,.0f}" if h >= 100 else f"{h:.3g}"
+
+
+def _compute(backbone: str | None, kind: str, cost: dict | None, planned: str) -> str:
+    """The device-hours the cost plan gives the stages that test a claim on ``backbone`` (None: not tested here)."""
+    if cost is None:
+        return "no cost plan (the plan stage has not run)"
+    if backbone is None:
+        return (
+            f"not in this run's cost plan (profile {cost['profile']} does not test it); profile {planned}'s: "
+            f"make plan PROFILE={planned}"
+        )
+    stages = ("pretrain",) if kind == "pretrain" else ("pretrain", "finetune")
+    groups = [g for g in cost["groups"] if g["backbone"] == backbone and g["stage"] in stages]
+    hours = [g["device_hours"] for g in groups]
+    if not groups:
+        return f"not in the cost plan of profile {cost['profile']}"
+    total = "unknown (no training rate)" if None in hours else _hours(sum(hours))
+    real = " (the real profile, the rehearsal's overrides undone)" if cost.get("rehearsal") else ""
+    runs = " + ".join(f"{g['stage']} {g['backbone']}: {g['runs']} runs" for g in groups)
+    return f"{total} {cost['devices']['unit']}-hours in the cost plan of profile {cost['profile']}{real} ({runs})"
+
+
 def verdicts(outcomes: list, rule: str) -> Table:
     """One row per published claim (:class:`pipeline.reporting.claims.Verdict`)."""
     return Table(
@@ -156,7 +246,7 @@ def needs(outcomes: list, claims: tuple[Claim, ...], report: Report, plan: Param
         rows,
         f"Detectable: the smallest true difference whose seed-paired {report.confidence:.0%} interval lies above "
         f"zero in {report.power:.0%} of studies with that many seeds and that spread (non-central t; "
-        "pipeline/reporting/stats.py). Claims this profile does not test: the settings of profile {plan.profile} "
+        f"pipeline/reporting/stats.py). Claims this profile does not test: the settings of profile {plan.profile} "
         f"({len(plan.seeds)} seeds, {plan.report.confidence:.0%} interval, {plan.report.power:.0%} power) with "
         "the best spread this run offers, as labelled; a spread measured at another scale is an order of "
         "magnitude, not a plan.",

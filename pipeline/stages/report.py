@@ -64,48 +64,61 @@ def build(cfg: ReportConfig, paths: Paths) -> dict[str, bytes]:
     pre_rows, fine_rows = pretraining(cfg, inputs), transfer(cfg, inputs)
     outcomes = judge(cfg, published, inputs, plan)
     rule = RULE.format(confidence=cfg.report.confidence, baseline=baseline)
+    claims = study_tables.claims(
+        outcomes, published.claims, baseline=baseline, confidence=cfg.report.confidence, plan=plan, cost=inputs.plan
+    )
+    study = _study_tables(cfg, published, pre_rows, fine_rows, run_label, source)
+    study += [
+        tables.forensics(inputs.flops, published.claims, model=cfg.forensics_model, img_size=cfg.forensics_img_size),
+        tables.bench(inputs.bench),
+        cost_tables.plan(inputs.plan),
+        tables.assumptions(register, cfg.variants),
+        study_tables.needs(outcomes, published.claims, cfg.report, plan),
+    ]
+    provenance = tables.provenance(results.provenance_rows(cfg, paths, inputs))
+    label = rehearsal_label(cfg)
+    files, inline = _rendered(_figures(cfg, paths, inputs, published, pre_rows, fine_rows, run_label), label)
+    files["headline"] = json_bytes(headline(cfg, pre_rows, fine_rows, outcomes))
+    written = [claims, *study, study_tables.verdicts(outcomes, rule), provenance]  # verdicts: a file, not a section
+    files.update({path: data for table in written for path, data in tables.files(table, label).items()})
+    files["index.html"] = _render(  # the page's order: claims, tables, figures, provenance
+        profile=cfg.profile,
+        synthetic=synthetic,
+        run_label=run_label,
+        claims=claims,
+        verdicts=outcomes,
+        rule=rule,
+        tables=study,
+        figures=inline,
+        provenance=provenance,
+        reduced=not imagenet,
+        rehearsal=cfg.rehearsal,
+        rehearsal_label=label,
+    ).encode()
+    return files
+
+
+def _study_tables(cfg: ReportConfig, published: Published, pre_rows, fine_rows, run_label: str, source: str) -> list:
+    """The main (pretraining) table and the transfer table, each beside the published claims about its backbones."""
     labels = {b: m.backbone for b, m in cfg.backbones.items()}
-    table_list = [
+    baseline, confidence = cfg.report.baseline, cfg.report.confidence
+    return [
         study_tables.main(
             pre_rows,
             claims={b: published.claim_for("pretrain", label) for b, label in labels.items()},
             baseline=baseline,
             run_label=run_label,
             source=source,
-            confidence=cfg.report.confidence,
+            confidence=confidence,
         ),
         study_tables.transfer(
             fine_rows,
             datasets=cfg.targets,
             claims={b: published.claim_for("transfer", label) for b, label in labels.items()},
             baseline=baseline,
-            confidence=cfg.report.confidence,
+            confidence=confidence,
         ),
-        tables.forensics(inputs.flops, published.claims, model=cfg.forensics_model, img_size=cfg.forensics_img_size),
-        tables.bench(inputs.bench),
-        cost_tables.plan(inputs.plan),
-        tables.assumptions(register, cfg.variants),
-        study_tables.verdicts(outcomes, rule),
-        study_tables.needs(outcomes, published.claims, cfg.report, plan),
-        tables.provenance(results.provenance_rows(cfg, paths, inputs)),
     ]
-    label = rehearsal_label(cfg)
-    files, inline = _rendered(_figures(cfg, paths, inputs, published, pre_rows, fine_rows, run_label), label)
-    files["headline"] = json_bytes(headline(cfg, pre_rows, fine_rows, outcomes))
-    files.update({path: data for table in table_list for path, data in tables.files(table, label).items()})
-    files["index.html"] = _render(
-        profile=cfg.profile,
-        synthetic=synthetic,
-        run_label=run_label,
-        tables=table_list,
-        verdicts=outcomes,
-        rule=rule,
-        figures=inline,
-        reduced=not imagenet,
-        rehearsal=cfg.rehearsal,
-        rehearsal_label=label,
-    ).encode()
-    return files
 
 
 def _rendered(drawn: dict, label: str) -> tuple[dict[str, bytes], dict[str, str]]:
