@@ -1,6 +1,7 @@
 # Two commands for a fresh machine (Python 3.11): `make repro` rebuilds the results, `make test` tests.
 # Both create .venv on first use, install the exact pins of requirements.txt and the project, and reuse
-# the venv afterwards (it is reinstalled when requirements.txt or pyproject.toml change).
+# the venv afterwards (it is reinstalled when requirements.txt or pyproject.toml change). `make` alone, or
+# `make help`, lists the targets: each target's line ends with `## <what it does>`, which `help` prints.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
@@ -10,7 +11,14 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: venv repro test lint report-check audit profile plan rehearse cluster cluster-status cluster-cancel lock
+.PHONY: help venv repro test lint report-check audit profile plan rehearse cluster cluster-status cluster-cancel lock
+# `make` with no target lists the targets (nothing uses it to build: CI and the docs name their targets)
+.DEFAULT_GOAL := help
+
+# Needs nothing but make and awk: no venv, works on a fresh clone.
+help: ## list the targets (this list; the default goal)
+	@echo 'usage: make <target> [VARIABLE=value ...]   (a target that runs the code creates .venv on first use)'
+	@awk -F ':.*## ' '/^[A-Za-z0-9_.-]+:.*## / { printf "  %-15s %s\n", $$1, $$2 }' $(firstword $(MAKEFILE_LIST))
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,19 +26,19 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --editable .
 	@touch $@
 
-venv: $(STAMP)
+venv: $(STAMP) ## create .venv (PYTHON=python3.11) with requirements.txt's pins and the project
 
 # The params are checked (every stage's loader, every instance, the qkv library's checks included) before DVC
 # runs anything: a bad file fails here in seconds instead of in the middle of a repro.
-repro: $(STAMP)
+repro: $(STAMP) ## check params.yaml, then rebuild every result that is not up to date (dvc repro)
 	python -m pipeline.profile --check params.yaml
 	dvc repro
 
-lint: $(STAMP)
+lint: $(STAMP) ## ruff check and ruff format --check of qkv pipeline tests tools
 	ruff check qkv pipeline tests tools
 	ruff format --check qkv pipeline tests tools
 
-test: lint
+test: lint ## lint, every test (pytest), then report-check
 	pytest
 	$(MAKE) report-check
 
@@ -38,25 +46,25 @@ test: lint
 # to the report committed at HEAD. It checks HEAD only: it runs in a temporary git worktree, so uncommitted changes
 # (results that `make repro` rewrote on this machine, edited code or reports) are neither used nor checked; commit
 # them to check them.
-report-check: $(STAMP)
+report-check: $(STAMP) ## rebuild the report from HEAD's committed results: byte-identical to HEAD's?
 	bash tools/report_check.sh
 
 # Make profiles/$(PROFILE).yaml the active params.yaml (validated first): embedded, cifar or paper.
-profile: $(STAMP)
+profile: $(STAMP) ## PROFILE=<embedded|cifar|paper>: make profiles/<PROFILE>.yaml the active params.yaml
 	@test -n "$(PROFILE)" || { echo "usage: make profile PROFILE=<embedded|cifar|paper>"; exit 2; }
 	python -m pipeline.profile "$(PROFILE)"
 
 # The cost plan of profiles/$(PROFILE).yaml (a rehearsal's params: the real profile): images, FLOPs, device-hours,
 # wall time, disk and input pipeline of every training stage, without its data. Reads nothing but the profile,
 # references/compute.yaml and the bench's measurements (used when taken for that profile on its device).
-plan: $(STAMP)
+plan: $(STAMP) ## PROFILE=<name> [ARGS='--img-per-s 2500 --nodes 2']: cost plan of profiles/<PROFILE>.yaml
 	@test -n "$(PROFILE)" || { echo "usage: make plan PROFILE=<embedded|cifar|paper> [ARGS='--img-per-s 2500 --nodes 2']"; exit 2; }
 	python -m pipeline.stages.plan --params profiles/$(PROFILE).yaml --bench results/bench/metrics.json $(ARGS)
 
 # Run a GPU profile's whole DAG on this CPU in .rehearsal/$(PROFILE) (size and data overrides only, printed first;
 # stand-in datasets in the real formats); fails naming the stage, file or claim a real run would trip on.
 # SET="key=value ..." adds size overrides.
-rehearse: $(STAMP)
+rehearse: $(STAMP) ## PROFILE=<cifar|paper> [SET='key=value ...']: a GPU profile's whole DAG on this CPU
 	@test -n "$(PROFILE)" || { echo "usage: make rehearse PROFILE=<cifar|paper> [SET='pretrain.recipe.epochs=3']"; exit 2; }
 	python -m pipeline.review.rehearse "$(PROFILE)" $(foreach s,$(SET),--set "$(s)")
 
@@ -64,23 +72,23 @@ rehearse: $(STAMP)
 # params.yaml): one submitit job each, in dependency order, each `dvc --wait-for-lock repro --single-item <instance>`.
 # PROFILE=<name> makes profiles/<name>.yaml the active params.yaml first (validated); TARGETS="pretrain ..." limits the
 # jobs to those stages or instances and what they need. Watch with `make cluster-status`, stop with `make cluster-cancel`.
-cluster: $(STAMP)
+cluster: $(STAMP) ## [PROFILE=<name>] [TARGETS='stage-or-instance ...']: submit the stale instances as jobs
 	@if [ -n "$(PROFILE)" ]; then python -m pipeline.profile "$(PROFILE)"; else python -m pipeline.profile --check params.yaml; fi
 	python -m pipeline.cluster submit $(TARGETS)
 
-cluster-status: $(STAMP)
+cluster-status: $(STAMP) ## [TARGETS='stage-or-instance ...']: every instance's state and its last job
 	python -m pipeline.cluster status $(TARGETS)
 
-cluster-cancel: $(STAMP)
+cluster-cancel: $(STAMP) ## cancel every queued or running cluster job of ours
 	python -m pipeline.cluster cancel
 
 # Re-run one stage instance in a scratch copy and compare it with dvc.lock and the committed metrics.
-audit: $(STAMP)
-	@test -n "$(STAGE)" || { echo "usage: make audit STAGE=<stage instance, e.g. finetune@sne-digits-0>"; exit 2; }
+audit: $(STAMP) ## STAGE=<instance, e.g. finetune@n12-sne-digits-0>: re-run it in a scratch copy, compare
+	@test -n "$(STAGE)" || { echo "usage: make audit STAGE=<stage instance, e.g. finetune@n12-sne-digits-0>"; exit 2; }
 	python -m pipeline.review.audit "$(STAGE)"
 
 # Re-resolve requirements.in into exact pins (needs the package registry; not part of repro or test).
-lock:
+lock: ## [PYTHON=python3.11] re-resolve requirements.in into requirements.txt's exact pins (registry)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --requirement requirements.in
 	{ echo '# Exact pins of every package, generated by `make lock` from requirements.in on Python 3.11 / x86_64.'; \

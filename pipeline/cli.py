@@ -1,23 +1,53 @@
-"""What every entry point's ``main`` shares: its argument parser, quiet known third-party noise, and bad input
-turned into one clear line."""
+"""What every entry point's ``main`` shares: its argument parser (the training stages': their common arguments),
+quiet known third-party noise, and bad input turned into one clear line.
+
+An entry point parses its arguments before it imports torch, timm, dvc, pandas or matplotlib (their imports live in
+the functions that use them), so ``--help`` and a mistyped flag answer at once (tests/test_help.py)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import warnings
 from collections.abc import Callable
 
-__all__ = ["os_message", "parser", "run_stage"]
+__all__ = ["describe", "os_message", "parser", "run_stage", "training_parser"]
+
+# what every training stage writes (runner.TrainOutputs reads them back)
+TRAINING_OUTPUTS = {
+    "--weights-out": "folder for the weights (raw.safetensors, ema.safetensors)",
+    "--metrics": "metrics JSON to write",
+    "--curves": "per-epoch CSV to write",
+    "--provenance": "provenance JSON to write",
+    "--resume-dir": "where resume checkpoints live (not a DVC output)",
+}
+
+
+def describe(doc: str) -> str:
+    """The ``--help`` description of an entry point: the whole first paragraph of its docstring ``doc`` (never
+    cut at a line end), as one line of plain text for argparse to wrap: reST literals and roles reduced to their
+    text."""
+    first = " ".join(doc.strip().split("\n\n")[0].split())
+    return re.sub(r"(?::\w+:)?`+([^`]+)`+", r"\1", first)
 
 
 def parser(prog: str, doc: str, required: dict[str, str]) -> argparse.ArgumentParser:
-    """The parser of the entry point ``prog`` (described by the first line of its docstring ``doc``), with the
+    """The parser of the entry point ``prog`` (described by the first paragraph of its docstring ``doc``), with the
     ``required`` arguments (``--flag`` or a positional name: help); callers add any others."""
-    out = argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0])
+    out = argparse.ArgumentParser(prog=prog, description=describe(doc))
     for name, help_ in required.items():
         out.add_argument(name, help=help_, **({"required": True} if name.startswith("-") else {}))
+    return out
+
+
+def training_parser(prog: str, doc: str, inputs: dict[str, str]) -> argparse.ArgumentParser:
+    """The parser of a training stage: ``--params``, the stage's ``inputs`` (``--flag: help``), the outputs every
+    training stage writes, ``--backbone`` and ``--seed``."""
+    out = parser(prog, doc, {"--params": "params.yaml", **inputs, **TRAINING_OUTPUTS})
+    out.add_argument("--backbone", required=True, help="entry of backbones")
+    out.add_argument("--seed", required=True, type=int, help="entry of seeds")
     return out
 
 

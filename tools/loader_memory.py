@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import cli
 from pipeline.config import Augment
 from pipeline.outputs import json_bytes, write_outputs
 
@@ -82,7 +83,7 @@ def fake(folder: Path, images: int, size: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python tools/loader_memory.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python tools/loader_memory.py", description=cli.describe(__doc__))
     parser.add_argument("--images", type=int, default=16185)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--ranks", type=int, default=2)

@@ -26,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import config, scratch
+from pipeline import cli, config, scratch
 from pipeline.cluster import process_tree
 from pipeline.cluster.dag import DagError, Instance, scan, selected
 from pipeline.cluster.job import TERM_STOP_S, Clone, JobFailed, StageJob, release_runs
@@ -225,10 +225,15 @@ def cancel(root: Path, params: config.Params, grace_s: float = CANCEL_GRACE_S) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.cluster", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("submit", "status", "cancel"))
+    parser = argparse.ArgumentParser(prog="python -m pipeline.cluster", description=cli.describe(__doc__))
+    parser.add_argument(
+        "command",
+        choices=("submit", "status", "cancel"),
+        help="submit the instances that are not up to date; show every instance's state and job; cancel every "
+        "queued or running job",
+    )
     parser.add_argument("targets", nargs="*", help="stage instances or stages (default: the whole DAG)")
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", default="params.yaml", help="the params file (its cluster section)")
     args = parser.parse_args(argv)
     root = Path.cwd()
     try:

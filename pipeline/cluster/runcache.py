@@ -16,6 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline import cli
+
 __all__ = ["pull", "push"]
 
 
@@ -44,8 +46,12 @@ def push(root: Path) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.cluster.runcache", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("pull", "push"))
+    parser = argparse.ArgumentParser(prog="python -m pipeline.cluster.runcache", description=cli.describe(__doc__))
+    parser.add_argument(
+        "command",
+        choices=("pull", "push"),
+        help="pull: the remote's run-cache entries here; push: the local entries and their outputs' objects there",
+    )
     args = parser.parse_args(argv)
     from dvc.exceptions import DvcException
 

@@ -7,16 +7,33 @@ always drawn in separate panels, so a reduced-profile result is never placed as 
 
 from __future__ import annotations
 
+import functools
 import io
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 __all__ = ["accuracy_vs_cost", "save", "similarity", "training_curves", "transfer_bars"]
 
-plt.rcParams.update({"svg.hashsalt": "qkv-report", "figure.dpi": 100, "font.size": 9})
+
+@functools.cache
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend with the report's settings, imported by the first figure drawn (not
+    by importing this module: the report stage answers --help without matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    matplotlib.pyplot.rcParams.update({"svg.hashsalt": "qkv-report", "figure.dpi": 100, "font.size": 9})
+    return matplotlib.pyplot
+
+
+class _Pyplot:
+    """``plt.<name>`` is pyplot's ``<name>``, pyplot imported on first use."""
+
+    def __getattr__(self, name: str):
+        return getattr(_pyplot(), name)
+
+
+plt = _Pyplot()
 _COLORS = {"linear": "#4c4c4c", "sne": "#1f77b4", "psne": "#2ca02c", "fsne": "#d62728"}
 
 

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = cli.parser("python -m pipeline.review.audit", __doc__, {})
     parser.add_argument("stage", help="a stage instance of dvc.lock, e.g. finetune@n12-sne-digits-0")
     parser.add_argument("--repo", default=".", help="the repository to audit")
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--params", default="params.yaml", help="the params file (audit tolerances), in --repo")
     args = parser.parse_args(argv)
     run_stage("audit", lambda: _main(args))
 

@@ -38,23 +38,23 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
 from pipeline import cli, config, provenance
 from pipeline.cli import run_stage
-from pipeline.data.loaders import read_meta
 from pipeline.outputs import csv_bytes, json_bytes, round_measurement, write_outputs
-from pipeline.planning import timing
 from pipeline.reporting import tables
-from pipeline.training import distributed
-from pipeline.training.distributed import configure_torch
 
 PARAMS = ("profile", "variants", "backbones", "device", "pretrain.dataset", "pretrain.recipe", "bench")
 
 
 def measure(settings: config.BenchConfig, prepared: Path, *, progress: bool = False) -> tuple[dict, list[dict]]:
     """Run the benchmark; returns (metrics, rows of every timed step)."""
+    import torch  # torch and what imports it: here, not at the top, so --help answers without them
+
+    from pipeline.data.loaders import read_meta
+    from pipeline.planning import timing
+    from pipeline.training import distributed
+    from pipeline.training.distributed import configure_torch
+
     bench = settings.bench
     device = distributed.init(settings.device).device  # one process; an error if CUDA is asked for and absent
     configure_torch(device, bench.threads)  # as the training stages run
@@ -101,6 +101,8 @@ def measure(settings: config.BenchConfig, prepared: Path, *, progress: bool = Fa
 def _rounds(subjects, gemm, peak, timer, bench: config.Bench, progress: bool) -> list[dict]:
     """Warm every model up, then time ``bench.rounds`` interleaved rounds: each times both matrix products and one
     training step and one eval pass of every model, starting at a different model each round."""
+    from tqdm import tqdm
+
     for s in subjects:
         for _ in range(bench.warmup):
             s.train()

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import config
+from pipeline import cli, config
 from pipeline.cli import run_stage
-from pipeline.training import runner
 
 PARAMS = (
     "profile",
@@ -35,9 +34,12 @@ def main(argv: list[str] | None = None) -> None:
         "--data": "prepared target dataset folder",
         "--pretrained": "the pretraining instance's weights folder",
     }
-    args, outputs = runner.parse_args("finetune", __doc__, argv, inputs)
+    args = cli.training_parser("python -m pipeline.stages.finetune", __doc__, inputs).parse_args(argv)
 
     def body() -> None:
+        from pipeline.training import runner  # torch: once the arguments are parsed (--help needs none of it)
+
+        outputs = runner.TrainOutputs.from_args(args)
         run = config.load_finetune(args.params, args.backbone, args.variant, args.dataset, args.seed)
         init = Path(args.pretrained) / f"{run.pretrained_weights}.safetensors"  # pretrain.recipe.weights
         runner.train_and_write(run, data=Path(args.data), outputs=outputs, init_weights=init)

@@ -26,16 +26,10 @@ import sys
 import time
 import warnings
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-from tqdm import tqdm
-
-import qkv
 from pipeline import cli, config, provenance
 from pipeline.cli import run_stage
 from pipeline.config import Count
 from pipeline.outputs import csv_bytes, json_bytes, round_result, write_outputs
-from pipeline.training import model as models
 
 PARAMS = ("profile", "variants", "flops", "forensics")
 
@@ -61,8 +55,14 @@ TABLE_COLUMNS = (
 
 def count(c: Count) -> dict:
     """Build one configuration and count it with fvcore, FlopCounterMode and the closed-form formulas."""
-    from fvcore.nn import FlopCountAnalysis  # here, not at the top: importing it warns about torch.jit, which
-    # run_stage silences as known third-party noise
+    # torch, timm and fvcore here, not at the top: --help answers without them, and importing fvcore warns about
+    # torch.jit, which run_stage silences as known third-party noise
+    import torch
+    from fvcore.nn import FlopCountAnalysis
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import qkv
+    from pipeline.training import model as models
 
     net = c.net
     torch.manual_seed(0)
@@ -139,6 +139,8 @@ def check(rows: list[dict], rel_tol: float) -> dict:
 
 def run(settings: config.FlopsConfig, *, progress: bool = False) -> tuple[dict, list[dict]]:
     """Count every configuration; returns (metrics, table rows)."""
+    from tqdm import tqdm
+
     rows = [count(c) for c in tqdm(settings.counts, desc="flops", disable=not progress)]
     checks = check(rows, settings.rel_tol)
     metrics: dict = {"profile": settings.profile, "models": {}, "forensics": {}, "checks": checks}

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import config
+from pipeline import cli, config
 from pipeline.cli import run_stage
-from pipeline.training import runner
 
 PARAMS = (
     "profile",
@@ -33,9 +32,12 @@ PARAMS = (
 
 def main(argv: list[str] | None = None) -> None:
     inputs = {"--variant": "entry of pretrain.variants", "--data": "prepared source dataset folder"}
-    args, outputs = runner.parse_args("pretrain", __doc__, argv, inputs)
+    args = cli.training_parser("python -m pipeline.stages.pretrain", __doc__, inputs).parse_args(argv)
 
     def body() -> None:
+        from pipeline.training import runner  # torch: once the arguments are parsed (--help needs none of it)
+
+        outputs = runner.TrainOutputs.from_args(args)
         run = config.load_pretrain(args.params, args.backbone, args.variant, args.seed)
         runner.train_and_write(run, data=Path(args.data), outputs=outputs)
 

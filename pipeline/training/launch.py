@@ -1,7 +1,9 @@
-"""The launcher of the training stages on one or several nodes: ``launcher: python -m pipeline.training.launch
---nproc-per-node 8`` in params.yaml makes a stage's command ``python -m pipeline.training.launch --nproc-per-node 8 -m
-pipeline.stages.pretrain ...``, which starts torchrun with the node count, this node's rank and the rendezvous address
-taken from the environment the cluster sets:
+"""The launcher of the training stages on one or several nodes: ``python -m pipeline.training.launch
+[--nproc-per-node N] -m MODULE ARGS...`` runs the module (a training stage) under torchrun, with the node count, this
+node's rank and the rendezvous address taken from the environment the cluster sets.
+
+``launcher: python -m pipeline.training.launch --nproc-per-node 8`` in params.yaml makes a stage's command
+``python -m pipeline.training.launch --nproc-per-node 8 -m pipeline.stages.pretrain ...``. The nodes:
 
 - under SLURM (``SLURM_JOB_ID``) with several nodes, from the batch script: it runs itself once per node
   through ``srun --ntasks-per-node=1`` (marking those tasks with ``QKV_LAUNCH_NODE_TASK=1``); in each of
@@ -31,10 +33,13 @@ from B)::
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import subprocess
 import sys
+
+from pipeline import cli
 
 __all__ = ["NODE_TASK", "command"]
 
@@ -109,8 +114,33 @@ def _torchrun(args: list[str]) -> None:
         raise
 
 
+def _help() -> argparse.ArgumentParser:
+    """The parser that prints ``--help``: it only describes the command line, which :func:`command` reads (its
+    options in this order, everything after ``-m MODULE`` passed on unchanged)."""
+    out = cli.parser("python -m pipeline.training.launch", __doc__, {})
+    out.usage = "%(prog)s [--dry-run] [--nproc-per-node N] -m MODULE [ARGS ...]"
+    out.epilog = (
+        "The nodes: under SLURM (SLURM_JOB_ID) with several nodes, SLURM_NNODES, SLURM_NODEID and the first host "
+        "of SLURM_JOB_NODELIST (or MASTER_ADDR; MASTER_PORT); otherwise torchrun's PET_NNODES, PET_NODE_RANK, "
+        "PET_MASTER_ADDR and PET_MASTER_PORT; with neither, one node (--standalone). More: pydoc "
+        "pipeline.training.launch."
+    )
+    out.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    out.add_argument(
+        "--nproc-per-node",
+        metavar="N",
+        help="processes on this node, one per GPU (default: PET_NPROC_PER_NODE, else SLURM_GPUS_ON_NODE, else 1)",
+    )
+    out.add_argument("-m", metavar="MODULE", help="the module every process runs, e.g. pipeline.stages.pretrain")
+    out.add_argument("args", nargs="*", metavar="ARGS", help="the module's arguments, passed on unchanged")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        _help().print_help()
+        return
     dry = "--dry-run" in argv[:1]
     cmd = command(argv[1:] if dry else argv, dict(os.environ))
     if dry:

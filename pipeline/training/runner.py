@@ -17,13 +17,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import cli, provenance
+from pipeline import provenance
 from pipeline.config import TrainConfig
 from pipeline.outputs import csv_bytes, json_bytes, write_outputs
 from pipeline.training import checkpoint, distributed, signals
 from pipeline.training.train import fit
 
-__all__ = ["TrainOutputs", "parse_args", "peak_rss_mib", "train_and_write"]
+__all__ = ["TrainOutputs", "peak_rss_mib", "train_and_write"]
 
 
 @dataclass(frozen=True)
@@ -36,25 +36,10 @@ class TrainOutputs:
     provenance: Path  # JSON
     resume_dir: Path  # resume checkpoints: not a DVC output, deleted after success
 
-
-def parse_args(
-    stage: str, doc: str, argv: list[str] | None, inputs: dict[str, str]
-) -> tuple[argparse.Namespace, TrainOutputs]:
-    """The command line of a training stage: ``--params``, ``--seed``, the stage's ``inputs`` (``--flag: help``)
-    and the outputs every training stage writes."""
-    outputs = {
-        "--weights-out": "folder for the weights (raw.safetensors, ema.safetensors)",
-        "--metrics": "metrics JSON to write",
-        "--curves": "per-epoch CSV to write",
-        "--provenance": "provenance JSON to write",
-        "--resume-dir": "where resume checkpoints live (not a DVC output)",
-    }
-    parser = cli.parser(f"python -m pipeline.{stage}", doc, {"--params": "params.yaml", **inputs, **outputs})
-    parser.add_argument("--backbone", required=True, help="entry of backbones")
-    parser.add_argument("--seed", required=True, type=int, help="entry of seeds")
-    args = parser.parse_args(argv)
-    paths = (args.weights_out, args.metrics, args.curves, args.provenance, args.resume_dir)
-    return args, TrainOutputs(*map(Path, paths))
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainOutputs:
+        """The outputs named on a training stage's command line (:func:`pipeline.cli.training_parser`)."""
+        return cls(*map(Path, (args.weights_out, args.metrics, args.curves, args.provenance, args.resume_dir)))
 
 
 def peak_rss_mib() -> float:
