@@ -35,7 +35,8 @@ class Resources:
         if self.nodes != 1:
             raise ParamsError(
                 f"{where}.nodes: {self.nodes}: a job runs on one node (instances run side by side as separate "
-                "jobs); to spread one run over nodes start pipeline.training.launch on each by hand (README); set 1"
+                "jobs); to spread one run over nodes start pipeline.training.launch on each by hand "
+                "(docs/cluster.md); set 1"
             )
 
 

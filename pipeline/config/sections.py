@@ -199,7 +199,7 @@ class Runtime:
     """How the training stages run, never what they compute: no stage lists this section in dvc.yaml, so editing
     it re-runs nothing. ``checkpoint_every`` and ``workers`` leave results byte-identical; ``threads`` and
     ``eval_batch_size`` change the order of float sums and can move the last bits, the same kind of
-    difference as another CPU model (README, "Auditing one stage")."""
+    difference as another CPU model (docs/auditing.md)."""
 
     threads: int  # torch CPU threads per process (0: torch's default)
     checkpoint_every: int  # epochs between resume checkpoints

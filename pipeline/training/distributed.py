@@ -1,7 +1,7 @@
 """The processes of a training run: torchrun sets ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``; plain ``python``
 runs one process. gloo on CPU, NCCL on GPU; the device is asked for (``device`` in params.yaml), never guessed.
 
-Lines that only a CUDA machine executes are marked ``# CUDA only``; the rehearsal and the README list them.
+Lines that only a CUDA machine executes are marked ``# CUDA only``; the rehearsal and docs/cluster.md list them.
 """
 
 from __future__ import annotations
