@@ -38,8 +38,10 @@ lint: $(STAMP) ## ruff check and ruff format --check of qkv pipeline tests tools
 	ruff check qkv pipeline tests tools
 	ruff format --check qkv pipeline tests tools
 
-test: lint ## lint, every test (pytest), then report-check
-	pytest
+# The tests spread over the CPU cores (pytest-xdist; at most 4 workers: many tests start several processes each),
+# test by test as workers free up (worksteal: the slowest tests take minutes). `pytest tests/<file>` runs serially.
+test: lint ## lint, every test (pytest on every core, at most 4 workers), then report-check
+	pytest --numprocesses=auto --maxprocesses=4 --dist=worksteal
 	$(MAKE) report-check
 
 # Rebuild the report from the result files committed at HEAD (no training) and check it comes out byte-identical

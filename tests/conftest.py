@@ -79,6 +79,17 @@ def _loopback_only(self, address):
 
 
 @pytest.fixture(autouse=True)
+def no_background_git(monkeypatch):
+    """The tests' scratch repositories never start git's automatic gc or maintenance: git runs them detached, so
+    they would outlive the test that committed (beyond the reach of its process check) and load the machine."""
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "2")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "gc.auto")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "0")
+    monkeypatch.setenv("GIT_CONFIG_KEY_1", "maintenance.auto")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_1", "false")
+
+
+@pytest.fixture(autouse=True)
 def no_network(monkeypatch):
     """Every test runs with connections outside loopback refused, so an accidental download fails loudly."""
     monkeypatch.setattr(socket.socket, "connect", _loopback_only)
