@@ -133,7 +133,7 @@ def claims(
             f"{v.claim}: {by_id[v.claim].claim}",
             f"{by_id[v.claim].difference:+.1f} pp ({by_id[v.claim].source})",
             f"not measured: {v.why}" if v.backbone is None else _measured(v),
-            v.outcome,
+            v.outcome if v.backbone is None else f"{v.outcome}: {v.detail}",
             _seeds(v.needs),
             _compute(v.backbone, by_id[v.claim].kind, cost, plan.profile),
         ]

@@ -8,11 +8,10 @@ input pipeline of every training stage, per stage and backbone and in total.
   stage splits them: no dataset is read, the roots need not exist.
 - FLOPs: the closed-form forward counts of :mod:`qkv.counts` for each backbone, variant and head, 3x per trained
   image, 1x per evaluated one.
-- Device-hours: images / rate per device (:mod:`pipeline.planning.rates`: --img-per-s, else the bench stage's
-measurements
-  of this profile on its device, else timm's published benchmark; each figure labelled). Wall time: device-hours
-  over the launcher's processes (``--nproc-per-node`` x ``--nodes``), stages one after another, scaling assumed
-  linear.
+- Device-hours: images / rate per device (:mod:`pipeline.planning.rates`: --img-per-s, else the bench
+  stage's measurements of this profile on its device, else timm's published benchmark; each figure labelled).
+  Wall time: device-hours over the launcher's processes (``--nproc-per-node`` x ``--nodes``), stages one after
+  another, scaling assumed linear.
 - Disk: prepared datasets; the weights kept (float32, x2 with an EMA); the resume checkpoint a run holds while it
   runs (weights, AdamW's two moments, EMA).
 - Input pipeline (augment mode ``timm``): images/s one CPU core decodes and transforms, measured here

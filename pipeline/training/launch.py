@@ -1,4 +1,4 @@
-"""The launcher of the training stages on one or several nodes: ``python -m pipeline.training.launch
+r"""The launcher of the training stages on one or several nodes: ``python -m pipeline.training.launch
 [--nproc-per-node N] -m MODULE ARGS...`` runs the module (a training stage) under torchrun, with the node count, this
 node's rank and the rendezvous address taken from the environment the cluster sets.
 
