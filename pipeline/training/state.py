@@ -1,5 +1,6 @@
 """The state of a training run in progress (:class:`RunState`), shared by the loop (:mod:`pipeline.training.train`)
-and its resume state (:mod:`pipeline.training.resume`), which both import it and neither imports the other."""
+and its resume state (:mod:`pipeline.training.resume`), which both import it: the loop imports
+its resume state, never the other way round."""
 
 from __future__ import annotations
 
