@@ -8,6 +8,7 @@ and every ``python -m pipeline...`` command of dvc.yaml, the Makefile and the pr
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -127,7 +128,9 @@ def test_make_help_lists_every_target_without_the_venv(tmp_path):
     """``make help`` (and ``make`` alone) in a folder holding only the Makefile, as on a fresh clone: no venv, no
     requirements.txt to build one from."""
     shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
-    done = subprocess.run(["make", "help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    # as a user's shell runs it: not a sub-make of `make test` (whose MAKEFLAGS/MAKELEVEL add "Entering directory")
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    done = subprocess.run(["make", "help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Makefile"], "make help built something"
     described = {}
@@ -138,5 +141,5 @@ def test_make_help_lists_every_target_without_the_venv(tmp_path):
     assert {"help", "repro", "test", "lint", "venv", "lock", "audit"} <= set(targets)
     assert list(described) == targets, f"make help lists {list(described)}, the Makefile has {targets}"
     assert all(described.values()), described
-    plain = subprocess.run(["make"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    plain = subprocess.run(["make"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert (plain.returncode, plain.stdout) == (0, done.stdout), "make with no target is make help"
