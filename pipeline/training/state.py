@@ -1,6 +1,5 @@
 """The state of a training run in progress (:class:`RunState`), shared by the loop (:mod:`pipeline.training.train`)
-and its resume state (:mod:`pipeline.training.resume`), which both import it: the loop imports
-its resume state, never the other way round."""
+and its resume state (:mod:`pipeline.training.resume`), which both import it and neither imports the other."""
 
 from __future__ import annotations
 
