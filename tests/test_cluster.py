@@ -300,3 +300,21 @@ def test_without_a_shared_filesystem_results_come_through_the_remote_and_run_cac
                              capture_output=True, text=True)  # fmt: skip
     assert audited.returncode == 0, audited.stdout + audited.stderr
     assert "identical" in audited.stdout, audited.stdout
+
+
+def test_a_job_that_has_not_started_its_run_shows_no_epochs_of_the_previous_run(tmp_path):
+    """A job the scheduler already calls RUNNING but whose run has not counted its start yet must not show the
+    epochs of the curves a previous run left (a cancel timed by them hit the job 0.1 s after its start)."""
+    from pipeline.cluster.dag import Instance
+    from pipeline.cluster.status import Record, _state
+
+    curves = tmp_path / "results/pretrain/n12-linear-0/curves.csv"
+    curves.parent.mkdir(parents=True)
+    curves.write_text("epoch,val_top1\n" + "".join(f"{e},50.0\n" for e in range(1, 601)))  # a finished run's
+    inst = Instance(PRETRAIN, "pretrain", (), "results/pretrain/n12-linear-0/curves.csv")
+    record = Record(tmp_path / "logs", "slurm", {PRETRAIN: "10"})
+    assert _state(tmp_path, inst, True, record, "10", ("RUNNING", "")) == ("running", "")
+    (record.folder / "attempts").mkdir(parents=True)
+    (record.folder / "attempts" / "10").write_text("1")  # its run started ...
+    os.utime(curves)  # ... and wrote its first epochs after that
+    assert _state(tmp_path, inst, True, record, "10", ("RUNNING", "")) == ("running", "epoch 600 done")

@@ -136,7 +136,8 @@ def _state(root, inst, is_stale, record, job, live) -> tuple[str, str]:
     if state in LIVE:
         if state == "PENDING":
             return "queued", why and f"waiting: {why}"
-        epochs = curves_epochs(root, inst, since=_started(record.folder, job)) if state == "RUNNING" else None
+        started = _started(record.folder, job)  # 0: running for the scheduler, but its run has not started yet
+        epochs = curves_epochs(root, inst, since=started) if state == "RUNNING" and started else None
         where = f"epoch {epochs} done" if epochs else ""
         label = "requeued" if starts > 1 else state.lower()
         return label, ", ".join(filter(None, [where, again.lstrip(", ")]))
