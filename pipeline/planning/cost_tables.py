@@ -4,7 +4,7 @@ plan stage's JSON), a :class:`pipeline.reporting.tables.Table` out; torch-free."
 
 from __future__ import annotations
 
-from pipeline.reporting.tables import Table
+from pipeline.reporting.tables import Table, hours
 
 __all__ = ["plan", "plan_workers"]
 
@@ -28,12 +28,6 @@ def _many(n: int, unit: str) -> str:
 
 def _bytes(n: float) -> str:
     return _si(n, "B") if n >= 1e3 else f"{n:.0f} B"
-
-
-def _hours(h: float | None) -> str:
-    if h is None:
-        return "n/a"
-    return f"{h:,.0f}" if h >= 100 else f"{h:.3g}"
 
 
 def _wall(h: float | None) -> str:
@@ -84,7 +78,7 @@ def plan(data: dict | None) -> Table:
                 _si(g["train_images"]),
                 _si(g["eval_images"]),
                 _si(g["train_flops"] + g["eval_flops"]),
-                _hours(g["device_hours"]),
+                hours(g["device_hours"]),
                 _wall(g["wall_hours"]),
                 _bytes(g.get("disk_bytes", g.get("weights_bytes", 0))),
                 _bytes(g["resume_bytes"]) + (" (largest)" if g["stage"] == "total" else ""),

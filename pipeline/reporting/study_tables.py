@@ -6,7 +6,7 @@ pretraining (the main table), transfer, the verdicts and what each claim needs. 
 from __future__ import annotations
 
 from pipeline.config import Claim, Params, Report
-from pipeline.reporting.tables import Table, fmt, interval, mean_std
+from pipeline.reporting.tables import Table, fmt, hours, interval, mean_std
 
 __all__ = ["claims", "main", "needs", "transfer", "verdicts"]
 
@@ -180,10 +180,6 @@ def _seeds(n) -> str:
     )
 
 
-def _hours(h: float) -> str:  # as the cost plan's table writes device-hours
-    return f"{h:,.0f}" if h >= 100 else f"{h:.3g}"
-
-
 def _compute(backbone: str | None, kind: str, cost: dict | None, planned: str) -> str:
     """The device-hours the cost plan gives the stages that test a claim on ``backbone`` (None: not tested here)."""
     if cost is None:
@@ -195,10 +191,10 @@ def _compute(backbone: str | None, kind: str, cost: dict | None, planned: str) -
         )
     stages = ("pretrain",) if kind == "pretrain" else ("pretrain", "finetune")
     groups = [g for g in cost["groups"] if g["backbone"] == backbone and g["stage"] in stages]
-    hours = [g["device_hours"] for g in groups]
+    spent = [g["device_hours"] for g in groups]
     if not groups:
         return f"not in the cost plan of profile {cost['profile']}"
-    total = "unknown (no training rate)" if None in hours else _hours(sum(hours))
+    total = "unknown (no training rate)" if None in spent else hours(sum(spent))
     real = " (the real profile, the rehearsal's overrides undone)" if cost.get("rehearsal") else ""
     runs = " + ".join(f"{g['stage']} {g['backbone']}: {g['runs']} runs" for g in groups)
     return f"{total} {cost['devices']['unit']}-hours in the cost plan of profile {cost['profile']}{real} ({runs})"

@@ -106,6 +106,13 @@ def fmt(value: float | None, digits: int = 2, signed: bool = False) -> str:
     return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
 
 
+def hours(h: float | None) -> str:
+    """Device-hours as the cost plan and the claims table write them: whole hours from 100 on, else 3 digits."""
+    if h is None:
+        return "n/a"
+    return f"{h:,.0f}" if h >= 100 else f"{h:.3g}"
+
+
 def mean_std(s: dict) -> str:
     if not s["n"]:
         return "not run"
