@@ -72,7 +72,7 @@ def convert(model: nn.Module, qkv_embed: str = "linear", *, qkv_class_attn: bool
         model: a timm model whose attention uses a fused ``qkv = nn.Linear(d, 3d)``.
         qkv_embed: ``linear``, ``sne``, ``psne`` or ``fsne``.
         qkv_class_attn: also convert CaiT/XCiT class-attention blocks (separate q, k, v linears).
-        **options: ``qkv_*`` options of :class:`~qkv.embed.EmbedConfig`. ``qkv_bias`` defaults to whether the
+        **options: ``qkv_*`` options of :class:`~qkv.options.EmbedConfig`. ``qkv_bias`` defaults to whether the
             replaced layer has a bias.
 
     With ``qkv_embed='linear'`` the replaced layers' weights and biases are kept, so the converted model computes

@@ -8,7 +8,7 @@ state_dict with ``strict=True``. Registered in timm on ``import qkv`` under a ``
     import qkv, timm
     model = timm.create_model("qkv_xcit_nano_12_p16", qkv_embed="fsne", num_classes=10)
 
-Keyword options: ``qkv_embed`` and the ``qkv_*`` options of :class:`qkv.embed.EmbedConfig`;
+Keyword options: ``qkv_embed`` and the ``qkv_*`` options of :class:`qkv.options.EmbedConfig`;
 ``qkv_class_attn`` (also change the two class-attention blocks, default False); ``patch_size=4`` swaps in a
 two-convolution stride-2 stem for small (32 px) inputs, which timm's ``ConvPatchEmbed`` (8 and 16 only)
 lacks; every other keyword goes to timm's ``Xcit`` (``img_size``, ``num_classes``, ``depth``, ...).

@@ -118,6 +118,16 @@ def test_names_must_be_safe(tmp_path, name, where):
         (dict(pretrain={"variants": []}), "pretrain.variants: expected at least one entry"),
         (dict(report={"baseline": "sne"}), "report.baseline: 'sne' is not in pretrain.variants"),
         (dict(launcher=" "), "launcher: expected a command"),
+        (
+            dict(launcher="python -m pipeline.launch --nproc-per-node 2"),
+            "launcher: 'python -m pipeline.launch --nproc-per-node 2' runs pipeline.launch, which does not exist; "
+            "the project's launcher is python -m pipeline.training.launch (--nproc-per-node N)",
+        ),
+        (
+            dict(launcher="python -m pipeline.nope.launch"),
+            "launcher: 'python -m pipeline.nope.launch' runs pipeline.nope.launch, which does not exist; "
+            "the project's launcher is python -m pipeline.training.launch (--nproc-per-node N)",
+        ),
         (dict(runtime={"workers": -1}), "runtime.workers: must not be negative, got -1"),
         (dict(runtime={"eval_batch_size": 0}), "runtime.eval_batch_size: expected a positive integer, got 0"),
         (dict(pretrain={"label_smoothing": 1.5}), "pretrain.recipe.label_smoothing: expected a probability"),

@@ -23,12 +23,15 @@ COMPUTE = ROOT / "references" / "compute.yaml"
 PAPER = ROOT / "profiles" / "paper.yaml"
 
 
+LOADER = {"per_core_img_per_s": 1000.0, "timm_per_core_img_per_s": 900.0, "ratio": 1000 / 900, "load_1min": [0.1, 0.1]}
+
+
 def plan_of(params: Path, *, img_per_s: float | None = None, bench: Path | None = None, nodes: int = 1) -> dict:
     """The plan of ``params``, with one core's loader rate fixed at 100 img/s (no measurement)."""
     cfg = config.load_plan(params, COMPUTE)
     devices = costs.devices(cfg.params.launcher, cfg.params.device, nodes)
     rate = rates.resolve(cfg, img_per_s=img_per_s, bench=bench)
-    return plan.run(cfg, devices=devices, rate=rate, measure=lambda augment, size: 100.0, host="test CPU")
+    return plan.run(cfg, devices=devices, rate=rate, measure=lambda augment, size: LOADER, host="test CPU")
 
 
 def group(result: dict, stage: str, backbone: str = "n12") -> dict:
@@ -176,16 +179,39 @@ def test_missing_roots_still_plan_and_write_json_and_table(tmp_path, monkeypatch
     for entry in data["datasets"].values():
         entry["root"] = str(tmp_path / "nowhere")
     params = write_params(tmp_path / "paper.yaml", data)
-    monkeypatch.setattr(throughput, "per_core_rate", lambda augment, size, images: 250.0)
+    rates = {"per_core_img_per_s": 250.0, "timm_per_core_img_per_s": 200.0, "ratio": 1.25, "load_1min": [0.5, 0.6]}
+    monkeypatch.setattr(throughput, "loader_rates", lambda augment, size, images: rates)
     out = tmp_path / "out"
     plan.main(["--params", str(params), "--json", str(out / "plan.json"), "--table", str(out / "plan.md")])
     written = json.loads((out / "plan.json").read_text())
-    assert written["profile"] == "paper" and written["input"][0]["backbones"]["n12"]["per_core_img_per_s"] == 250.0
-    cores = written["input"][0]["backbones"]["n12"]["cores_per_device"]
-    assert cores == pytest.approx(written["input"][0]["backbones"]["n12"]["device_img_per_s"] / 250.0, rel=1e-3)
+    n12 = written["input"][0]["backbones"]["n12"]
+    assert written["profile"] == "paper" and n12["per_core_img_per_s"] == 250.0 and n12["ratio"] == 1.25
+    assert n12["cores_per_device"] == 10 and n12["loader_cores"] == 9 and n12["loader_img_per_s"] == 2250.0
+    assert n12["cores_needed"] == pytest.approx(n12["device_img_per_s"] / 250.0 + 1, rel=1e-3)
+    assert n12["effective_img_per_s"] == n12["device_img_per_s"] < 2250.0  # a 3090 is fed by 9 cores at this rate
     printed = capsys.readouterr().out
     assert "| pretrain n12 |" in printed and "runtime.workers = 10 per rank" in printed
+    assert "250 img/s at 224 px (timm's stock path 200: 1.25x)" in printed
     assert (out / "plan.md").read_text().startswith("Cost plan:")
+
+
+def test_a_device_faster_than_its_loader_cores_is_planned_at_the_loaders_rate(tmp_path, monkeypatch, capsys):
+    """A GPU 3x a 3090 on 10 cores per GPU: the loader's 9 cores x 250 img/s limit N12; its hours use that rate."""
+    data = yaml.safe_load(PAPER.read_text())
+    params = write_params(tmp_path / "paper.yaml", data)
+    rates = {"per_core_img_per_s": 250.0, "timm_per_core_img_per_s": 200.0, "ratio": 1.25, "load_1min": [0.5, 0.6]}
+    monkeypatch.setattr(throughput, "loader_rates", lambda augment, size, images: rates)
+    out = tmp_path / "out"
+    plan.main(["--params", str(params), "--json", str(out / "plan.json"), "--img-per-s", "6000", "--gpu", "H100"])
+    written = json.loads((out / "plan.json").read_text())
+    n12 = written["input"][0]["backbones"]["n12"]
+    assert n12["device_img_per_s"] == 6000.0 and n12["effective_img_per_s"] == 2250.0
+    group = next(g for g in written["groups"] if (g["stage"], g["backbone"]) == ("pretrain", "n12"))
+    assert group["rate"]["max"] == 2250.0 and group["rate"]["loader_bound"]
+    hours_at_device = group["train_images"] / 6000 / 3600
+    assert group["device_hours"] > 2.5 * hours_at_device
+    printed = capsys.readouterr().out
+    assert "LOADER-BOUND" in printed and "needs 25.0 cores per GPU" in printed and "one H100" in printed
 
 
 def rehearsal_of_paper(tmp_path: Path) -> Path:
@@ -275,10 +301,12 @@ def test_the_table_renders_in_every_format_and_says_not_run_without_a_plan(tmp_p
     assert cost_tables.plan(None).rows == [["not run", ""]]
 
 
-def test_the_per_core_loader_rate_is_measured_on_a_few_jpegs():
+def test_both_loader_paths_are_measured_side_by_side_on_a_few_jpegs():
     augment = config.load(PAPER).pretrain.recipe.augment
-    rate = throughput.per_core_rate(augment, 224, images=3)
-    assert rate > 0 and math.isfinite(rate)
+    rates = throughput.loader_rates(augment, 224, images=3, rounds=2)
+    assert all(rates[k] > 0 and math.isfinite(rates[k]) for k in ("per_core_img_per_s", "timm_per_core_img_per_s"))
+    assert rates["ratio"] == rates["per_core_img_per_s"] / rates["timm_per_core_img_per_s"]
+    assert len(rates["load_1min"]) == 2 and rates["rounds"] == 2
 
 
 def test_peak_memory_is_read_from_training_records(tmp_path):

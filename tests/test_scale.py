@@ -274,8 +274,9 @@ def test_random_erasing_uses_the_recipes_mode(synthetic):
 
     augment = Augment("timm", 0.5, 0, 0.5, None, None, 0.25, "pixel", 1, "bicubic", 1.0)
     loader = build_loaders(synthetic, augment, img_size=16, batch_size=8, eval_batch_size=8, workers=0, seed=0)
-    erasing = [t for t in loader.train.dataset.transform.transforms if type(t).__name__ == "RandomErasing"]
-    assert len(erasing) == 1 and erasing[0].mode == "pixel"
+    erasing = loader.train.erasing  # on the device, after normalisation (pipeline/data/finish.py)
+    assert erasing.mode == "pixel" and erasing.probability == 0.25
+    assert not [t for t in loader.train.loader.dataset.transform.transforms if type(t).__name__ == "RandomErasing"]
 
 
 def test_the_prepared_images_are_memory_mapped_not_copied(synthetic):

@@ -3,7 +3,7 @@ one submitit job each. Like ``runtime`` it is listed by no stage in dvc.yaml, so
 
 What a job may use is checked against the profile here only where the section alone decides it (positive
 counts, one node); whether the profile's launcher and batches fit the job's GPUs is checked at submission
-(:func:`pipeline.cluster_plan.check_fit`), where the executor is known.
+(:func:`pipeline.cluster.commands.check_fit`), where the executor is known.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ This module also holds the sections only the counting, timing, planning, report 
 
 from __future__ import annotations
 
+import importlib.util
+import shlex
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,6 +171,7 @@ class Params:
         self._check_backbones()
         if not self.launcher.strip():
             raise ParamsError("launcher: expected a command (python, or torchrun ...), got an empty string")
+        _check_launcher_module(self.launcher)
         if self.device not in ("cpu", "cuda"):
             raise ParamsError(f"device: {self.device!r} is not one of: cpu, cuda")
         if not self.seeds:
@@ -252,3 +255,22 @@ def from_data(data: Any, where: str, *, path: str | Path | None = None) -> Param
 def load(path: str | Path) -> Params:
     """Parse and check the whole params file at ``path``."""
     return from_data(read_yaml(path), str(path), path=path)
+
+
+def _check_launcher_module(launcher: str) -> None:
+    """A launcher's ``-m pipeline.<module>`` names a module of this project (a params file written before
+    pipeline/ was grouped still says ``pipeline.launch``: it would fail only when a training stage starts)."""
+    words = shlex.split(launcher)
+    for flag, module in zip(words, words[1:], strict=False):
+        if flag == "-m" and module.split(".")[0] == "pipeline" and not _exists(module):
+            raise ParamsError(
+                f"launcher: {launcher!r} runs {module}, which does not exist; the project's launcher is "
+                "python -m pipeline.training.launch (--nproc-per-node N)"
+            )
+
+
+def _exists(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False

@@ -208,10 +208,13 @@ class Runtime:
     # Signals that stop a run cleanly (finish the step, save the resume state, exit) besides SIGTERM and SIGINT:
     # SLURM's warning before a time limit (`#SBATCH --signal=USR1@120`) is one.
     stop_signals: tuple[str, ...] = ()
+    # Training steps between the host's reads of the device (loss sums, the non-finite-loss check, the ranks'
+    # agreement to stop): each read waits for the device and, with several ranks, all-reduces. 1 on a CPU (free).
+    sync_every: int = 1
 
     def check(self, where: str) -> None:
         non_negative(where, threads=self.threads, workers=self.workers)
-        for key in ("checkpoint_every", "eval_batch_size"):
+        for key in ("checkpoint_every", "eval_batch_size", "sync_every"):
             if getattr(self, key) <= 0:
                 raise ParamsError(f"{where}.{key}: expected a positive integer, got {getattr(self, key)}")
         for name in self.stop_signals:

@@ -6,8 +6,9 @@
 - ``mode: batched`` (tensor storage only): the uint8 images stay in memory and a whole batch is augmented at
   once with tensor operations (:mod:`pipeline.data.batched`).
 - ``mode: timm``: per-sample transforms from timm's factory (``timm.data.create_transform``: random resized
-  crop, RandAugment, colour jitter, random erasing, bicubic resize, eval crop ratio), in DataLoader workers;
-  for image files (ImageNet) and for the GPU profiles' recipes.
+  crop, RandAugment, colour jitter, bicubic resize, eval crop ratio), in DataLoader workers, which send uint8
+  batches; normalisation and random erasing run on the training device (:mod:`pipeline.data.finish`, as timm's
+  ``PrefetchLoader``). For image files (ImageNet) and for the GPU profiles' recipes.
 
 Both are deterministic for a seed, and neither depends on how many worker processes load the data: the
 shuffling of an epoch comes from a generator seeded by (seed, epoch), and on the timm path every training
@@ -58,6 +59,7 @@ def build_loaders(
     rank: int = 0,
     world_size: int = 1,
     pin: bool = False,
+    device=None,
 ) -> Loaders:
     """Loaders for the dataset the ``prepare`` stage wrote to ``prepared``, at ``img_size`` px.
 
@@ -65,6 +67,8 @@ def build_loaders(
     path), kept alive across epochs; ``pin`` pins batches for asynchronous copies to a GPU. Every split is
     sharded over the ``world_size`` ranks (training drops the last partial round; evaluation keeps every image).
     Tensor data is memory-mapped, file datasets (ImageNet) are read in place from the root of their index.
+    ``device`` (default the CPU): where the timm path's batches are finished and delivered. Only the training
+    loader keeps its workers between epochs; the evaluation loaders start theirs for each pass over their split.
     """
     prepared = Path(prepared)
     meta = read_meta(prepared)
@@ -90,7 +94,8 @@ def build_loaders(
                 f"augment.repeated_aug: timm's RepeatAugSampler keeps {len(selected)} of the {n_train} training "
                 f"images per process and epoch, fewer than a batch ({batch_size}); lower the batch or the processes"
             )
-    shared = {"prepared": prepared, "img_size": img_size, "seed": seed, "pin": pin, "world_size": world_size}
+    shared = {"prepared": prepared, "img_size": img_size, "seed": seed, "pin": pin, "world_size": world_size,
+              "device": device}  # fmt: skip
     make = functools.partial(_loader, split_data, meta, augment, **shared)
     return Loaders(
         make("train", batch_size, rank=rank, workers=workers),
@@ -101,8 +106,13 @@ def build_loaders(
     )
 
 
-def _loader(split_data, meta, augment, split, batch_size, *, prepared, img_size, seed, pin, rank, world_size, workers):
-    """One split's loader: batched tensors, or timm transforms in a DataLoader."""
+def _loader(split_data, meta, augment, split, batch_size, *, prepared, img_size, seed, pin, rank, world_size, workers,
+            device):  # fmt: skip
+    """One split's loader: batched tensors, or timm transforms in a DataLoader finished on ``device``."""
+    import torch
+
+    from pipeline.data.finish import DeviceBatches
+
     train = split == "train"
     data, labels = split_data[split]
     shard = {"rank": rank, "world_size": world_size}
@@ -118,7 +128,11 @@ def _loader(split_data, meta, augment, split, batch_size, *, prepared, img_size,
     else:
         root = Path(meta["root"]).expanduser()
         dataset = samples.ImageDataset(labels, transform, files=data, root=root, index=prepared / "index.csv")
-    return samples.loader(
+    loader = samples.loader(
         dataset, batch_size=batch_size, train=train, workers=workers, seed=seed, shard=shard,
         repeats=augment.repeated_aug, pin=pin,
+    )  # fmt: skip
+    return DeviceBatches(
+        loader, torch.device(device or "cpu"), mean=meta["mean"], std=meta["std"], train=train, re_prob=augment.re_prob,
+        re_mode=augment.re_mode, seed=seed, rank=rank,
     )  # fmt: skip

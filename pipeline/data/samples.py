@@ -161,25 +161,29 @@ def loader(
         drop_last=train,
         num_workers=workers,
         generator=epoch_generator(seed, 0),
-        persistent_workers=workers > 0,  # started once, not once per epoch and per evaluation
+        persistent_workers=train and workers > 0,  # training: started once, not once per epoch; evaluation: not
+        # holding its workers' memory between passes
         pin_memory=pin,
     )
 
 
 def transform(augment: Augment, train: bool, img_size: int, mean: list[float], std: list[float]):
+    """timm's per-sample transform of ``augment`` at ``img_size`` px, up to uint8 ``(3, S, S)`` tensors: the
+    CPU part of ``create_transform(..., use_prefetcher=True)`` (random resized crop, flip, RandAugment or colour
+    jitter; for evaluation resize and centre crop). Normalisation and random erasing follow on the device
+    (:class:`pipeline.data.finish.DeviceBatches`). ``mean`` still matters here: RandAugment fills with it."""
     from timm.data import create_transform
 
     return create_transform(
         img_size,
         is_training=train,
+        use_prefetcher=True,
         scale=(augment.scale_min, 1.0),
         hflip=augment.hflip,
         auto_augment=augment.auto_augment,
         color_jitter=augment.color_jitter,
-        re_prob=augment.re_prob,
         interpolation=augment.interpolation,
-        re_mode=augment.re_mode,
+        crop_pct=augment.crop_pct,
         mean=tuple(mean),
         std=tuple(std),
-        crop_pct=augment.crop_pct,
     )

@@ -44,7 +44,8 @@ def _rate(rate: dict | None) -> str:
     if rate is None:
         return "unknown"
     low, high = f"{rate['min']:,.0f}", f"{rate['max']:,.0f}"
-    return f"{low if low == high else f'{low}–{high}'} ({', '.join(rate['kinds'])})"
+    bound = ", LOADER-BOUND" if rate.get("loader_bound") else ""
+    return f"{low if low == high else f'{low}–{high}'} ({', '.join(rate['kinds'])}{bound})"
 
 
 def plan(data: dict | None) -> Table:
@@ -121,20 +122,41 @@ def _notes(data: dict) -> list[str]:
 
 
 def _input(entry: dict, unit: str) -> str:
-    """One line on a stage's input pipeline: one core's rate per resolution, the cores each backbone needs."""
+    """One line on a stage's input pipeline: one core's rate on this project's and timm's stock path, and per
+    backbone the rate the device's loader cores deliver against the device's own."""
     stage = entry["stage"]
     if entry["mode"] != "timm":
         return f"Input, {stage}: batched (in-memory tensors augmented a batch at a time: decodes nothing per image)."
     source = "JPEG files" if entry["decodes_jpeg"] else "tensors (no JPEG to decode: the JPEG rate is a lower bound)"
-    per_size = {x["img_size"]: x["per_core_img_per_s"] for x in entry["backbones"].values()}
-    cores = [
-        f"{b} {'n/a (no rate)' if x['cores_per_device'] is None else format(x['cores_per_device'], '.1f')}"
-        for b, x in entry["backbones"].items()
-    ]
-    rates = ", ".join(f"{rate:,.0f} img/s at {size} px" for size, rate in per_size.items())
+    per_size = {x["img_size"]: x for x in entry["backbones"].values()}
+    rates = ", ".join(
+        f"{x['per_core_img_per_s']:,.0f} img/s at {size} px (timm's stock path {x['timm_per_core_img_per_s']:,.0f}: "
+        f"{x['ratio']:.2f}x)"
+        for size, x in per_size.items()
+    )
+    load = next(iter(per_size.values()))["load_1min"]
+    parts = []
+    for b, x in entry["backbones"].items():
+        if x["device_img_per_s"] is None:
+            parts.append(f"{b} n/a (no device rate)")
+            continue
+        need = f"needs {x['cores_needed']:.1f} cores per {unit}"
+        if x["loader_img_per_s"] is None:
+            parts.append(f"{b} {need}")
+            continue
+        bound = x["loader_img_per_s"] < x["device_img_per_s"]
+        state = (f"LOADER-BOUND at {x['effective_img_per_s']:,.0f} img/s (the plan's hours use it)" if bound
+                 else "fed")  # fmt: skip
+        parts.append(
+            f"{b} {need} for {x['device_img_per_s']:,.0f} img/s; {x['loader_cores']} loader cores give "
+            f"{x['loader_img_per_s']:,.0f}: {state}"
+        )
+    cores = next(iter(entry["backbones"].values()))["cores_per_device"]
+    have = f"{cores} CPU cores per {unit} (cluster.training), one for the rank" if cores else "cores per device unknown"
     return (
-        f"Input, {stage} (timm transform, reads {source}): one CPU core decodes and transforms {rates} (measured on "
-        f"{entry['measured_on']}, one thread); cores per {unit} needed at its rate: {', '.join(cores)}."
+        f"Input, {stage} (timm transform, reads {source}): one CPU core decodes and transforms {rates} (best of "
+        f"interleaved rounds on {entry['measured_on']}, one thread, 1-min load {load[0]:g} then {load[1]:g}); "
+        f"{have}: {'; '.join(parts)}."
     )
 
 
@@ -154,11 +176,12 @@ def plan_workers(data: dict, workers: int) -> list[str]:
     lines = []
     for entry in data["input"]:
         for b, x in entry.get("backbones", {}).items():
-            if x["cores_per_device"] is None:
+            if x["cores_needed"] is None:
                 continue
-            enough = "enough" if workers >= x["cores_per_device"] else "TOO FEW: raise runtime.workers (and cores)"
+            need = x["cores_needed"] - 1  # loader workers: the rank's own process has its core
+            enough = "enough" if workers >= need else "TOO FEW: raise runtime.workers (and cores)"
             lines.append(
-                f"{entry['stage']} {b}: {x['cores_per_device']:.1f} loader cores per {data['devices']['unit']} needed "
-                f"for {x['device_img_per_s']:,.0f} img/s; runtime.workers = {workers} per rank: {enough}"
+                f"{entry['stage']} {b}: {need:.1f} loader cores per {data['devices']['unit']} needed for "
+                f"{x['device_img_per_s']:,.0f} img/s; runtime.workers = {workers} per rank: {enough}"
             )
     return lines

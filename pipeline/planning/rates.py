@@ -65,7 +65,7 @@ class Rates:
         return Rate(anchor.train * scale, evaluated, kind)
 
 
-def resolve(cfg: PlanConfig, *, img_per_s: float | None, bench: Path | None) -> Rates:
+def resolve(cfg: PlanConfig, *, img_per_s: float | None, bench: Path | None, gpu: str | None = None) -> Rates:
     """The rates of ``cfg``'s networks, by the order of the module's docstring."""
     p = cfg.params
     bb, base = p.bench.backbone, p.bench.baseline
@@ -76,7 +76,8 @@ def resolve(cfg: PlanConfig, *, img_per_s: float | None, bench: Path | None) -> 
         if not math.isfinite(img_per_s) or img_per_s <= 0:
             raise ValueError(f"--img-per-s: expected a positive number of images/s per device, got {img_per_s:g}")
         anchor = _Anchor(img_per_s, None, f_base, "given", (bb, base, k_src))
-        line = f"given: --img-per-s {img_per_s:g} for {bb}/{base} per device"
+        on = f"on one {gpu}" if gpu else "per device"
+        line = f"given: --img-per-s {img_per_s:g} for {bb}/{base} {on}"
         return Rates(cfg, {"given": anchor}, [line], ignored, lambda b, v: anchor)
     measured = _bench(cfg, bench, f_base, k_src, ignored) if bench is not None else None
     if measured is not None:

@@ -1,5 +1,6 @@
-"""Measurements of this machine the cost plan uses: how many images one CPU core decodes and transforms with a
-profile's timm training transform, and the peak host memory training runs recorded in their provenance."""
+"""Measurements of this machine the cost plan and the bench use: how many images one CPU core decodes and
+transforms with a profile's timm training transform, on this project's loader path and on timm's stock path, and
+the peak host memory training runs recorded in their provenance."""
 
 from __future__ import annotations
 
@@ -10,37 +11,67 @@ from pathlib import Path
 
 from pipeline.config import Augment
 
-__all__ = ["peak_memory", "per_core_rate"]
+__all__ = ["loader_rates", "peak_memory"]
 
 
-def per_core_rate(augment: Augment, img_size: int, *, images: int, seed: int = 0) -> float:
-    """Training images/s of one CPU core on the timm loader path: ``images`` ImageNet-like JPEGs
-    (:func:`pipeline.data.standins.write_jpegs`) each read, decoded (PIL) and transformed by the training transform of
-    ``augment`` at ``img_size`` px under its own seed, as :class:`pipeline.data.samples.ImageDataset` does in a loader
-    worker, with one torch thread. One more image, first, is transformed untimed (imports, first-call costs)."""
+def loader_rates(augment: Augment, img_size: int, *, images: int, rounds: int = 3, seed: int = 0) -> dict:
+    """Training images/s of one CPU core on two input pipelines, side by side on the same ``images`` ImageNet-like
+    JPEG files (:func:`pipeline.data.standins.write_jpegs`), each read, decoded (PIL) and transformed under its own
+    seed with one torch thread:
+
+    - ``per_core_img_per_s``: this project's loader path (:func:`pipeline.data.samples.transform`: uint8 out;
+      normalisation and random erasing follow on the device, :mod:`pipeline.data.finish`);
+    - ``timm_per_core_img_per_s``: timm's stock path as XCiT's ``main.py`` feeds its model (``create_transform``
+      with ToTensor, Normalize and RandomErasing on the CPU).
+
+    ``rounds`` interleaved rounds (each times both paths, in turn first), the best of each taken: a busy machine
+    slows a round, never speeds one up. The host's 1-minute load average before and after is recorded beside."""
+    import os
+
     import torch
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # normalisation constants: no cost difference
 
     from pipeline.data import samples, standins
 
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # ImageNet's: the constants cost nothing either way
+    load = [round(os.getloadavg()[0], 2)]
     with tempfile.TemporaryDirectory(prefix="plan-jpegs-") as tmp:
         folder = Path(tmp)
-        files = standins.write_jpegs(folder, images + 1, seed)
-        transform = samples.transform(augment, True, img_size, list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD))
-        names = [str(Path(f).relative_to(folder)) for f in files]
+        names = [str(Path(f).relative_to(folder)) for f in standins.write_jpegs(folder, images, seed)]
         labels = torch.zeros(len(names), dtype=torch.int64)
-        dataset = samples.ImageDataset(labels, transform, files=names, root=folder)
+        paths = {
+            "per_core_img_per_s": samples.transform(augment, True, img_size, mean, std),
+            "timm_per_core_img_per_s": _timm_stock(augment, img_size, mean, std),
+        }
+        datasets = {k: samples.ImageDataset(labels, t, files=names, root=folder) for k, t in paths.items()}
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
+        best = dict.fromkeys(datasets, float("inf"))
         try:
-            dataset[(0, seed)]
-            started = time.perf_counter()
-            for i in range(1, len(names)):
-                dataset[(i, seed + i)]
-            seconds = time.perf_counter() - started
+            for dataset in datasets.values():
+                dataset[(0, seed)]  # untimed: imports, first-call costs
+            for r in range(rounds):
+                for key in list(datasets)[r % 2 :] + list(datasets)[: r % 2]:
+                    started = time.perf_counter()
+                    for i in range(len(names)):
+                        datasets[key][(i, seed + i)]
+                    best[key] = min(best[key], time.perf_counter() - started)
         finally:
             torch.set_num_threads(threads)
-    return images / seconds
+    load.append(round(os.getloadavg()[0], 2))
+    out = {key: images / seconds for key, seconds in best.items()}
+    out["ratio"] = out["per_core_img_per_s"] / out["timm_per_core_img_per_s"]
+    return {**out, "images": images, "rounds": rounds, "load_1min": load, "cpus": os.cpu_count()}
+
+
+def _timm_stock(augment: Augment, img_size: int, mean, std):
+    from timm.data import create_transform
+
+    return create_transform(
+        img_size, is_training=True, scale=(augment.scale_min, 1.0), hflip=augment.hflip,
+        auto_augment=augment.auto_augment, color_jitter=augment.color_jitter, re_prob=augment.re_prob,
+        re_mode=augment.re_mode, interpolation=augment.interpolation, crop_pct=augment.crop_pct, mean=tuple(mean),
+        std=tuple(std),
+    )  # fmt: skip
 
 
 def peak_memory(folders: list[Path]) -> dict | None:

@@ -15,7 +15,7 @@ import torch
 
 from pipeline.config import BenchConfig, Net, ParamsError
 from pipeline.training import model as models
-from pipeline.training.recipe import loss_recipe, make_optimizer, train_step
+from pipeline.training.recipe import amp_dtype, loss_recipe, make_optimizer, train_step
 
 __all__ = ["Matmul", "Subject", "Timer", "dominant_shape", "loader_rate", "subjects"]
 
@@ -49,7 +49,8 @@ def subjects(settings: BenchConfig, device: torch.device, num_classes: int) -> l
     """Every benchmarked variant and (if ``bench.reference``) timm's own XCiT, each with its own optimizer, on one
     fixed batch of random images."""
     bench, recipe = settings.bench, settings.recipe
-    amp = bench.amp and device.type == "cuda"
+    amp = amp_dtype(device, bench.amp)
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None  # CUDA only: as the training stages
     size = settings.nets[0].img_size
     g = torch.Generator().manual_seed(0)
     images = torch.randn(bench.batch_size, 3, size, size, generator=g).to(device)
@@ -70,13 +71,14 @@ def subjects(settings: BenchConfig, device: torch.device, num_classes: int) -> l
                 criterion=criterion,
                 mixup=mixup,
                 amp=amp,
+                scaler=scaler,
                 clip_grad=recipe.clip_grad,
             )
 
         @torch.no_grad()
         def evaluate():
             net.eval()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
                 net(eval_images)
             net.train()
 

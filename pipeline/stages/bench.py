@@ -54,6 +54,7 @@ def measure(settings: config.BenchConfig, prepared: Path, *, progress: bool = Fa
     from pipeline.planning import timing
     from pipeline.training import distributed
     from pipeline.training.distributed import configure_torch
+    from pipeline.training.recipe import amp_dtype
 
     bench = settings.bench
     device = distributed.init(settings.device).device  # one process; an error if CUDA is asked for and absent
@@ -61,7 +62,7 @@ def measure(settings: config.BenchConfig, prepared: Path, *, progress: bool = Fa
     timer = timing.Timer(device)
     num_classes = read_meta(prepared)["num_classes"]  # the source dataset's classifier width
     subjects = timing.subjects(settings, device, num_classes)
-    dtype = torch.bfloat16 if bench.amp and device.type == "cuda" else torch.float32
+    dtype = amp_dtype(device, bench.amp) or torch.float32
     shape = timing.dominant_shape(settings.nets[0], bench.batch_size)
     gemm = timing.Matmul(shape, dtype, device, timer)
     side = 8192 if device.type == "cuda" else 1024  # the device's matrix rate: a large square product

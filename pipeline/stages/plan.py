@@ -59,9 +59,16 @@ def run(
     cfg: PlanConfig, *, devices: costs.Devices, rate: rates.Rates, measure, host: str = "", memory: dict | None = None
 ) -> dict:
     """The plan of ``cfg``'s profile on ``devices`` at ``rate``; ``measure(augment, img_size)`` returns one CPU
-    core's training images/s on the timm path (measured on ``host``); ``memory``: a measured peak host memory."""
+    core's training images/s on this project's and timm's stock loader paths
+    (:func:`pipeline.planning.throughput.loader_rates`, measured on ``host``); ``memory``: a measured peak host
+    memory."""
     p = cfg.params
-    groups = [_group(cfg, stage, b, devices, rate) for stage in ("pretrain", "finetune") for b in p.backbones]
+    inputs = _inputs(cfg, rate, measure, host)
+    limits = {(e["stage"], b): x["loader_img_per_s"] for e in inputs for b, x in e.get("backbones", {}).items()}
+    groups = [
+        _group(cfg, stage, b, devices, rate, limits.get((stage, b))) for stage in ("pretrain", "finetune")
+        for b in p.backbones
+    ]  # fmt: skip
     prepared = {
         name: {**vars(cfg.splits(name)), "bytes": _prepared_bytes(cfg, name), "storage": d.info.storage}
         for name, d in p.datasets.items()
@@ -93,7 +100,7 @@ def run(
             "total": total,
             "rate_sources": rate.sources,
             "ignored": rate.ignored,
-            "input": _inputs(cfg, rate, measure, host),
+            "input": inputs,
             "memory": memory,
         }
     )
@@ -106,8 +113,10 @@ def _rehearsal(cfg: PlanConfig) -> dict | None:
     return {"of": cfg.rehearsal.of, "overrides": len(cfg.rehearsal.overrides)}
 
 
-def _group(cfg: PlanConfig, stage: str, backbone: str, devices: costs.Devices, rate: rates.Rates) -> dict:
-    """Every run of ``stage`` on ``backbone`` (variants x datasets x seeds), added up."""
+def _group(cfg: PlanConfig, stage: str, backbone: str, devices: costs.Devices, rate: rates.Rates,
+           loader: float | None) -> dict:  # fmt: skip
+    """Every run of ``stage`` on ``backbone`` (variants x datasets x seeds), added up; each trains at the smaller of
+    its device's rate and ``loader`` (images/s the CPU cores of one device deliver; None: no limit known)."""
     p = cfg.params
     section = p.pretrain if stage == "pretrain" else p.finetune
     recipe, world = section.recipe, devices.total
@@ -129,6 +138,8 @@ def _group(cfg: PlanConfig, stage: str, backbone: str, devices: costs.Devices, r
                     f"on {world} processes ({splits.train} training images); lower the batch or the processes"
                 )
             r = rate(backbone, variant, splits.classes)
+            if r is not None and loader is not None and loader < r.train:
+                r = rates.Rate(loader, r.eval, r.kind + ", loader-bound")
             seen.append(r)
             n = len(p.seeds)
             for key, value in (("train_images", cost.train_images), ("eval_images", cost.eval_images),
@@ -151,7 +162,8 @@ def _group(cfg: PlanConfig, stage: str, backbone: str, devices: costs.Devices, r
         "rate": {
             "min": min(r.train for r in known),
             "max": max(r.train for r in known),
-            "kinds": sorted({r.kind for r in known}),
+            "kinds": sorted({r.kind.removesuffix(", loader-bound") for r in known}),
+            "loader_bound": any(r.kind.endswith("loader-bound") for r in known),
         }
         if known
         else None,
@@ -166,7 +178,9 @@ def _prepared_bytes(cfg: PlanConfig, name: str) -> int:
 
 def _inputs(cfg: PlanConfig, rate: rates.Rates, measure, host: str) -> list[dict]:
     """Per training stage, its input pipeline: batched (nothing decoded per image), or timm: one core's measured
-    rate and, per backbone, the cores each device needs to feed its fastest variant."""
+    rate on this project's path and on timm's stock path, and per backbone the cores each device has for its loader
+    (the training jobs' CPUs per GPU less one for the rank's own process, at most ``runtime.workers``), the rate they
+    deliver, the device's rate and the smaller of the two: what the device trains at."""
     p, measured, out = cfg.params, {}, []
     for stage, section in (("pretrain", p.pretrain), ("finetune", p.finetune)):
         augment = section.recipe.augment
@@ -176,20 +190,37 @@ def _inputs(cfg: PlanConfig, rate: rates.Rates, measure, host: str) -> list[dict
             entry["decodes_jpeg"] = any(p.datasets[d].info.storage == "files" for d in datasets)
             entry["measured_on"] = f"{host or 'this CPU'}, {p.plan.loader_images} JPEGs"
             entry["backbones"] = {}
+            cores = _cores_per_device(p)
+            loader_cores = None if cores is None else max(1, min(p.runtime.workers, cores - 1))
             for b, model in p.backbones.items():
                 key = (augment, model.img_size)
                 if key not in measured:
                     measured[key] = measure(augment, model.img_size)
+                m = measured[key]
                 fastest = [rate(b, v, cfg.splits(d).classes) for v in section.variants for d in datasets]
                 device_rate = max((r.train for r in fastest if r is not None), default=None)
+                loader = None if loader_cores is None else m["per_core_img_per_s"] * loader_cores
                 entry["backbones"][b] = {
                     "img_size": model.img_size,
-                    "per_core_img_per_s": measured[key],
+                    **{k: m[k] for k in ("per_core_img_per_s", "timm_per_core_img_per_s", "ratio", "load_1min")},
+                    "cores_per_device": cores,
+                    "loader_cores": loader_cores,
+                    "loader_img_per_s": loader,
                     "device_img_per_s": device_rate,
-                    "cores_per_device": None if device_rate is None else device_rate / measured[key],
+                    "effective_img_per_s": None if device_rate is None else min(device_rate, loader or device_rate),
+                    "cores_needed": None if device_rate is None else device_rate / m["per_core_img_per_s"] + 1,
                 }
         out.append(entry)
     return out
+
+
+def _cores_per_device(p) -> int | None:
+    """CPU cores a training job has per GPU (``cluster.training``); None on a CPU profile (the loader shares the
+    cores that train)."""
+    res = p.cluster.training
+    if p.device != "cuda" or not res.gpus_per_node:
+        return None
+    return res.cpus_per_node // res.gpus_per_node
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -201,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compute", default="references/compute.yaml", help="dataset sizes and GPU references")
     parser.add_argument("--bench", help="the bench stage's metrics JSON (used when measured for this profile)")
     parser.add_argument("--img-per-s", type=float, help="training images/s per device of bench.backbone's baseline")
+    parser.add_argument("--gpu", help="the GPU --img-per-s was measured on, named in the plan (e.g. H100)")
     parser.add_argument("--nodes", type=int, default=1, help="nodes the launcher runs on (default 1)")
     parser.add_argument("--measured", nargs="*", default=[], metavar="DIR", help="training provenance folders")
     parser.add_argument("--json", help="plan JSON to write")
@@ -213,10 +245,10 @@ def _main(args: argparse.Namespace) -> None:
     cfg = config.load_plan(args.params, args.compute)
     p = cfg.params
     devices = costs.devices(p.launcher, p.device, args.nodes)
-    rate = rates.resolve(cfg, img_per_s=args.img_per_s, bench=Path(args.bench) if args.bench else None)
+    rate = rates.resolve(cfg, img_per_s=args.img_per_s, bench=Path(args.bench) if args.bench else None, gpu=args.gpu)
 
-    def measure(augment, img_size: int) -> float:
-        return throughput.per_core_rate(augment, img_size, images=p.plan.loader_images)
+    def measure(augment, img_size: int) -> dict:
+        return throughput.loader_rates(augment, img_size, images=p.plan.loader_images)
 
     memory = throughput.peak_memory([Path(d) for d in args.measured])
     plan = run(cfg, devices=devices, rate=rate, measure=measure, host=provenance.cpu_model(), memory=memory)

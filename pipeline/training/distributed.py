@@ -121,10 +121,15 @@ def rank_seed(seed: int, rank: int) -> int:
 
 
 def configure_torch(device: torch.device, threads: int) -> None:
-    """Thread count (0: torch's default) and, on CPU, deterministic algorithms: how every training step runs,
-    in the stages and in the benchmark."""
+    """Thread count (0: torch's default); on CPU deterministic algorithms; on GPU cuDNN's autotuner and TF32 for
+    float32 products (neither deterministic: docs/auditing.md): how every training step runs, in the stages and in
+    the benchmark."""
     if threads:
         torch.set_num_threads(threads)
+    if device.type == "cuda":  # CUDA only: timm's and XCiT's settings, explicit
+        torch.backends.cudnn.benchmark = True  # the fastest convolution algorithm for the stem's fixed shapes
+        torch.backends.cuda.matmul.allow_tf32 = True  # float32 products (outside autocast) in TF32
+        torch.backends.cudnn.allow_tf32 = True
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
         # Deterministic mode also fills every new tensor with NaN, to expose reads of uninitialised memory; the

@@ -9,7 +9,7 @@ from pipeline.config import TrainConfig
 from pipeline.data.loaders import Loaders
 from pipeline.outputs import round_result
 from pipeline.training import model as models
-from pipeline.training.recipe import evaluate
+from pipeline.training.recipe import amp_dtype, evaluate
 
 __all__ = ["final_metrics"]
 
@@ -23,7 +23,7 @@ def final_metrics(
     import qkv
 
     recipe = run.recipe
-    amp = recipe.amp and env.device.type == "cuda"
+    amp = amp_dtype(env.device, recipe.amp)
     raw_test = evaluate(model, loaders.test, env, amp)
     ema_test = evaluate(ema, loaders.test, env, amp) if ema is not None else None
     test = ema_test if recipe.weights == "ema" else raw_test

@@ -2,8 +2,8 @@
 AdamW from timm's optimizer factory with no weight decay on norms, biases, XCA temperatures, the class token,
 the positional encoding and F-SNE codes; a cosine schedule with warmup, stepped every update; the learning rate
 scaled by ``global batch / lr_base_batch``; Mixup/CutMix with label smoothing; optional gradient clipping;
-bf16 autocast on GPU. :func:`train_step` is the one update both the training stages run and the bench stage
-times.
+mixed precision on GPU (:func:`amp_dtype`: bf16, or fp16 with a gradient scaler on GPUs without native bf16).
+:func:`train_step` is the one update both the training stages run and the bench stage times.
 """
 
 from __future__ import annotations
@@ -16,7 +16,16 @@ import torch.nn.functional as F
 
 from pipeline.config import Recipe
 
-__all__ = ["TrainingDiverged", "evaluate", "loss_recipe", "make_optimizer", "make_scheduler", "set_seed", "train_step"]
+__all__ = [
+    "TrainingDiverged",
+    "amp_dtype",
+    "evaluate",
+    "loss_recipe",
+    "make_optimizer",
+    "make_scheduler",
+    "set_seed",
+    "train_step",
+]
 
 
 class TrainingDiverged(ValueError):
@@ -27,6 +36,16 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def amp_dtype(device: torch.device, requested: bool) -> torch.dtype | None:
+    """The autocast dtype of a recipe's ``amp`` on ``device``: None (float32) on a CPU or when not requested; bf16
+    on a GPU that computes it natively (compute capability 8.0 or newer), else fp16, which needs a gradient
+    scaler (:func:`train_step`): on a T4 or V100 bf16 is emulated, several times slower."""
+    if not requested or device.type != "cuda":
+        return None
+    native = torch.cuda.is_bf16_supported(including_emulation=False)  # CUDA only
+    return torch.bfloat16 if native else torch.float16  # CUDA only
 
 
 def loss_recipe(recipe: Recipe, num_classes: int):
@@ -87,32 +106,43 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     criterion,
     mixup=None,
-    amp: bool = False,
+    amp: torch.dtype | None = None,
+    scaler=None,
     clip_grad: float | None = None,
     check_loss=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One update of the recipe: Mixup/CutMix, forward (bf16 autocast if ``amp``), loss, backward, optional
-    gradient clipping, optimizer step. ``check_loss(loss)`` runs before the update (to stop on a non-finite
-    loss). Returns ``(loss, logits)``. :func:`fit` trains with it and the bench stage times it, so the
+    """One update of the recipe: Mixup/CutMix, forward (autocast to ``amp`` unless None), loss, backward, optional
+    gradient clipping, optimizer step; with a ``scaler`` (fp16) the loss is scaled and the step skipped on
+    overflow, as ``torch.amp.GradScaler`` does. ``check_loss(loss)`` runs before the update. Returns
+    ``(loss, logits)``. :func:`fit` trains with it and the bench stage times it, so the
     benchmark measures exactly the step the pipeline runs."""
     targets = labels
     if mixup is not None:
         images, targets = mixup(images, labels)
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp):
+    with torch.autocast(images.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
         logits = net(images)
         loss = criterion(logits.float(), targets)
     if check_loss is not None:
         check_loss(loss)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        if clip_grad is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients
     if clip_grad is not None:
         torch.nn.utils.clip_grad_norm_(net.parameters(), clip_grad)
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
     return loss, logits
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, env, amp: bool) -> dict:
+def evaluate(model: torch.nn.Module, loader, env, amp: torch.dtype | None) -> dict:
     """Loss, top-1 and top-5 (%) over a whole split. Every rank evaluates its shard of the loader and the sums
     are added over the ranks (``env``: a :class:`pipeline.training.distributed.Dist`), so all ranks return the numbers
     of the whole split: the counts exactly those of one process, the loss up to the order of its float sum."""
@@ -123,9 +153,9 @@ def evaluate(model: torch.nn.Module, loader, env, amp: bool) -> dict:
     loss_sum, correct1, correct5, count = 0.0, 0, 0, 0
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            logits = model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+            logits = model(images).float()  # top-k of fp32 logits: bf16 ties would depend on the kernel
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         correct1 += (top[:, 0] == labels).sum().item()
         correct5 += (top == labels[:, None]).any(dim=1).sum().item()

@@ -26,6 +26,8 @@ def restore(state: State) -> None:
     if saved is None:
         return
     stateful = {"model": state.model, "optimizer": state.optimizer, "scheduler": state.scheduler, "ema": state.ema}
+    if state.scaler is not None:
+        stateful["scaler"] = state.scaler  # fp16: the loss scale the run had reached
     checkpoint.restore(state.resume_dir, saved, stateful, state.env.device)
     mine = saved[1]
     state.start_epoch, state.start_step, state.saved = epoch, step, (epoch, step)
@@ -52,6 +54,8 @@ def save(state: State, epoch: int, step: int, own_state: dict) -> None:
         ema, curves = (state.ema.state_dict() if state.ema is not None else None), json.dumps(state.curves)
         shared = {"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
                   "scheduler": state.scheduler.state_dict(), "ema": ema, "curves": curves}  # fmt: skip
+        if state.scaler is not None:
+            shared["scaler"] = state.scaler.state_dict()
         checkpoint.save_shared(state.resume_dir, epoch, step, state.fingerprint, shared)
     distributed.barrier(env)
     state.saved = (epoch, step)

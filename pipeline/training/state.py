@@ -1,5 +1,6 @@
 """The state of a training run in progress (:class:`RunState`), shared by the loop (:mod:`pipeline.training.train`)
-and its resume state (:mod:`pipeline.training.resume`), which both import it and neither imports the other."""
+and its resume state (:mod:`pipeline.training.resume`), which both import it (the loop imports its resume state,
+never the other way round)."""
 
 from __future__ import annotations
 
@@ -42,10 +43,13 @@ class RunState:
     seen: int = 0
     train_seconds: float = 0.0
     epoch_rate: float = 0.0  # training images/s of the last epoch, over all ranks
+    scaler: object = None  # torch.amp.GradScaler when the run trains in fp16
 
     @property
-    def amp(self) -> bool:
-        return self.run.recipe.amp and self.env.device.type == "cuda"
+    def amp(self) -> torch.dtype | None:
+        from pipeline.training.recipe import amp_dtype
+
+        return amp_dtype(self.env.device, self.run.recipe.amp)
 
     @property
     def updates_per_epoch(self) -> int:

@@ -17,7 +17,6 @@ terminal; the tqdm bar only to a terminal.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -104,7 +103,7 @@ def _setup(run: TrainConfig, data: Path, resume_dir: Path, init_weights: Path | 
     loaders = build_loaders(
         data, recipe.augment, img_size=run.net.img_size, batch_size=recipe.batch_size // env.world_size,
         eval_batch_size=run.runtime.eval_batch_size, workers=run.runtime.workers, seed=run.seed, rank=env.rank,
-        world_size=env.world_size, pin=env.device.type == "cuda",
+        world_size=env.world_size, pin=env.device.type == "cuda", device=env.device,
     )  # fmt: skip
     num_classes = loaders.num_classes
     if init_weights is None:
@@ -126,24 +125,36 @@ def _setup(run: TrainConfig, data: Path, resume_dir: Path, init_weights: Path | 
     )
     state = RunState(run, env, loaders, model, net, optimizer, scheduler, mixup, criterion, ema, fingerprint,
                    Path(resume_dir), n_params, stop)  # fmt: skip
+    if state.amp == torch.float16:  # CUDA only: fp16 needs its loss scaled (GPUs without native bf16)
+        state.scaler = torch.amp.GradScaler(env.device.type)
     if env.main:
         checkpoint.check_space(state.resume_dir, checkpoint.size_estimate(model, ema), run.name)
     resume.restore(state)
     return state
 
 
-def _stop_if_diverged(loss: torch.Tensor, *, run: TrainConfig, epoch: int, step: int, update: int, lr: float, last):
-    if not torch.isfinite(loss):
-        raise TrainingDiverged(
-            f"{run.stage} {run.net.variant}-{run.seed}: non-finite loss ({loss.item()}) at epoch {epoch + 1}, step "
-            f"{step + 1} (update {update}), lr {lr:.3g}; last finite loss {last}. Lower the learning rate or "
-            "enable clip_grad; no metrics were written."
-        )
+def _check_finite(state: RunState, finite: torch.Tensor, *, epoch: int, since: int, step: int, lr: float) -> None:
+    """Raise :class:`TrainingDiverged` if a loss of steps ``since`` .. ``step`` (0-based) of ``epoch`` was not finite
+    (``finite``: a device flag, read here: a host synchronisation)."""
+    if bool(finite):
+        return
+    run = state.run
+    steps = f"step {step + 1}" if since == step else f"one of steps {since + 1}-{step + 1}"
+    raise TrainingDiverged(
+        f"{run.stage} {run.net.variant}-{run.seed}: non-finite loss at epoch {epoch + 1}, {steps} (update "
+        f"{epoch * state.updates_per_epoch + step + 1}), lr {lr:.3g}; last finite loss {state.last_finite}. Lower "
+        "the learning rate or enable clip_grad; no metrics were written."
+    )
 
 
 def _train_epoch(state: RunState, epoch: int, progress: bool) -> None:
     """One pass over the training split (its first ``start_step`` batches skipped in a resumed epoch), then
-    validation; appends the epoch's row to the curves."""
+    validation; appends the epoch's row to the curves.
+
+    The host reads the device every ``runtime.sync_every`` steps, and at the end of the epoch: the loss sums (kept
+    on the device in float64, the same sums as adding the losses on the host), the check that every loss was
+    finite, and the ranks' agreement to stop (an all-reduce), so a tiny model's GPU never waits for the host
+    in between."""
     from tqdm import tqdm
 
     run, env, loader = state.run, state.env, state.loaders.train
@@ -152,32 +163,40 @@ def _train_epoch(state: RunState, epoch: int, progress: bool) -> None:
             epoch_aware.set_epoch(epoch)
     state.net.train()
     skip, resumed = (state.start_step, state.partial) if epoch == state.start_epoch else (0, (0.0, 0, 0))
-    (loss_sum, correct, count), t0 = resumed, time.perf_counter()
+    sums = torch.tensor(resumed, dtype=torch.float64, device=env.device)  # loss sum, correct, count
+    finite, last = torch.ones((), dtype=torch.bool, device=env.device), None
+    every, since, t0 = run.runtime.sync_every, skip, time.perf_counter()
     desc = f"{run.stage} {run.net.variant}-{run.seed} epoch {epoch + 1}/{run.recipe.epochs}"
     bar = tqdm(loader, desc=desc, disable=not (progress and env.main), leave=False)
+    step = skip - 1
     for step, (images, labels) in enumerate(bar):
         if step < skip:  # trained on before the run stopped: loaded only to advance the epoch's augmentation
             continue
-        resume.stop_point(state, epoch, step, (loss_sum, correct, count))
+        if not (step - skip) % every:  # a host synchronisation: the losses so far, then whether to stop here
+            _sync(state, finite, last, epoch=epoch, since=since, step=step - 1)
+            since = step
+            resume.stop_point(state, epoch, step, tuple(_partial(sums)))
         images, labels = images.to(env.device, non_blocking=True), labels.to(env.device, non_blocking=True)
         update = epoch * state.updates_per_epoch + step + 1
-        lr = state.optimizer.param_groups[0]["lr"]
-        check = functools.partial(
-            _stop_if_diverged, run=run, epoch=epoch, step=step, update=update, lr=lr, last=state.last_finite
-        )
         loss, logits = train_step(
             state.net, images, labels, optimizer=state.optimizer, criterion=state.criterion, mixup=state.mixup,
-            amp=state.amp, clip_grad=run.recipe.clip_grad, check_loss=check,
+            amp=state.amp, scaler=state.scaler, clip_grad=run.recipe.clip_grad,
         )  # fmt: skip
-        state.last_finite = loss.item()
+        loss = loss.detach()
+        ok = torch.isfinite(loss)
+        finite &= ok
+        last = loss if last is None else torch.where(ok, loss, last)
         state.scheduler.step_update(update)
         if state.ema is not None:
             state.ema.update(state.model, step=update)
-        loss_sum += loss.item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
-        count += len(labels)
-        rate = (count - resumed[2]) * env.world_size / (time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{100 * correct / count:.1f}", img_s=f"{rate:.0f}")
+        sums += torch.stack([loss.double() * len(labels), (logits.argmax(1) == labels).sum().double(),
+                             torch.tensor(float(len(labels)), dtype=torch.float64, device=env.device)])  # fmt: skip
+        if progress and env.main and not (step + 1 - skip) % every:
+            done = sums.tolist()
+            rate = (done[2] - resumed[2]) * env.world_size / (time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{100 * done[1] / done[2]:.1f}", img_s=f"{rate:.0f}")
+    _sync(state, finite, last, epoch=epoch, since=since, step=step)
+    loss_sum, correct, count = _partial(sums)
     state.train_seconds += time.perf_counter() - t0
     state.seen += (count - resumed[2]) * env.world_size
     state.epoch_rate = (count - resumed[2]) * env.world_size / (time.perf_counter() - t0)
@@ -190,6 +209,21 @@ def _train_epoch(state: RunState, epoch: int, progress: bool) -> None:
          "train_top1": 100.0 * correct / count, "val_loss": val["loss"], "val_top1": val["top1"],
          "val_top5": val["top5"]}
     )  # fmt: skip
+
+
+def _partial(sums: torch.Tensor) -> tuple[float, int, int]:
+    """(loss sum, correct, count) of the device's sums, on the host."""
+    loss_sum, correct, count = sums.tolist()
+    return loss_sum, int(correct), int(count)
+
+
+def _sync(state: RunState, finite: torch.Tensor, last, *, epoch: int, since: int, step: int) -> None:
+    """Stop on a non-finite loss among steps ``since`` .. ``step``; remember the last finite one."""
+    if step < since:
+        return
+    _check_finite(state, finite, epoch=epoch, since=since, step=step, lr=state.optimizer.param_groups[0]["lr"])
+    if last is not None:
+        state.last_finite = last.item()
 
 
 def _end_epoch(state: RunState, epoch: int, seconds: float) -> None:
