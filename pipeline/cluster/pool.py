@@ -113,12 +113,13 @@ def _start(root: Path, name: str, slot: Slot, force: bool) -> _Running:
 
 
 def run(root: Path, params: config.Params, jobs: int, targets: list[str], *, force: bool = False) -> int:
-    """Run the stale instances among ``targets`` (all of them with ``force``) ``jobs`` at a time; 0 if all
-    succeeded."""
+    """Run the stale instances among ``targets`` and upstream of them (with ``force`` the ``targets`` themselves
+    too) ``jobs`` at a time; 0 if all succeeded."""
     pool = slots(params, jobs)
     dag, stale = scan(root)
     chosen = selected(dag, targets)
-    todo = [n for n in chosen if force or n in stale]
+    named = {n for n in chosen if not targets or n in targets or dag[n].stage in targets}
+    todo = [n for n in chosen if n in stale or (force and n in named)]  # force: the named ones, not their upstream
     if not todo:
         print(f"pool: every selected instance ({len(chosen)}) is up to date; nothing to run")
         return 0
