@@ -175,3 +175,30 @@ def test_audit_compares_a_measurement_by_its_ratios():
     del slower_machine["loader"]
     beyond, _ = compare.compare_measured(old, slower_machine, 0.25)
     assert "loader.over_train: 40.0 -> <missing>" in beyond
+
+
+def test_the_timm_paths_loader_is_measured_per_core_beside_timms_stock_path(tmp_path, prepared, capsys):
+    """One measurement of the loader: the bench takes the plan's (both paths per core, side by side, load recorded),
+    on the prepared dataset's own images, and the plan of the same profile reuses it instead of measuring again."""
+    import copy
+
+    from pipeline.stages import plan
+
+    params = tiny_params(bench={"rounds": 1, "warmup": 1, "loader_batches": 2, "loader_workers": 3})
+    params["pretrain"] = copy.deepcopy(params["pretrain"])
+    params["pretrain"]["recipe"]["augment"].update(mode="timm", auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25,
+                                                   re_mode="pixel")  # fmt: skip
+    path = write_params(tmp_path / "params.yaml", params)
+    out = tmp_path / "bench"
+    files = ["--metrics", out / "metrics.json", "--times", out / "times.csv", "--provenance", out / "prov.json"]
+    bench.main(["--params", str(path), "--data", str(prepared), *map(str, files)])
+    loader = json.loads((out / "metrics.json").read_text())["loader"]
+    assert loader["mode"] == "timm" and loader["workers"] == 3 and loader["images"] == 2 * 16
+    assert loader["img_per_s"] == pytest.approx(3 * loader["per_core_img_per_s"], rel=1e-3)
+    assert loader["ratio"] == pytest.approx(loader["per_core_img_per_s"] / loader["timm_per_core_img_per_s"], rel=1e-3)
+    assert len(loader["load_1min"]) == 2
+    assert "per CPU core x 3 workers; timm's stock path" in capsys.readouterr().out
+    p = config.load(path)
+    taken = plan._bench_loader(out / "metrics.json", p, p.pretrain.recipe.augment, 16)
+    assert taken["per_core_img_per_s"] == loader["per_core_img_per_s"] and "the bench stage" in taken["measured_on"]
+    assert plan._bench_loader(out / "metrics.json", p, p.pretrain.recipe.augment, 32) is None  # another size

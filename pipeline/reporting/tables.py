@@ -198,11 +198,21 @@ def bench(metrics: dict | None) -> Table:
         f"GFLOP/s, a {c['shape'][0]}x{c['shape'][1]} @ {c['shape'][1]}x{c['shape'][2]} matrix product timed in the "
         f"same rounds; the device's matrix rate (square {peak['shape'][0]} product): {peak['gflop_per_s']:.1f} "
         f"GFLOP/s, of which the baseline reaches {metrics['models'][metrics['baseline']]['train_peak_fraction']:.0%} "
-        f"in training. Loader: {loader['img_per_s']:,.0f} training img/s ({loader['mode']}), "
+        f"in training. Loader: {loader['img_per_s']:,.0f} training img/s ({_loader_how(loader)}), "
         f"{loader['over_train']:.0f}x the baseline's training rate. FLOPs: closed-form counts (2 flops per "
         f"multiply-add, a training step = 3x the forward). Targets: {met}."
     )
     return Table("bench", title, columns, rows, note)
+
+
+def _loader_how(loader: dict) -> str:
+    if loader["mode"] != "timm":
+        return loader["mode"]
+    return (
+        f"timm path: {loader['per_core_img_per_s']:,.0f} per CPU core x {loader['workers']} workers; timm's stock "
+        f"path {loader['timm_per_core_img_per_s']:,.0f} per core, {loader['ratio']:.2f}x; best of {loader['rounds']} "
+        f"interleaved rounds, 1-min load {loader['load_1min'][0]:g} then {loader['load_1min'][1]:g}"
+    )
 
 
 def assumptions(register: tuple[Assumption, ...], variants: dict[str, dict]) -> Table:

@@ -12,7 +12,9 @@ For every variant (and timm's own XCiT as a reference) at the profile's model, r
 - the achieved GFLOP/s (2 flops per multiply-add; a training step counts 3x the forward) and its fraction of
   a matrix-product ceiling timed in the same rounds on the model's dominant shape (the MLP's first layer,
   ``(batch x tokens, C) @ (C, 4C)``), in the step's precision;
-- the data loader's training images/s over the prepared source dataset, with the recipe's augmentation.
+- the data loader's training images/s over the prepared source dataset, with the recipe's augmentation (on the timm
+  path: one CPU core on this project's path and on timm's stock path side by side, the plan's measurement, times
+  ``bench.loader_workers``).
 
 Timings are measurements, not reproducible results: they depend on the machine and its load. They live only
 here — no training metrics file holds a time (those go to provenance) — so the audit of a training stage
@@ -72,7 +74,7 @@ def measure(settings: config.BenchConfig, prepared: Path, *, progress: bool = Fa
     rates = {"ceiling": gemm.flops / _median(rows, "matmul", "ceiling") / 1e9}
     rates["peak"] = peak.flops / _median(rows, "matmul", "peak") / 1e9
     per_model = _per_model(subjects, rows, settings, rates)
-    loader = timing.loader_rate(settings, prepared)
+    loader = _loader(settings, prepared)
     metrics = {
         "profile": settings.profile,
         "measured": True,  # timings: machine-dependent, compared by the audit as ratios only
@@ -89,14 +91,26 @@ def measure(settings: config.BenchConfig, prepared: Path, *, progress: bool = Fa
         "models": per_model,
         "ceiling": {"shape": list(shape), "gflop_per_s": rates["ceiling"]},
         "peak": {"shape": [side, side, side], "gflop_per_s": rates["peak"]},
-        "loader": {
-            "img_per_s": loader,
-            "over_train": loader / per_model[bench.baseline]["train_img_per_s"],
-            "mode": settings.recipe.augment.mode,
-        },
+        "loader": {**loader, "over_train": loader["img_per_s"] / per_model[bench.baseline]["train_img_per_s"]},
     }
     metrics["targets"] = _targets(metrics, bench)
     return round_measurement(metrics), rows
+
+
+def _loader(settings: config.BenchConfig, prepared: Path) -> dict:
+    """The loader's training images/s. Batched path: the loader itself over ``bench.loader_batches`` batches. timm
+    path: one CPU core on this project's path and on timm's stock path, side by side on the prepared dataset's
+    first ``loader_batches x batch_size`` training images (:func:`pipeline.planning.throughput.loader_rates`, the
+    plan's measurement), times ``bench.loader_workers`` cores."""
+    from pipeline.planning import throughput, timing
+
+    bench, augment = settings.bench, settings.recipe.augment
+    if augment.mode != "timm":
+        return {"mode": augment.mode, "img_per_s": timing.loader_rate(settings, prepared)}
+    images = bench.loader_batches * bench.batch_size
+    rates = throughput.loader_rates(augment, settings.nets[0].img_size, images=images, prepared=prepared)
+    workers = max(1, bench.loader_workers)
+    return {"mode": "timm", "img_per_s": rates["per_core_img_per_s"] * workers, "workers": workers, **rates}
 
 
 def _rounds(subjects, gemm, peak, timer, bench: config.Bench, progress: bool) -> list[dict]:

@@ -188,7 +188,7 @@ def _inputs(cfg: PlanConfig, rate: rates.Rates, measure, host: str) -> list[dict
         entry = {"stage": stage, "mode": augment.mode}
         if augment.mode == "timm":
             entry["decodes_jpeg"] = any(p.datasets[d].info.storage == "files" for d in datasets)
-            entry["measured_on"] = f"{host or 'this CPU'}, {p.plan.loader_images} JPEGs"
+            entry["measured_on"] = f"{host or 'this CPU'}, {p.plan.loader_images} stand-in JPEGs"
             entry["backbones"] = {}
             cores = _cores_per_device(p)
             loader_cores = None if cores is None else max(1, min(p.runtime.workers, cores - 1))
@@ -197,6 +197,7 @@ def _inputs(cfg: PlanConfig, rate: rates.Rates, measure, host: str) -> list[dict
                 if key not in measured:
                     measured[key] = measure(augment, model.img_size)
                 m = measured[key]
+                entry["measured_on"] = m.get("measured_on", entry["measured_on"])
                 fastest = [rate(b, v, cfg.splits(d).classes) for v in section.variants for d in datasets]
                 device_rate = max((r.train for r in fastest if r is not None), default=None)
                 loader = None if loader_cores is None else m["per_core_img_per_s"] * loader_cores
@@ -221,6 +222,22 @@ def _cores_per_device(p) -> int | None:
     if p.device != "cuda" or not res.gpus_per_node:
         return None
     return res.cpus_per_node // res.gpus_per_node
+
+
+def _bench_loader(bench: Path | None, p, augment, img_size: int) -> dict | None:
+    """The bench stage's loader measurement (the same function's), when it was taken for this profile's pretraining
+    augmentation at ``img_size``; else None (the plan measures)."""
+    import json
+
+    if bench is None or not bench.is_file() or augment != p.pretrain.recipe.augment:
+        return None
+    try:
+        data = json.loads(bench.read_text())
+        loader = data["loader"]
+        same = data["profile"] == p.profile and data["img_size"] == img_size and loader["mode"] == "timm"
+    except (ValueError, KeyError, TypeError):
+        return None  # rates.resolve names a damaged bench file
+    return {**loader, "measured_on": f"the bench stage ({bench}), {loader['images']} images"} if same else None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -248,7 +265,8 @@ def _main(args: argparse.Namespace) -> None:
     rate = rates.resolve(cfg, img_per_s=args.img_per_s, bench=Path(args.bench) if args.bench else None, gpu=args.gpu)
 
     def measure(augment, img_size: int) -> dict:
-        return throughput.loader_rates(augment, img_size, images=p.plan.loader_images)
+        taken = _bench_loader(Path(args.bench) if args.bench else None, p, augment, img_size)
+        return taken or throughput.loader_rates(augment, img_size, images=p.plan.loader_images)
 
     memory = throughput.peak_memory([Path(d) for d in args.measured])
     plan = run(cfg, devices=devices, rate=rate, measure=measure, host=provenance.cpu_model(), memory=memory)
