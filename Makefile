@@ -30,12 +30,12 @@ venv: $(STAMP) ## create .venv (PYTHON=python3.11) with requirements.txt's pins 
 
 # The params are checked (every stage's loader, every instance, the qkv library's checks included) before DVC
 # runs anything: a bad file fails here in seconds instead of in the middle of a repro.
-# JOBS=N runs N stage instances at once, each in its own slot of the machine (pipeline/cluster/pool.py): one per
-# GPU group on a multi-GPU machine, runtime.threads cores each on a CPU; JOBS=1 is a plain `dvc repro`.
-JOBS ?= 1
+# N stage instances at once (runtime.jobs of params.yaml, or JOBS=N), each in its own slot of the machine
+# (pipeline/cluster/pool.py): one per GPU group on a multi-GPU machine, runtime.threads cores each on a CPU; one
+# at a time is a plain `dvc repro`.
 repro: $(STAMP) ## [JOBS=N] check params.yaml, then rebuild every result that is not up to date, N instances at once
 	python -m pipeline.profile --check params.yaml
-	$(if $(filter 1,$(JOBS)),dvc repro,python -m pipeline.cluster.pool --jobs $(JOBS))
+	python -m pipeline.cluster.pool $(if $(JOBS),--jobs $(JOBS))
 
 lint: $(STAMP) ## ruff check and ruff format --check of qkv pipeline tests tools
 	ruff check qkv pipeline tests tools

@@ -102,15 +102,19 @@ def _run(tmp: Path, prepared: dict, name: str, **updates) -> dict[str, bytes]:
 
 def test_runtime_settings_do_not_change_the_result(tmp_path, prepared):
     """The `runtime` section is listed by no stage in dvc.yaml, because it cannot change what is computed: the
-    checkpoint interval and the number of loader workers (timm path, with RandAugment and random erasing) leave
-    every byte alike; threads and the evaluation batch reorder float sums, so their outputs (metrics, curves,
-    weights) stay within the audit's tolerances."""
+    checkpoint interval, the number of loader workers (timm path, with RandAugment and random erasing) and how often
+    the host reads the device's loss sums (sync_every) leave every byte alike; threads and the evaluation batch
+    reorder float sums, so their outputs (metrics, curves, weights) stay within the audit's tolerances."""
     from pipeline import config
     from pipeline.review.compare import compare_outputs
 
     timm = {"augment": {**tiny_params()["pretrain"]["recipe"]["augment"], **TIMM_AUGMENT}, "epochs": 3}
     base = _run(tmp_path, prepared, "base", pretrain=timm)
-    for name, runtime in (("every2", {"checkpoint_every": 2}), ("workers2", {"workers": 2})):
+    for name, runtime in (
+        ("every2", {"checkpoint_every": 2}),
+        ("workers2", {"workers": 2}),
+        ("sync3", {"sync_every": 3}),
+    ):
         assert _run(tmp_path, prepared, name, pretrain=timm, runtime=runtime) == base, f"runtime {runtime}"
     tolerances = config.load_audit(tmp_path / "base.yaml")
     for name, runtime in (("threads2", {"threads": 2}), ("eval7", {"eval_batch_size": 7})):
@@ -304,6 +308,40 @@ def test_nan_message_names_step_lr_and_last_loss(tmp_path, prepared):
         pretrain.main(pretrain_argv(tmp_path, params, prepared["synthetic"]))
     message = str(excinfo.value.code)
     assert "at epoch" in message and ", step " in message and ", lr " in message and "last finite loss" in message
+
+
+def test_a_loss_checked_every_few_steps_names_the_steps_it_covers(tmp_path, prepared):
+    params = write_params(tmp_path / "params.yaml", tiny_params(pretrain={"lr": 1.0e6, "epochs": 3},
+                                                                 runtime={"sync_every": 3}))  # fmt: skip
+    with pytest.raises(SystemExit) as excinfo:
+        pretrain.main(pretrain_argv(tmp_path, params, prepared["synthetic"]))
+    message = str(excinfo.value.code)
+    assert "non-finite loss at epoch" in message and "last finite loss" in message, message
+    assert ", one of steps " in message or ", step " in message, message
+    assert not (tmp_path / "linear-0" / "metrics.json").exists()
+
+
+def test_the_fp16_step_scales_the_loss_and_skips_an_overflowing_update():
+    """The step GPUs without native bf16 take (fp16 autocast + GradScaler), run on the CPU: it trains, and an
+    update whose gradients overflow is skipped with the scale lowered, as torch.amp.GradScaler does on CUDA."""
+    from pipeline.training.recipe import train_step
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 3))
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    step = dict(optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(), amp=torch.float16, scaler=scaler,
+                clip_grad=1.0)  # fmt: skip
+    first = train_step(net, x, y, **step)[0].item()
+    for _ in range(30):
+        last = train_step(net, x, y, **step)[0].item()
+    assert last < first
+    before = [p.detach().clone() for p in net.parameters()]
+    scaler.update(2.0**127)  # the next backward overflows fp16
+    train_step(net, x, y, **step)
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True)), "the step was not skipped"
+    assert scaler.get_scale() < 2.0**127
 
 
 def test_finetune_variant_without_pretraining_is_a_params_error(tmp_path, prepared):

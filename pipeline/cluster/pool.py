@@ -1,4 +1,5 @@
-"""``make repro JOBS=N``: the DAG's stale instances run side by side on this machine, N at a time, each as
+"""``make repro`` (``runtime.jobs``, or ``JOBS=N``): the DAG's stale instances run side by side on this machine, N at
+a time (one at a time: a plain ``dvc repro``), each as
 ``dvc --wait-for-lock repro --single-item <instance>`` in this workspace — the per-instance commands the cluster
 jobs run (:mod:`pipeline.cluster.commands`), with a pool of slots instead of a scheduler.
 
@@ -214,13 +215,18 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m pipeline.cluster.pool", description=cli.describe(__doc__))
     parser.add_argument("targets", nargs="*", help="stage instances or stages (default: the whole DAG)")
-    parser.add_argument("--jobs", type=int, default=1, help="instances at once (default 1)")
+    parser.add_argument("--jobs", type=int, help="instances at once (default: runtime.jobs of the params file)")
     parser.add_argument("--force", action="store_true", help="run the selected instances even if up to date")
     parser.add_argument("--params", default="params.yaml", help="the params file (device, launcher, runtime.threads)")
     args = parser.parse_args(argv)
     root = Path.cwd()
     try:
-        return run(root, config.load(root / args.params), args.jobs, args.targets, force=args.force)
+        params = config.load(root / args.params)
+        jobs = params.runtime.jobs if args.jobs is None else args.jobs
+        if jobs == 1 and not args.targets and not args.force:  # one at a time: this process becomes a plain dvc repro
+            command = scratch.dvc_command("repro")  # (Ctrl-C, SIGTERM and the exit status are dvc's own)
+            os.execve(command[0], command, scratch.env())
+        return run(root, params, jobs, args.targets, force=args.force)
     except (config.ParamsError, DagError, PoolError) as exc:
         raise SystemExit(f"pool: error: {exc}") from None
 

@@ -211,10 +211,12 @@ class Runtime:
     # Training steps between the host's reads of the device (loss sums, the non-finite-loss check, the ranks'
     # agreement to stop): each read waits for the device and, with several ranks, all-reduces. 1 on a CPU (free).
     sync_every: int = 1
+    # Stage instances `make repro` runs at once, each in its own slot (pipeline/cluster/pool.py; JOBS=N overrides).
+    jobs: int = 1
 
     def check(self, where: str) -> None:
         non_negative(where, threads=self.threads, workers=self.workers)
-        for key in ("checkpoint_every", "eval_batch_size", "sync_every"):
+        for key in ("checkpoint_every", "eval_batch_size", "sync_every", "jobs"):
             if getattr(self, key) <= 0:
                 raise ParamsError(f"{where}.{key}: expected a positive integer, got {getattr(self, key)}")
         for name in self.stop_signals:

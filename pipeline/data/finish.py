@@ -66,8 +66,8 @@ class DeviceBatches:
             with torch.random.fork_rng(devices=[self.device] if cuda else [], device_type=self.device.type):
                 random.seed(seed)
                 torch.default_generator.manual_seed(seed)
-                if cuda:
-                    torch.cuda.manual_seed(seed)  # CUDA only: this device's generator (fork_rng restores it)
+                if cuda:  # this device's generator (fork_rng restores it)
+                    torch.cuda.manual_seed(seed)  # CUDA only
                 self.erasing(images)
         finally:
             random.setstate(state)

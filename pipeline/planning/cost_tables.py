@@ -181,7 +181,9 @@ def plan_workers(data: dict, workers: int) -> list[str]:
             need = x["cores_needed"] - 1  # loader workers: the rank's own process has its core
             enough = "enough" if workers >= need else "TOO FEW: raise runtime.workers (and cores)"
             lines.append(
-                f"{entry['stage']} {b}: {need:.1f} loader cores per {data['devices']['unit']} needed for "
-                f"{x['device_img_per_s']:,.0f} img/s; runtime.workers = {workers} per rank: {enough}"
+                f"{entry['stage']} {b}: one core {x['per_core_img_per_s']:,.0f} img/s (timm's stock path "
+                f"{x['timm_per_core_img_per_s']:,.0f}, {x['ratio']:.2f}x); {need:.1f} loader cores per "
+                f"{data['devices']['unit']} needed for {x['device_img_per_s']:,.0f} img/s; runtime.workers = {workers} "
+                f"per rank: {enough}"
             )
     return lines

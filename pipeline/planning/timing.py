@@ -50,7 +50,7 @@ def subjects(settings: BenchConfig, device: torch.device, num_classes: int) -> l
     fixed batch of random images."""
     bench, recipe = settings.bench, settings.recipe
     amp = amp_dtype(device, bench.amp)
-    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None  # CUDA only: as the training stages
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None  # as the training stages
     size = settings.nets[0].img_size
     g = torch.Generator().manual_seed(0)
     images = torch.randn(bench.batch_size, 3, size, size, generator=g).to(device)

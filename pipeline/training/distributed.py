@@ -126,10 +126,12 @@ def configure_torch(device: torch.device, threads: int) -> None:
     the benchmark."""
     if threads:
         torch.set_num_threads(threads)
-    if device.type == "cuda":  # CUDA only: timm's and XCiT's settings, explicit
-        torch.backends.cudnn.benchmark = True  # the fastest convolution algorithm for the stem's fixed shapes
-        torch.backends.cuda.matmul.allow_tf32 = True  # float32 products (outside autocast) in TF32
-        torch.backends.cudnn.allow_tf32 = True
+    if device.type == "cuda":
+        # timm's and XCiT's settings, explicit: cuDNN picks the fastest convolution for the stem's fixed shapes;
+        # float32 products (outside autocast) and convolutions in TF32
+        torch.backends.cudnn.benchmark = True  # CUDA only
+        torch.backends.cuda.matmul.allow_tf32 = True  # CUDA only
+        torch.backends.cudnn.allow_tf32 = True  # CUDA only
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)
         # Deterministic mode also fills every new tensor with NaN, to expose reads of uninitialised memory; the

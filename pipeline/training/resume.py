@@ -27,7 +27,7 @@ def restore(state: State) -> None:
         return
     stateful = {"model": state.model, "optimizer": state.optimizer, "scheduler": state.scheduler, "ema": state.ema}
     if state.scaler is not None:
-        stateful["scaler"] = state.scaler  # fp16: the loss scale the run had reached
+        stateful["scaler"] = state.scaler  # CUDA only
     checkpoint.restore(state.resume_dir, saved, stateful, state.env.device)
     mine = saved[1]
     state.start_epoch, state.start_step, state.saved = epoch, step, (epoch, step)
@@ -55,7 +55,7 @@ def save(state: State, epoch: int, step: int, own_state: dict) -> None:
         shared = {"model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
                   "scheduler": state.scheduler.state_dict(), "ema": ema, "curves": curves}  # fmt: skip
         if state.scaler is not None:
-            shared["scaler"] = state.scaler.state_dict()
+            shared["scaler"] = state.scaler.state_dict()  # CUDA only
         checkpoint.save_shared(state.resume_dir, epoch, step, state.fingerprint, shared)
     distributed.barrier(env)
     state.saved = (epoch, step)

@@ -125,8 +125,8 @@ def _setup(run: TrainConfig, data: Path, resume_dir: Path, init_weights: Path | 
     )
     state = RunState(run, env, loaders, model, net, optimizer, scheduler, mixup, criterion, ema, fingerprint,
                    Path(resume_dir), n_params, stop)  # fmt: skip
-    if state.amp == torch.float16:  # CUDA only: fp16 needs its loss scaled (GPUs without native bf16)
-        state.scaler = torch.amp.GradScaler(env.device.type)
+    if state.amp == torch.float16:  # fp16 (GPUs without native bf16) needs its loss scaled
+        state.scaler = torch.amp.GradScaler(env.device.type)  # CUDA only
     if env.main:
         checkpoint.check_space(state.resume_dir, checkpoint.size_estimate(model, ema), run.name)
     resume.restore(state)
