@@ -23,7 +23,7 @@ def main(params: str, data: str, out: str) -> None:
         "world_size": env.world_size,
         "torch": torch.rand(4).tolist(),
         "numpy": np.random.rand(4).tolist(),
-        "test": evaluate(state.model, state.loaders.test, env, amp=False),
+        "test": evaluate(state.model, state.loaders.test, env, amp=None),
         "diagnostic": torch.cat([x for x, _ in state.loaders.diagnostic])[:8].sum().item(),
         "same_rank": distributed.same_everywhere(env, env.rank),
         "same_seed": distributed.same_everywhere(env, run.seed),

@@ -46,13 +46,16 @@ def test_slots_that_do_not_fit_the_machine_are_refused(threads, jobs, message):
     assert str(caught.value) == message
 
 
-def test_gpu_slots_see_their_own_gpus():
+def test_gpu_slots_see_their_own_gpus(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     p = config.load(PAPER)  # launcher: 8 processes per node
     p1 = dataclasses.replace(p, launcher="python")
     assert [s.env["CUDA_VISIBLE_DEVICES"] for s in pool.slots(p1, 4, gpus=4)] == ["0", "1", "2", "3"]
     assert pool.slots(p, 1, gpus=8)[0].env == {"CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}
     with pytest.raises(pool.PoolError, match=r"^JOBS=2 x 8 GPU\(s\) per instance .* is more than the 8 GPU\(s\)"):
         pool.slots(p, 2, gpus=8)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # the GPUs this machine gave us: slots split those
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in pool.slots(p1, 2, gpus=2)] == ["2", "3"]
 
 
 def _dag(*specs):
@@ -76,6 +79,7 @@ def test_the_pool_starts_upstream_first_and_measurements_alone(monkeypatch):
     running.clear()
     pool._fill(None, dag, todo, done, running, slots, False)
     assert started[-1] == ("bench", 0) and list(running) == ["bench"]  # alone: nothing else started beside it
+    assert running["bench"].slot.cpus is None  # on the whole machine, not its slot's core
     running.clear()
     pool._fill(None, dag, todo, done, running, slots, False)
     assert started[-1] == ("report", 0)

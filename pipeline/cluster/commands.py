@@ -13,7 +13,7 @@ With the ``slurm`` executor every job is an sbatch job that starts after its ups
 LocalExecutor) the jobs run on this machine one after another while ``submit`` waits. DVC runs nothing twice:
 the jobs share the workspace, DVC's lock is released while a stage's command runs, and an instance finished by
 another job is up to date. Instances whose last job is still queued or running are not submitted again: the
-command says which and exits 1. Settings: the ``cluster`` section of params.yaml (listed by no stage).
+command says which and exits 1. Settings: the ``cluster`` section of params.yaml (listed by no training stage).
 """
 
 from __future__ import annotations

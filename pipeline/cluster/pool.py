@@ -11,7 +11,7 @@ jobs run (:mod:`pipeline.cluster.commands`), with a pool of slots instead of a s
   slots never share a core: OpenMP threads spinning on a shared core slow both jobs far more than 2x).
 - The measuring stages (``bench``, ``plan``) run alone: nothing else runs beside them, so their timings are the
   machine's, not the pool's.
-- Ctrl-C or SIGTERM: every running instance gets SIGINT, as a terminal's Ctrl-C reaches a plain ``dvc repro``
+- Ctrl-C, SIGTERM or SIGHUP: every running instance gets SIGINT, as a terminal's Ctrl-C reaches a plain ``dvc repro``
   (a training run stops at its next step and keeps its resume state); a second signal kills them.
 
 DVC runs nothing twice: its project lock is held only while an instance is collected and its outputs recorded,
@@ -71,8 +71,9 @@ def slots(params: config.Params, jobs: int, *, gpus: int | None = None, cpus: li
                 f"JOBS={jobs} x {per} GPU(s) per instance (launcher: {params.launcher!r}) is more than the {gpus} "
                 "GPU(s) torch sees here; lower JOBS"
             )
-        return [Slot(k, {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in range(k * per, k * per + per))}, None)
-                for k in range(jobs)]  # fmt: skip
+        inherited = os.environ.get("CUDA_VISIBLE_DEVICES")  # the GPUs this process was given (a job's, a user's)
+        ids = [g.strip() for g in inherited.split(",")] if inherited else [str(g) for g in range(gpus)]
+        return [Slot(k, {"CUDA_VISIBLE_DEVICES": ",".join(ids[k * per : k * per + per])}, None) for k in range(jobs)]
     cores = sorted(cpus if cpus is not None else os.sched_getaffinity(0))
     threads = params.runtime.threads
     if jobs == 1:
@@ -109,7 +110,7 @@ def _start(root: Path, name: str, slot: Slot, force: bool) -> _Running:
 
     popen = subprocess.Popen(command, cwd=root, env={**scratch.env(), **slot.env}, start_new_session=True,
                              preexec_fn=bind)  # fmt: skip
-    print(f"pool: started {name} on {slot.label}", flush=True)
+    print(f"pool: started {name} on {slot.label if cpus or slot.env else 'the whole machine'}", flush=True)
     return _Running(name, slot, popen, time.monotonic())
 
 
@@ -129,23 +130,21 @@ def run(root: Path, params: config.Params, jobs: int, targets: list[str], *, for
     done, failed, running = set(), [], {}
     began = time.monotonic()
     with signals:
-        while todo or running:
-            for r in [r for r in running.values() if r.popen.poll() is not None]:
-                del running[r.name]
-                took = time.monotonic() - r.started
-                if r.popen.returncode == 0:
-                    done.add(r.name)
-                    print(f"pool: {r.name} done in {took:.0f} s", flush=True)
-                else:
-                    failed.append(r.name)
-                    print(f"pool: {r.name} failed (exit {r.popen.returncode}) after {took:.0f} s", flush=True)
-            if signals.count:
-                _interrupt(running, signals.count)
-            elif not failed:
-                _fill(root, dag, todo, done, running, pool, force)
-            if failed or signals.count:
-                todo.clear()
-            time.sleep(POLL_S)
+        try:
+            while todo or running:
+                _reap(running, done, failed, signals.count)
+                if signals.count:
+                    _interrupt(running, signals.count)
+                elif not failed:
+                    _fill(root, dag, todo, done, running, pool, force)
+                if failed or signals.count:
+                    todo.clear()
+                time.sleep(POLL_S)
+        finally:  # an error of the pool itself: its instances are not left running unsupervised
+            if running:
+                _interrupt(running, 1)
+                for r in running.values():
+                    r.popen.wait()
     if signals.count:
         print(f"pool: stopped by a signal; {len(done)} instance(s) finished", file=sys.stderr)
         return 128 + signals.last
@@ -155,6 +154,20 @@ def run(root: Path, params: config.Params, jobs: int, targets: list[str], *, for
         return 1
     print(f"pool: {len(done)} instance(s) in {time.monotonic() - began:.0f} s")
     return 0
+
+
+def _reap(running: dict, done: set, failed: list, signalled: int) -> None:
+    """Collect the instances that have ended, saying how each did."""
+    for r in [r for r in running.values() if r.popen.poll() is not None]:
+        del running[r.name]
+        took = time.monotonic() - r.started
+        if r.popen.returncode == 0:
+            done.add(r.name)
+            print(f"pool: {r.name} done in {took:.0f} s", flush=True)
+        else:
+            failed.append(r.name)
+            how = "stopped by the signal" if signalled else "failed"
+            print(f"pool: {r.name} {how} (exit {r.popen.returncode}) after {took:.0f} s", flush=True)
 
 
 def _fill(root: Path, dag: dict[str, Instance], todo: list[str], done: set, running: dict, pool, force) -> None:
@@ -167,11 +180,14 @@ def _fill(root: Path, dag: dict[str, Instance], todo: list[str], done: set, runn
         if any(u in waiting for u in dag[name].upstream):
             continue
         exclusive = dag[name].stage in EXCLUSIVE
-        if exclusive and running or any(dag[r].stage in EXCLUSIVE for r in running):
-            continue
+        if any(dag[r].stage in EXCLUSIVE for r in running):
+            return
+        if exclusive and running:
+            return  # the first ready instance measures: nothing more starts until the pool is idle
         todo.remove(name)
         waiting.discard(name)
-        running[name] = _start(root, name, free[0], force)
+        slot = Slot(free[0].index, free[0].env, None) if exclusive else free[0]  # measures on the whole machine
+        running[name] = _start(root, name, slot, force)
         if exclusive:
             return
 
@@ -198,7 +214,7 @@ class _Signals:
         self.last = signum
 
     def __enter__(self):
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal or ssh session closed
             self._old[s] = signal.signal(s, self._handle)
         return self
 
@@ -219,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="run the selected instances even if up to date")
     parser.add_argument("--params", default="params.yaml", help="the params file (device, launcher, runtime.threads)")
     args = parser.parse_args(argv)
+    from dvc.exceptions import DvcException  # not before --help: a second of imports
+
     root = Path.cwd()
     try:
         params = config.load(root / args.params)
@@ -229,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         return run(root, params, jobs, args.targets, force=args.force)
     except (config.ParamsError, DagError, PoolError) as exc:
         raise SystemExit(f"pool: error: {exc}") from None
+    except DvcException as exc:  # the project lock held too long by another dvc, a broken dvc.yaml
+        raise SystemExit(f"pool: error: dvc: {exc}") from None
+    except OSError as exc:  # dvc not next to this interpreter, or not runnable
+        raise SystemExit(f"pool: error: cannot run {exc.filename or 'dvc'}: {exc.strerror}; run make venv") from None
 
 
 if __name__ == "__main__":

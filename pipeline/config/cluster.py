@@ -1,5 +1,6 @@
 """The ``cluster`` section: where and with what resources :mod:`pipeline.cluster` runs the DAG's stage instances,
-one submitit job each. Like ``runtime`` it is listed by no stage in dvc.yaml, so editing it re-runs nothing.
+one submitit job each. Like ``runtime`` it is listed by no training stage in dvc.yaml, so editing it re-runs no
+training (the plan lists ``cluster.training``: the CPUs per GPU set its loader cap).
 
 What a job may use is checked against the profile here only where the section alone decides it (positive
 counts, one node); whether the profile's launcher and batches fit the job's GPUs is checked at submission

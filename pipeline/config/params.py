@@ -157,7 +157,7 @@ class Params:
     report: Report
     audit: Audit
     plan: Plan
-    cluster: Cluster  # where pipeline.cluster runs the stage instances (listed by no stage)
+    cluster: Cluster  # where pipeline.cluster runs the stage instances (listed by the plan only: its loader cap)
     rehearsal: Rehearsal | None  # null, except in a rehearsal's params (pipeline.review.rehearse)
     path: Path = field(default=Path("params.yaml"), compare=False)
 

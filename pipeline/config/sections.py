@@ -197,7 +197,8 @@ class Finetune:
 @dataclass(frozen=True)
 class Runtime:
     """How the training stages run, never what they compute: no stage lists this section in dvc.yaml, so editing
-    it re-runs nothing. ``checkpoint_every`` and ``workers`` leave results byte-identical; ``threads`` and
+    it re-runs nothing. ``checkpoint_every``,
+    ``workers``, ``sync_every`` and ``jobs`` leave results byte-identical; ``threads`` and
     ``eval_batch_size`` change the order of float sums and can move the last bits, the same kind of
     difference as another CPU model (docs/auditing.md)."""
 

@@ -142,7 +142,8 @@ def _input(entry: dict, unit: str) -> str:
             continue
         need = f"needs {x['cores_needed']:.1f} cores per {unit}"
         if x["loader_img_per_s"] is None:
-            parts.append(f"{b} {need}")
+            uncapped = "not capped: no JPEG decoded" if not entry["decodes_jpeg"] else "cores per device unknown"
+            parts.append(f"{b} {need} ({uncapped})")
             continue
         bound = x["loader_img_per_s"] < x["device_img_per_s"]
         state = (f"LOADER-BOUND at {x['effective_img_per_s']:,.0f} img/s (the plan's hours use it)" if bound

@@ -20,7 +20,8 @@ input pipeline of every training stage, per stage and backbone and in total.
 A rehearsal's params (a non-null ``rehearsal`` section) plan the real profile it records.
 
 Reads:  params.yaml ``profile``, ``variants``, ``datasets``, ``backbones``, ``launcher``, ``device``, ``seeds``,
-        ``pretrain``, ``finetune``, ``bench.backbone``, ``bench.baseline``, ``plan``, ``rehearsal``;
+        ``pretrain``, ``finetune``, ``bench.backbone``, ``bench.baseline``, ``plan``, ``rehearsal``,
+        ``cluster.training``;
         --compute (references/compute.yaml), --bench (the bench stage's metrics), --measured (training
         provenance records, optional: peak host memory).
 Writes: --json   the plan (JSON: the report's plan section); --table  the table as Markdown. Prints the table.
@@ -52,6 +53,7 @@ PARAMS = (
     "bench.baseline",
     "plan",
     "rehearsal",
+    "cluster.training",  # its CPUs per GPU: the loader cores of each GPU, the loader cap
 )
 
 
@@ -179,7 +181,8 @@ def _prepared_bytes(cfg: PlanConfig, name: str) -> int:
 def _inputs(cfg: PlanConfig, rate: rates.Rates, measure, host: str) -> list[dict]:
     """Per training stage, its input pipeline: batched (nothing decoded per image), or timm: one core's measured
     rate on this project's path and on timm's stock path, and per backbone the cores each device has for its loader
-    (the training jobs' CPUs per GPU less one for the rank's own process, at most ``runtime.workers``), the rate they
+    (the training jobs' CPUs per GPU less one for the rank's own process; whether ``runtime.workers`` uses them is
+    a runtime setting, which reaches no output: :func:`cost_tables.plan_workers` says it), the rate they
     deliver, the device's rate and the smaller of the two: what the device trains at."""
     p, measured, out = cfg.params, {}, []
     for stage, section in (("pretrain", p.pretrain), ("finetune", p.finetune)):
@@ -191,7 +194,7 @@ def _inputs(cfg: PlanConfig, rate: rates.Rates, measure, host: str) -> list[dict
             entry["measured_on"] = f"{host or 'this CPU'}, {p.plan.loader_images} stand-in JPEGs"
             entry["backbones"] = {}
             cores = _cores_per_device(p)
-            loader_cores = None if cores is None else max(1, min(p.runtime.workers, cores - 1))
+            loader_cores = None if cores is None else max(1, cores - 1)  # runtime.workers: checked in main's lines
             for b, model in p.backbones.items():
                 key = (augment, model.img_size)
                 if key not in measured:
@@ -200,7 +203,8 @@ def _inputs(cfg: PlanConfig, rate: rates.Rates, measure, host: str) -> list[dict
                 entry["measured_on"] = m.get("measured_on", entry["measured_on"])
                 fastest = [rate(b, v, cfg.splits(d).classes) for v in section.variants for d in datasets]
                 device_rate = max((r.train for r in fastest if r is not None), default=None)
-                loader = None if loader_cores is None else m["per_core_img_per_s"] * loader_cores
+                decodes = entry["decodes_jpeg"]  # the JPEG rate caps only stages that decode JPEGs
+                loader = None if loader_cores is None or not decodes else m["per_core_img_per_s"] * loader_cores
                 entry["backbones"][b] = {
                     "img_size": model.img_size,
                     **{k: m[k] for k in ("per_core_img_per_s", "timm_per_core_img_per_s", "ratio", "load_1min")},
@@ -237,7 +241,7 @@ def _bench_loader(bench: Path | None, p, augment, img_size: int) -> dict | None:
         same = data["profile"] == p.profile and data["img_size"] == img_size and loader["mode"] == "timm"
     except (ValueError, KeyError, TypeError):
         return None  # rates.resolve names a damaged bench file
-    return {**loader, "measured_on": f"the bench stage ({bench}), {loader['images']} images"} if same else None
+    return {**loader, "measured_on": f"the bench stage ({bench}), {loader.get('images')} images"} if same else None
 
 
 def main(argv: list[str] | None = None) -> None:

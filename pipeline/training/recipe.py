@@ -113,12 +113,14 @@ def train_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One update of the recipe: Mixup/CutMix, forward (autocast to ``amp`` unless None), loss, backward, optional
     gradient clipping, optimizer step; with a ``scaler`` (fp16) the loss is scaled and the step skipped on
-    overflow, as ``torch.amp.GradScaler`` does. ``check_loss(loss)`` runs before the update. Returns
+    overflow, as ``torch.amp.GradScaler`` does. ``check_loss(loss)``, if given, runs before the update (the
+    training loop checks its losses every ``runtime.sync_every`` steps instead, after the updates). Returns
     ``(loss, logits)``. :func:`fit` trains with it and the bench stage times it, so the
     benchmark measures exactly the step the pipeline runs."""
     targets = labels
     if mixup is not None:
         images, targets = mixup(images, labels)
+    amp = amp if isinstance(amp, torch.dtype) else None  # False / None: float32
     with torch.autocast(images.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
         logits = net(images)
         loss = criterion(logits.float(), targets)
@@ -150,6 +152,7 @@ def evaluate(model: torch.nn.Module, loader, env, amp: torch.dtype | None) -> di
 
     model.eval()
     device = env.device
+    amp = amp if isinstance(amp, torch.dtype) else None  # False / None: float32
     loss_sum, correct1, correct5, count = 0.0, 0, 0, 0
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)

@@ -26,8 +26,14 @@ def restore(state: State) -> None:
     if saved is None:
         return
     stateful = {"model": state.model, "optimizer": state.optimizer, "scheduler": state.scheduler, "ema": state.ema}
-    if state.scaler is not None:
+    if state.scaler is not None and saved[0].get("scaler") is not None:
         stateful["scaler"] = state.scaler  # CUDA only
+    elif (state.scaler is not None) != (saved[0].get("scaler") is not None) and state.env.main:
+        log.warning(  # a requeue onto another GPU model: fp16 <-> bf16; the loss scale starts afresh
+            "%s: the checkpoint was trained in %s, this GPU trains in %s (a GPU of another compute capability)",
+            state.run.name, "fp16" if saved[0].get("scaler") is not None else "bf16/fp32",
+            "fp16" if state.scaler is not None else "bf16/fp32",
+        )  # fmt: skip
     checkpoint.restore(state.resume_dir, saved, stateful, state.env.device)
     mine = saved[1]
     state.start_epoch, state.start_step, state.saved = epoch, step, (epoch, step)

@@ -163,7 +163,8 @@ def _train_epoch(state: RunState, epoch: int, progress: bool) -> None:
             epoch_aware.set_epoch(epoch)
     state.net.train()
     skip, resumed = (state.start_step, state.partial) if epoch == state.start_epoch else (0, (0.0, 0, 0))
-    sums = torch.tensor(resumed, dtype=torch.float64, device=env.device)  # loss sum, correct, count
+    sums = torch.tensor(resumed[:2], dtype=torch.float64, device=env.device)  # loss sum, correct (count: host)
+    count = resumed[2]
     finite, last = torch.ones((), dtype=torch.bool, device=env.device), None
     every, since, t0 = run.runtime.sync_every, skip, time.perf_counter()
     desc = f"{run.stage} {run.net.variant}-{run.seed} epoch {epoch + 1}/{run.recipe.epochs}"
@@ -175,7 +176,7 @@ def _train_epoch(state: RunState, epoch: int, progress: bool) -> None:
         if not (step - skip) % every:  # a host synchronisation: the losses so far, then whether to stop here
             _sync(state, finite, last, epoch=epoch, since=since, step=step - 1)
             since = step
-            resume.stop_point(state, epoch, step, tuple(_partial(sums)))
+            resume.stop_point(state, epoch, step, _partial(sums, count))
         images, labels = images.to(env.device, non_blocking=True), labels.to(env.device, non_blocking=True)
         update = epoch * state.updates_per_epoch + step + 1
         loss, logits = train_step(
@@ -189,14 +190,12 @@ def _train_epoch(state: RunState, epoch: int, progress: bool) -> None:
         state.scheduler.step_update(update)
         if state.ema is not None:
             state.ema.update(state.model, step=update)
-        sums += torch.stack([loss.double() * len(labels), (logits.argmax(1) == labels).sum().double(),
-                             torch.tensor(float(len(labels)), dtype=torch.float64, device=env.device)])  # fmt: skip
-        if progress and env.main and not (step + 1 - skip) % every:
-            done = sums.tolist()
-            rate = (done[2] - resumed[2]) * env.world_size / (time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{100 * done[1] / done[2]:.1f}", img_s=f"{rate:.0f}")
+        sums += torch.stack([loss.double() * len(labels), (logits.argmax(1) == labels).sum().double()])
+        count += len(labels)
+        if progress and env.main and not (step + 1 - skip) % every:  # a terminal's bar: read at the sync points
+            _show(bar, loss, sums, count, (count - resumed[2]) * env.world_size / (time.perf_counter() - t0))
     _sync(state, finite, last, epoch=epoch, since=since, step=step)
-    loss_sum, correct, count = _partial(sums)
+    loss_sum, correct, count = _partial(sums, count)
     state.train_seconds += time.perf_counter() - t0
     state.seen += (count - resumed[2]) * env.world_size
     state.epoch_rate = (count - resumed[2]) * env.world_size / (time.perf_counter() - t0)
@@ -211,19 +210,23 @@ def _train_epoch(state: RunState, epoch: int, progress: bool) -> None:
     )  # fmt: skip
 
 
-def _partial(sums: torch.Tensor) -> tuple[float, int, int]:
-    """(loss sum, correct, count) of the device's sums, on the host."""
-    loss_sum, correct, count = sums.tolist()
-    return loss_sum, int(correct), int(count)
+def _show(bar, loss: torch.Tensor, sums: torch.Tensor, count: int, rate: float) -> None:
+    bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{100 * sums[1].item() / count:.1f}", img_s=f"{rate:.0f}")
+
+
+def _partial(sums: torch.Tensor, count: int) -> tuple[float, int, int]:
+    """(loss sum, correct, count): the device's sums on the host (a synchronisation), and the host's count."""
+    loss_sum, correct = sums.tolist()
+    return loss_sum, int(correct), count
 
 
 def _sync(state: RunState, finite: torch.Tensor, last, *, epoch: int, since: int, step: int) -> None:
     """Stop on a non-finite loss among steps ``since`` .. ``step``; remember the last finite one."""
     if step < since:
         return
-    _check_finite(state, finite, epoch=epoch, since=since, step=step, lr=state.optimizer.param_groups[0]["lr"])
-    if last is not None:
+    if last is not None and torch.isfinite(last):  # the newest finite loss, also for the message below
         state.last_finite = last.item()
+    _check_finite(state, finite, epoch=epoch, since=since, step=step, lr=state.optimizer.param_groups[0]["lr"])
 
 
 def _end_epoch(state: RunState, epoch: int, seconds: float) -> None:
