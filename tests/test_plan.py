@@ -322,3 +322,13 @@ def test_peak_memory_is_read_from_training_records(tmp_path):
     found = throughput.peak_memory([tmp_path])
     assert found["peak_rss_mib"] == 812.4 and found["instance"] == "pretrain@n12-linear-0"
     assert "812 MiB, measured in pretrain@n12-linear-0 (profile embedded, test CPU" in cost_tables._memory(found)
+
+
+def test_a_loader_rate_taken_on_a_busy_machine_says_so():
+    entry = {"stage": "pretrain", "mode": "timm", "decodes_jpeg": True, "measured_on": "test CPU, 8 stand-in JPEGs"}
+    x = {"img_size": 224, "per_core_img_per_s": 96.0, "timm_per_core_img_per_s": 95.0, "ratio": 1.01,
+         "load_1min": [1.85, 1.95], "cpus": 2, "device_img_per_s": None, "cores_per_device": 12}  # fmt: skip
+    busy = cost_tables._input({**entry, "backbones": {"n12": x}}, "GPU")
+    assert "THE MACHINE WAS BUSY (load 1.95 on 2 CPUs, less than a core free)" in busy
+    idle = cost_tables._input({**entry, "backbones": {"n12": {**x, "load_1min": [1.15, 1.14]}}}, "GPU")
+    assert "BUSY" not in idle and "1-min load 1.15 then 1.14" in idle

@@ -134,7 +134,10 @@ def _input(entry: dict, unit: str) -> str:
         f"{x['ratio']:.2f}x)"
         for size, x in per_size.items()
     )
-    load = next(iter(per_size.values()))["load_1min"]
+    first = next(iter(per_size.values()))
+    load, cpus = first["load_1min"], first.get("cpus")
+    busy = (f" THE MACHINE WAS BUSY (load {max(load):g} on {cpus} CPUs, less than a core free): the rates are low; "
+            "re-measure on an idle machine." if cpus and max(load) > cpus - 0.5 else "")  # fmt: skip
     parts = []
     for b, x in entry["backbones"].items():
         if x["device_img_per_s"] is None:
@@ -157,7 +160,7 @@ def _input(entry: dict, unit: str) -> str:
     return (
         f"Input, {stage} (timm transform, reads {source}): one CPU core decodes and transforms {rates} (best of "
         f"interleaved rounds on {entry['measured_on']}, one thread, 1-min load {load[0]:g} then {load[1]:g}); "
-        f"{have}: {'; '.join(parts)}."
+        f"{have}: {'; '.join(parts)}.{busy}"
     )
 
 

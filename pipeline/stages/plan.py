@@ -207,7 +207,10 @@ def _inputs(cfg: PlanConfig, rate: rates.Rates, measure, host: str) -> list[dict
                 loader = None if loader_cores is None or not decodes else m["per_core_img_per_s"] * loader_cores
                 entry["backbones"][b] = {
                     "img_size": model.img_size,
-                    **{k: m[k] for k in ("per_core_img_per_s", "timm_per_core_img_per_s", "ratio", "load_1min")},
+                    **{
+                        k: m.get(k)
+                        for k in ("per_core_img_per_s", "timm_per_core_img_per_s", "ratio", "load_1min", "cpus")
+                    },  # fmt: skip
                     "cores_per_device": cores,
                     "loader_cores": loader_cores,
                     "loader_img_per_s": loader,
