@@ -186,17 +186,17 @@ def test_missing_roots_still_plan_and_write_json_and_table(tmp_path, monkeypatch
     written = json.loads((out / "plan.json").read_text())
     n12 = written["input"][0]["backbones"]["n12"]
     assert written["profile"] == "paper" and n12["per_core_img_per_s"] == 250.0 and n12["ratio"] == 1.25
-    assert n12["cores_per_device"] == 12 and n12["loader_cores"] == 11 and n12["loader_img_per_s"] == 2750.0
+    assert n12["cores_per_device"] == 16 and n12["loader_cores"] == 15 and n12["loader_img_per_s"] == 3750.0
     assert n12["cores_needed"] == pytest.approx(n12["device_img_per_s"] / 250.0 + 1, rel=1e-3)
-    assert n12["effective_img_per_s"] == n12["device_img_per_s"] < 2750.0  # a 3090 is fed by 11 cores at this rate
+    assert n12["effective_img_per_s"] == n12["device_img_per_s"] < 3750.0  # a 3090 is fed by 15 cores at this rate
     printed = capsys.readouterr().out
-    assert "| pretrain n12 |" in printed and "runtime.workers = 11 per rank" in printed
+    assert "| pretrain n12 |" in printed and "runtime.workers = 15 per rank" in printed
     assert "250 img/s at 224 px (timm's stock path 200: 1.25x)" in printed
     assert (out / "plan.md").read_text().startswith("Cost plan:")
 
 
 def test_a_device_faster_than_its_loader_cores_is_planned_at_the_loaders_rate(tmp_path, monkeypatch, capsys):
-    """A GPU 3x a 3090 on 12 cores per GPU: the loader's 11 cores x 250 img/s limit N12; its hours use that rate."""
+    """A GPU 3x a 3090 on 16 cores per GPU: the loader's 15 cores x 250 img/s limit N12; its hours use that rate."""
     data = yaml.safe_load(PAPER.read_text())
     params = write_params(tmp_path / "paper.yaml", data)
     rates = {"per_core_img_per_s": 250.0, "timm_per_core_img_per_s": 200.0, "ratio": 1.25, "load_1min": [0.5, 0.6]}
@@ -205,11 +205,11 @@ def test_a_device_faster_than_its_loader_cores_is_planned_at_the_loaders_rate(tm
     plan.main(["--params", str(params), "--json", str(out / "plan.json"), "--img-per-s", "6000", "--gpu", "H100"])
     written = json.loads((out / "plan.json").read_text())
     n12 = written["input"][0]["backbones"]["n12"]
-    assert n12["device_img_per_s"] == 6000.0 and n12["effective_img_per_s"] == 2750.0
+    assert n12["device_img_per_s"] == 6000.0 and n12["effective_img_per_s"] == 3750.0
     group = next(g for g in written["groups"] if (g["stage"], g["backbone"]) == ("pretrain", "n12"))
-    assert group["rate"]["max"] == 2750.0 and group["rate"]["loader_bound"]
-    at_loader = group["train_images"] / 2750 / 3600  # and evaluation on top
-    assert at_loader < group["device_hours"] < 1.1 * at_loader and group["device_hours"] > 2 * at_loader * 2750 / 6000
+    assert group["rate"]["max"] == 3750.0 and group["rate"]["loader_bound"]
+    at_loader = group["train_images"] / 3750 / 3600  # and evaluation on top
+    assert at_loader < group["device_hours"] < 1.1 * at_loader and group["device_hours"] > 1.5 * at_loader * 3750 / 6000
     printed = capsys.readouterr().out
     assert "LOADER-BOUND" in printed and "needs 25.0 cores per GPU" in printed and "one H100" in printed
 
