@@ -83,4 +83,3 @@ def test_the_pool_starts_upstream_first_and_measurements_alone(monkeypatch):
     running.clear()
     pool._fill(None, dag, todo, done, running, slots, False)
     assert started[-1] == ("report", 0)
-
