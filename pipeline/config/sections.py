@@ -206,9 +206,6 @@ class Runtime:
     checkpoint_every: int  # epochs between resume checkpoints
     workers: int  # DataLoader worker processes per rank (timm loader path)
     eval_batch_size: int  # images per forward pass in evaluation, per process
-    # Signals that stop a run cleanly (finish the step, save the resume state, exit) besides SIGTERM and SIGINT:
-    # SLURM's warning before a time limit (`#SBATCH --signal=USR1@120`) is one.
-    stop_signals: tuple[str, ...] = ()
     # Training steps between the host's reads of the device (loss sums, the non-finite-loss check, the ranks'
     # agreement to stop): each read waits for the device and, with several ranks, all-reduces. 1 on a CPU (free).
     sync_every: int = 1
@@ -220,14 +217,6 @@ class Runtime:
         for key in ("checkpoint_every", "eval_batch_size", "sync_every", "jobs"):
             if getattr(self, key) <= 0:
                 raise ParamsError(f"{where}.{key}: expected a positive integer, got {getattr(self, key)}")
-        for name in self.stop_signals:
-            if name not in STOP_SIGNALS:
-                raise ParamsError(f"{where}.stop_signals: {name!r} is not one of {', '.join(STOP_SIGNALS)}")
-
-
-# The signals a run may be told to stop on: those a scheduler or a user sends to end a job (never SIGKILL or SIGSTOP,
-# which no process can catch, nor the ones the kernel raises for faults).
-STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGQUIT", "SIGXCPU", "SIGALRM")
 
 
 def check_options(where: str, options: dict) -> None:
