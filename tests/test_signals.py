@@ -1,10 +1,12 @@
-"""Stopping a training run cleanly and resuming it exactly: SIGTERM (and SIGINT, and runtime.stop_signals) to a
-training stage, to `dvc repro` (the training process must not outlive it) and to the launcher of two gloo
-processes; one run per resume folder; checkpoint files that are damaged, incomplete or hostile, and a disk that
-fills during a checkpoint: one line each, nothing written to the outputs, the previous checkpoint kept."""
+"""Stopping a training run cleanly and resuming it exactly: SIGTERM (and every stop signal) to a training stage,
+to `dvc repro` (the training process must not outlive it), and by every route (the launcher, a rank's process group,
+every process of the job) to two gloo ranks with persistent loader workers; one run per resume folder; checkpoint
+files that are damaged, incomplete or hostile, and a disk that fills during a checkpoint: one line each, nothing
+written to the outputs, the previous checkpoint kept."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -18,7 +20,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import procfs
+from pipeline import procfs, stop_signals
+from pipeline.cluster.process_tree import descendants
 from pipeline.config import ParamsError, load_pretrain
 from pipeline.stages import pretrain
 from pipeline.training import checkpoint, signals
@@ -189,7 +192,7 @@ def test_sigterm_to_a_training_stage(tmp_path, synthetic):
 
 def test_stop_signals_set_a_flag_and_the_handlers_come_back():
     before = signal.getsignal(signal.SIGUSR1)
-    with signals.StopRequests(("SIGUSR1",), ancestors=[]) as stop:
+    with signals.StopRequests(ancestors=[]) as stop:
         assert stop.code() == 0
         os.kill(os.getpid(), signal.SIGUSR1)
         os.kill(os.getpid(), signal.SIGTERM)  # a second signal changes nothing
@@ -198,6 +201,42 @@ def test_stop_signals_set_a_flag_and_the_handlers_come_back():
         line = str(stop.stopped(0, where="epoch 2 step 3", folder=Path("r")))
     assert line == "stopped by SIGUSR1 at epoch 2 step 3; resume state saved to r; run dvc repro to continue"
     assert signal.getsignal(signal.SIGUSR1) == before
+    with signals.StopRequests(ancestors=[], linger=True) as stop:  # a torchrun worker about to exit
+        stop.stopped(signal.SIGTERM, where="epoch 1 step 0", folder=Path("r"))
+    try:
+        assert {signal.getsignal(s) for s in stop.signals} == {signal.SIG_IGN}
+    finally:
+        for signum in stop.signals:
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+
+def _shielded(ready) -> None:  # a stand-in DataLoader worker: shielded, then waits to be ended
+    stop_signals.shield_worker()
+    ready.set()
+    time.sleep(60)
+
+
+def test_a_loader_worker_leaves_stop_signals_to_its_rank_but_obeys_its_rank():
+    """Stop signals from anyone but the worker's parent (a `kill -- -PGID`, SLURM or systemd signalling the whole
+    job) are the rank's to act on: the worker lives on; the parent's SIGTERM (the DataLoader ending a worker that
+    did not exit in time) ends it with status 0, as torch's own worker handler does."""
+    import multiprocessing
+
+    ready = multiprocessing.Event()
+    worker = multiprocessing.Process(target=_shielded, args=(ready,), daemon=True)
+    worker.start()
+    try:
+        assert ready.wait(30)
+        for name in stop_signals.NAMES:  # from another process, as a group or cgroup kill sends them
+            subprocess.run(["kill", f"-{name.removeprefix('SIG')}", str(worker.pid)], check=True)
+        time.sleep(0.3)
+        assert worker.is_alive() and worker.exitcode is None
+        worker.terminate()  # SIGTERM from its parent
+        worker.join(10)
+        assert worker.exitcode == 0
+    finally:
+        worker.kill()
+        worker.join()
 
 
 @pytest.mark.parametrize("inherited", [signal.default_int_handler, signal.SIG_IGN], ids=["terminal", "nohup"])
@@ -262,9 +301,20 @@ def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
         assert (folder / checkpoint.LOCK).read_text() == f"{os.getpid()}\n"
 
 
-def test_stop_signals_are_checked_in_params(tmp_path):
-    params = write_params(tmp_path / "params.yaml", tiny_params(runtime={"stop_signals": ["SIGKILL"]}))
-    with pytest.raises(ParamsError, match=r"runtime.stop_signals: 'SIGKILL' is not one of SIGTERM, SIGINT, SIGUSR1"):
+def test_every_stop_signal_is_handled_and_none_is_configurable(tmp_path):
+    """The ranks handle every signal the launcher forwards (one list, pipeline.stop_signals); the old
+    runtime.stop_signals is refused by name; a PET_SIGNALS_TO_HANDLE naming a signal the ranks do not handle is
+    one line."""
+    from pipeline.training import launch
+
+    with signals.StopRequests(ancestors=[]) as stop:
+        assert sorted(stop.signals) == sorted(getattr(signal, n) for n in stop_signals.NAMES)
+    assert launch._forwarded({}) == "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"
+    assert launch._forwarded({"PET_SIGNALS_TO_HANDLE": "SIGTERM, SIGUSR2"}) == "SIGTERM,SIGUSR2"
+    with pytest.raises(SystemExit, match=r"^launch: error: PET_SIGNALS_TO_HANDLE='SIGTERM,SIGXCPU' names SIGXCPU, "):
+        launch._forwarded({"PET_SIGNALS_TO_HANDLE": "SIGTERM,SIGXCPU"})
+    params = write_params(tmp_path / "params.yaml", tiny_params(runtime={"stop_signals": ["SIGUSR1"]}))
+    with pytest.raises(ParamsError, match=r"^runtime: unknown key\(s\) stop_signals; expected: threads, "):
         load_pretrain(params, "n12", "linear", 0)
 
 
@@ -470,48 +520,80 @@ def _gone(text: str, cwd: Path | None = None, timeout: float = 30) -> float:
     return time.time() - started
 
 
-def test_sigterm_to_the_launcher_stops_every_rank(tmp_path, synthetic):
-    """`python -m pipeline.training.launch --nproc-per-node 2` (torchrun's agent and two gloo ranks): SIGTERM to the
-    launcher alone reaches both ranks, which stop at the same step, each saving its state; the launcher exits
-    with 143 and the one line of rank 0, no traceback; the re-run resumes to the uninterrupted result."""
-    params = write_params(tmp_path / "params.yaml", tiny_params(pretrain={"epochs": 30}))
-    launch = [
-        sys.executable,
-        "-m",
-        "pipeline.training.launch",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "pipeline.stages.pretrain",
-    ]
+ROUTES = [
+    ("launcher", "SIGTERM"),  # scancel, kill, torchrun's own stop
+    ("launcher", "SIGUSR2"),  # SLURM's warning through submitit's srun step
+    ("launcher", "SIGHUP"),  # a closed terminal
+    ("group", "SIGTERM"),  # `kill -- -PGID` of a rank: the rank and its loader workers
+    ("job", "SIGUSR1"),  # every process at once: SLURM under proctrack/cgroup, systemd's KillMode=control-group
+]
 
-    def run(name: str) -> subprocess.CompletedProcess:
-        argv = [*launch, *_argv(tmp_path / name, params, synthetic)]
-        return subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
 
-    assert (done := run("whole")).returncode == 0, done.stderr[-3000:]
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory, synthetic):
+    """Two gloo ranks under the launcher, the timm loader path with a persistent worker each: the params, how to
+    run an instance into a folder, and the outputs of one never stopped."""
+    tmp = tmp_path_factory.mktemp("launched")
+    augment = {**tiny_params()["pretrain"]["recipe"]["augment"], "mode": "timm"}
+    updates = tiny_params(pretrain={"epochs": 16, "augment": augment}, runtime={"workers": 1})
+    params = write_params(tmp / "params.yaml", updates)
+    launch = [sys.executable, "-m", "pipeline.training.launch", "--nproc-per-node", "2"]
+
+    def command(run: Path) -> list[str]:
+        return [*launch, "-m", "pipeline.stages.pretrain", *_argv(run, params, synthetic)]
+
+    done = subprocess.run(command(tmp / "whole"), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return command, _outputs(tmp / "whole")
+
+
+def _send(route: str, signum: int, launcher: int) -> None:
+    tree = descendants(launcher)
+    ranks = [p for p in tree if (procfs.stat(p) or (0, 0))[1] == launcher]
+    assert len(ranks) == 2 and len(tree) == 4, f"expected 2 ranks with a loader worker each: {tree}"
+    if route == "launcher":
+        os.kill(launcher, signum)
+    elif route == "group":
+        os.killpg(os.getpgid(ranks[0]), signum)
+    else:
+        for pid in [launcher, *tree]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+
+@pytest.mark.parametrize(("route", "name"), ROUTES, ids=[f"{r}-{n}" for r, n in ROUTES])
+def test_every_route_of_every_stop_signal_ends_in_a_clean_stop(tmp_path, launched, route, name):
+    """`python -m pipeline.training.launch --nproc-per-node 2` (torchrun's agent, two gloo ranks, a persistent
+    DataLoader worker each): the signal by each route stops both ranks at the same step, each saving its state;
+    the launcher exits with 128 + the signal and the one line of rank 0, no traceback, no process left; the re-run
+    resumes to the uninterrupted result."""
+    command, whole = launched
+    signum = getattr(signal, name)
     resume, log = tmp_path / "stopped" / "resume", tmp_path / "stderr.log"
     with log.open("w") as err:
-        proc = subprocess.Popen([*launch, *_argv(tmp_path / "stopped", params, synthetic)], cwd=ROOT, env=_env(),
-                                stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(command(tmp_path / "stopped"), cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=err, start_new_session=True)  # fmt: skip
     try:
         _wait_for(proc, (resume / "checkpoint.pt").exists, "a checkpoint")
-        os.kill(proc.pid, signal.SIGTERM)
-        assert proc.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+        _send(route, signum, proc.pid)
+        assert proc.wait(timeout=120) == 128 + signum, log.read_text()[-3000:]
     finally:
         proc.kill()
         proc.wait()
     err = log.read_text()
     lines = [line for line in err.splitlines() if ": stopped " in line]
     assert len(lines) == 1 and STOP_LINE.fullmatch(lines[0]) and "Traceback" not in err, err[-3000:]
+    assert "exited unexpectedly" not in err and "killed by signal" not in err, err[-3000:]
     saved = torch.load(resume / "checkpoint.pt", weights_only=True)
-    assert lines[0].startswith(f"{NAME}: stopped by SIGTERM at epoch {saved['epoch'] + 1} step {saved['step']};")
+    assert lines[0].startswith(f"{NAME}: stopped by {name} at epoch {saved['epoch'] + 1} step {saved['step']};")
     ranks = {checkpoint.rank_file(resume, r, saved["epoch"], saved["step"]).name for r in (0, 1)}
     assert {p.name for p in resume.glob("rank-*")} == ranks
-    assert _gone(str(resume)) < 5, "a rank outlived its launcher"
+    assert _gone(str(resume)) < 5, "a rank or a loader worker outlived its launcher"
     assert not (tmp_path / "stopped" / "out" / "metrics.json").exists()
-    assert (done := run("stopped")).returncode == 0, done.stderr[-3000:]
-    assert _outputs(tmp_path / "stopped") == _outputs(tmp_path / "whole")
+    done = subprocess.run(command(tmp_path / "stopped"), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert done.returncode == 0 and "resumed from epoch" in done.stderr, done.stderr[-3000:]
+    assert _outputs(tmp_path / "stopped") == whole
 
 
 @pytest.mark.e2e

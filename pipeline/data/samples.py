@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import stop_signals
 from pipeline.config import Augment
 from pipeline.data.batched import epoch_generator
 
@@ -161,6 +162,7 @@ def loader(
         drop_last=train,
         num_workers=workers,
         generator=epoch_generator(seed, 0),
+        worker_init_fn=stop_signals.shield_worker,  # a stop signal to the whole job: the rank's to act on
         persistent_workers=train and workers > 0,  # training: started once, not once per epoch; evaluation: not
         # holding its workers' memory between passes
         pin_memory=pin,

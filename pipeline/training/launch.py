@@ -18,9 +18,10 @@ Processes per node: ``--nproc-per-node``, else ``PET_NPROC_PER_NODE``, else ``SL
 ``--dry-run`` prints the command instead of running it.
 
 Stopping: torchrun's agent runs in this process (no extra process between DVC and it) and passes SIGTERM,
-SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 on to its workers (``PET_SIGNALS_TO_HANDLE`` changes the list),
-which stop cleanly (:mod:`pipeline.training.signals`) within ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` seconds (30 unless set)
-before it kills them. It then exits with 128 + the signal's number, as do workers that stopped on their own
+SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 on to its workers, the signals they handle (``PET_SIGNALS_TO_HANDLE``
+may name fewer, never others: :mod:`pipeline.stop_signals`), which stop cleanly
+(:mod:`pipeline.training.signals`) within ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` seconds (30 unless set) before it
+kills them. It then exits with 128 + the signal's number, as do workers that stopped on their own
 (after their one line), without torchrun's traceback. Two nodes by hand (shared filesystem, node A reachable
 from B)::
 
@@ -39,7 +40,7 @@ import shlex
 import subprocess
 import sys
 
-from pipeline import cli
+from pipeline import cli, stop_signals
 
 __all__ = ["NODE_TASK", "command"]
 
@@ -92,7 +93,20 @@ def command(argv: list[str], env: dict[str, str]) -> list[str]:
     return [*torchrun, *rendezvous, *argv]
 
 
-STOP_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1,SIGUSR2"  # what torchrun's agent passes on to its workers
+def _forwarded(env: dict[str, str]) -> str:
+    """What torchrun's agent passes on to its ranks: every stop signal the ranks handle, and nothing else (a signal
+    they do not handle would kill them unsaved)."""
+    given = env.get("PET_SIGNALS_TO_HANDLE")
+    if given is None:
+        return ",".join(stop_signals.NAMES)
+    names = [name.strip() for name in given.split(",") if name.strip()]
+    other = [name for name in names if name not in stop_signals.NAMES]
+    if other:
+        raise SystemExit(
+            f"launch: error: PET_SIGNALS_TO_HANDLE={given!r} names {', '.join(other)}, which the ranks do not handle "
+            f"(they would end without saving); use some of {','.join(stop_signals.NAMES)}, or unset it"
+        )
+    return ",".join(names)
 
 
 def _torchrun(args: list[str]) -> None:
@@ -102,7 +116,7 @@ def _torchrun(args: list[str]) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
-    os.environ.setdefault("PET_SIGNALS_TO_HANDLE", STOP_SIGNALS)
+    os.environ["PET_SIGNALS_TO_HANDLE"] = _forwarded(dict(os.environ))
     try:
         torchrun(args)
     except SignalException as exc:

@@ -1,10 +1,11 @@
 """Stopping a training run cleanly, whatever ends it.
 
-SIGTERM (SLURM's preemption and time limit, ``kill``, torchrun passing on its own), SIGINT (Ctrl-C) and the signals
-of ``runtime.stop_signals`` (SLURM's warning before the limit, ``#SBATCH --signal=USR1@120``) only set a flag
-here. The training loop reads it before every step; every rank takes the largest of the ranks' requests
-(:func:`pipeline.training.distributed.largest`), so all stop at the same step, write a resume checkpoint and exit with
-one line and status 128 + the signal's number.
+Every signal of :data:`pipeline.stop_signals.NAMES` (SIGTERM: SLURM's preemption and time limit, ``kill``, systemd,
+torchrun passing on its own; SIGINT: Ctrl-C; SIGHUP; SIGQUIT; SIGUSR1 and SIGUSR2: SLURM's warning before a time
+limit), by whichever route it comes (to this process, through the launcher, to the whole process group or job:
+:mod:`pipeline.stop_signals`), only sets a flag here. The training loop reads it before every step; every rank takes
+the largest of the ranks' requests (:func:`pipeline.training.distributed.largest`), so all stop at the same step,
+write a resume checkpoint and exit with one line and status 128 + the signal's number.
 
 A run started by ``dvc repro`` also stops when that dvc process ends: ``kill -TERM`` of dvc ends dvc alone, and
 its command, re-parented, would otherwise run on and write its outputs behind DVC's back (and meet the next
@@ -23,11 +24,10 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline import procfs
+from pipeline import procfs, stop_signals
 
 __all__ = ["ANCESTOR_ENDED", "StopRequests", "Stopped", "watched_ancestors"]
 
-ALWAYS = ("SIGTERM", "SIGINT")
 ANCESTOR_ENDED = 129  # the stop code (and exit status) when a watched ancestor ended: 128 + SIGHUP, a hang-up
 POLL_SECONDS = 1.0  # how often the watched ancestors are looked up
 
@@ -74,11 +74,17 @@ def watched_ancestors(environ: dict | None = None) -> list[tuple[int, int, str]]
 
 class StopRequests:
     """The stop requests of this process, from the moment it is entered (``with``) until it is left, when the
-    previous signal handlers come back: SIGTERM, SIGINT and ``extra`` (signal names) set a flag, and the end of a
-    watched ancestor (:func:`watched_ancestors`) counts as one."""
+    previous signal handlers come back: every stop signal (:data:`pipeline.stop_signals.NAMES`) sets a flag, and the
+    end of a watched ancestor (:func:`watched_ancestors`) counts as one.
 
-    def __init__(self, extra: tuple[str, ...] = (), *, ancestors: list[tuple[int, int, str]] | None = None):
-        self.signals = [getattr(signal, name) for name in dict.fromkeys((*ALWAYS, *extra))]
+    ``linger``: once the run has stopped (:meth:`stopped`), leaving ignores the stop signals instead of restoring the
+    previous handlers, for a process that exits right after. A torchrun worker is one: the agent sends SIGTERM to
+    the ranks still running when the first one exits, and a rank that has saved but not yet exited would otherwise
+    die of it (-15), which makes its clean stop look like a crash."""
+
+    def __init__(self, *, ancestors: list[tuple[int, int, str]] | None = None, linger: bool = False):
+        self.signals = stop_signals.numbers()
+        self.linger, self._done = linger, False
         self.ancestors = watched_ancestors() if ancestors is None else ancestors
         self.received = 0  # the first stop signal's number
         self.ended: tuple[int, int, str] | None = None  # the watched ancestor that ended
@@ -93,6 +99,8 @@ class StopRequests:
 
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():
+            if self.linger and self._done:
+                handler = signal.SIG_IGN
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
         self._previous.clear()
 
@@ -111,6 +119,7 @@ class StopRequests:
     def stopped(self, code: int, *, where: str, folder: Path) -> Stopped:
         """The exception that ends the run after its resume state at ``where`` is in ``folder``: the stop this
         process saw, or else the largest ``code`` of the ranks."""
+        self._done = True
         code = self.code() or code
         if code == ANCESTOR_ENDED:
             pid, _, name = self.ended or (None, None, "the process that started it")
