@@ -54,10 +54,12 @@ test: lint ## lint, every test (pytest on every core, at most 4 workers), then r
 report-check: $(STAMP) ## rebuild the report from HEAD's committed results: byte-identical to HEAD's?
 	bash tools/report_check.sh
 
-# Make profiles/$(PROFILE).yaml the active params.yaml (validated first): embedded, cifar or paper.
-profile: $(STAMP) ## PROFILE=<embedded|cifar|paper>: make profiles/<PROFILE>.yaml the active params.yaml
-	@test -n "$(PROFILE)" || { echo "usage: make profile PROFILE=<embedded|cifar|paper>"; exit 2; }
-	python -m pipeline.profile "$(PROFILE)"
+# Make profiles/$(PROFILE).yaml the active params.yaml (validated first): embedded, cifar or paper. A params.yaml
+# holding edits that are in no profile is left alone (the changed keys named) unless FORCE=1; the new profile's
+# dataset roots missing on this machine are listed.
+profile: $(STAMP) ## PROFILE=<embedded|cifar|paper> [FORCE=1]: profiles/<PROFILE>.yaml to params.yaml (FORCE=1: even over edits)
+	@test -n "$(PROFILE)" || { echo "usage: make profile PROFILE=<embedded|cifar|paper> [FORCE=1]" >&2; exit 2; }
+	python -m pipeline.profile "$(PROFILE)"$(if $(filter-out 0,$(FORCE)), --force)
 
 # The cost plan of profiles/$(PROFILE).yaml (a rehearsal's params: the real profile): images, FLOPs, device-hours,
 # wall time, disk and input pipeline of every training stage, without its data. Reads nothing but the profile,

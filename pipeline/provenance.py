@@ -196,6 +196,7 @@ def record(
             "machine": platform.machine(),
             "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
+            "cpu_affinity": len(os.sched_getaffinity(0)),  # the CPUs this process may run on (SLURM binds a job step)
             "torch_threads": torch.get_num_threads() if torch is not None else None,
         },
         "gpu": _gpu(),

@@ -23,9 +23,21 @@ import os
 import signal
 import threading
 
-__all__ = ["NAMES", "numbers", "shield_worker"]
+__all__ = ["NAMES", "WINDOW_ENV", "numbers", "shield_worker", "window_s"]
 
 NAMES = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+# Set by a cluster job for its run: the seconds a stopped run has to save and end before the job kills it
+# (cluster.stop_window_s, or 80 % of cluster.signal_delay_s if shorter)
+WINDOW_ENV = "QKV_STOP_WINDOW_S"
+
+
+def window_s(environ: dict | None = None) -> float | None:
+    """The stop window this run was given (:data:`WINDOW_ENV`), or None outside a cluster job."""
+    value = (os.environ if environ is None else environ).get(WINDOW_ENV, "")
+    try:
+        return float(value) if float(value) > 0 else None
+    except ValueError:
+        return None
 
 
 def numbers() -> list[signal.Signals]:

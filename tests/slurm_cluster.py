@@ -4,12 +4,16 @@
 (slurm.conf, state, spool, pid files, logs) under `tmp`, on free ports, so it clashes neither with a system cluster
 nor with another test's, and stops them all on exit. No systemd and no slurmdbd (accounting_storage/none).
 
-ProctrackType=proctrack/pgid and TaskPlugin=task/none because the default cgroup plugins need a delegated, writable
-cgroup hierarchy, which containers and CI runners rarely give. The price: a job's processes are tracked (signalled,
-killed) by process group, so a process that leaves it (setsid, start_new_session=True) escapes the job and outlives
-it (if it keeps the step's stdout/stderr open, the step cannot end either: after UnkillableStepTimeout, 60 s, the node
-is drained with "Kill task failed"); and there is no CPU binding or memory confinement. On exit, every process that
-still has this cluster's SLURM_CONF in its environment (slurmstepd, job processes, such escapees) is killed too.
+ProctrackType=proctrack/pgid because the cgroup plugins need a delegated, writable cgroup hierarchy, which containers
+and CI runners rarely give. The price: a job's processes are tracked (signalled, killed) by process group, so a
+process that leaves it (setsid, start_new_session=True) escapes the job and outlives it (if it keeps the step's
+stdout/stderr open, the step cannot end either: after UnkillableStepTimeout, 60 s, the node is drained with "Kill
+task failed"); and there is no memory confinement. CPU binding is applied as sites apply it: TaskPlugin=task/affinity
+(sched_setaffinity, no cgroups needed) binds every task to its step's CPUs, and the clients' environment has
+SLURM_EXACT=1, so a job step gets exactly the CPUs it asks for (as ``srun --exact``; Slurm 20.11's default, and what
+srun from 22.05 to 23.02 does to a step that does not restate the job's --cpus-per-task): a step that asks for
+nothing is bound to one CPU. On exit, every process that still has this cluster's SLURM_CONF in its environment
+(slurmstepd, job processes, such escapees) is killed too.
 """
 
 from __future__ import annotations
@@ -129,7 +133,7 @@ def _slurm_conf(tmp: Path, munge_socket: Path, settings: dict) -> tuple[str, str
         "PlugStackConfig": tmp / "plugstack.conf",  # empty, not the system's /etc/slurm/plugstack.conf
         "MailProg": "/bin/true",
         "ProctrackType": "proctrack/pgid",
-        "TaskPlugin": "task/none",
+        "TaskPlugin": "task/affinity",  # binds each task to its step's CPUs (sched_setaffinity)
         "JobAcctGatherType": "jobacct_gather/none",
         "AccountingStorageType": "accounting_storage/none",
         "JobCompType": "jobcomp/none",
@@ -169,6 +173,7 @@ def one_node_cluster(tmp: Path, timeout: float = 60.0, **settings) -> Iterator[C
     conf.write_text(text)
     # Without an enclosing job's SLURM_* variables (the tests may run in one), and with our slurm.conf.
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")} | {"SLURM_CONF": str(conf)}
+    env["SLURM_EXACT"] = "1"  # exported to the jobs: each srun step gets the CPUs it asks for, no more
     cluster = Cluster(env=env, partition="debug", node=node, cpus=cpus, conf=conf)
     daemons = {
         # In the foreground munged logs to stderr, i.e. munged.out. --force: munged refuses a socket whose every

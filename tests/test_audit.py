@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from safetensors.numpy import save_file
 from pipeline.config import Audit
 from pipeline.review.audit import audit
 from pipeline.review.compare import compare_measured, compare_outputs
+from pipeline.scratch import dvc
 
 from .tiny import ROOT, write_params
 
@@ -341,3 +344,117 @@ def test_audit_params_load(tmp_path):
     from pipeline.config import load_audit
 
     assert load_audit(_params_with_audit(tmp_path / "params.yaml", AUDIT)) == TOL
+
+
+# ------------------------------------------------------------------------------------------- the promise
+
+
+GPU_RUN = "pretrain@s12-sne-0"
+REFUSED = (
+    f"{GPU_RUN} ran on cuda with runtime.gpu_kernels: fast (cuDNN autotuner, TF32): GPU runs are not bitwise "
+    "reproducible and drift past audit.abs_tol over a run, so a re-run cannot confirm it; re-run it with "
+    "runtime.gpu_kernels: deterministic and commit that result to audit it, or compare seeds instead (the report's "
+    "spread over seeds)"
+)
+
+
+def _gpu_run(repo: Path, record: dict) -> Path:
+    """A committed pretraining instance run on a GPU: its lock entry and its provenance record (its weights, in the
+    DVC cache, are not on disk: the refusal comes before the check for them)."""
+    out = "results/pretrain/s12-sne-0"
+    outs = [{"path": "models/pretrain/s12-sne-0", "md5": "0.dir"}, {"path": f"{out}/metrics.json", "md5": "1"}]
+    outs.append({"path": f"{out}/provenance.json", "md5": "2"})
+    (repo / "dvc.lock").write_text(json.dumps({"schema": "2.0", "stages": {GPU_RUN: {"cmd": "false", "outs": outs}}}))
+    _write(repo / f"{out}/metrics.json", METRICS)
+    _write(repo / f"{out}/provenance.json", {"stage": "pretrain", "device": "cuda:0", **record})
+    return _params_with_audit(repo / "params.yaml", AUDIT)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [{"determinism": {"device": "cuda", "gpu_kernels": "fast", "bitwise": False}}, {}],
+    ids=["recorded", "before-the-record"],
+)
+def test_audit_refuses_a_gpu_run_with_fast_kernels_before_re_running(tmp_path, monkeypatch, record):
+    import pipeline.review.audit as module
+
+    _gpu_run(tmp_path, record)
+
+    def spend(*args):
+        raise AssertionError("the audit started a re-run")
+
+    monkeypatch.setattr(module, "_scratch_copy", spend)
+    monkeypatch.setattr(module, "dvc", spend)
+    with pytest.raises(ValueError, match=f"^{re.escape(REFUSED)}$"):
+        audit(tmp_path, GPU_RUN, TOL)
+
+
+def test_audit_refusal_is_one_line_and_fails(tmp_path):
+    _gpu_run(tmp_path, {"determinism": {"device": "cuda", "gpu_kernels": "fast", "bitwise": False}})
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.review.audit", GPU_RUN, "--repo", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (1, "", f"audit: error: {REFUSED}\n")
+
+
+TRAIN = """import json, sys
+from pathlib import Path
+out = Path("results") / sys.argv[1]
+out.mkdir(parents=True, exist_ok=True)
+(out / "metrics.json").write_text(json.dumps({"top1": 95.0}))
+record = {"device": "cpu", "determinism": {"device": "cpu", "gpu_kernels": "fast", "bitwise": True},
+          "hardware": {"cpu": "This CPU", "torch_threads": 1}, "packages": {"torch": "2.14.1"}, "world_size": 1}
+(out / "provenance.json").write_text(json.dumps(record))
+"""
+DVC_YAML = """stages:
+  train:
+    foreach: [x]
+    do:
+      cmd: {python} train.py ${{item}}
+      deps: [train.py]
+      metrics:
+        - results/${{item}}/metrics.json: {{cache: false}}
+        - results/${{item}}/provenance.json: {{cache: false}}
+"""
+CPU_PROMISE = (
+    "bitwise promise: CPU, deterministic algorithms, same CPU model, torch build, threads, evaluation batch and "
+    "processes"
+)
+
+
+def test_audit_of_a_cpu_run_names_its_promise_and_notes_another_cpu_model(tmp_path, monkeypatch, capsys):
+    """A stand-in training stage (a script writing a metrics file and a CPU run's provenance record), committed and
+    re-run by the audit with DVC: the verdict carries the promise; a committed record made on another CPU model
+    adds a note saying the tolerances judge."""
+    from pipeline.review.audit import main
+
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site"))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "train.py").write_text(TRAIN)
+    (repo / "dvc.yaml").write_text(DVC_YAML.format(python=sys.executable))
+    _params_with_audit(repo / "params.yaml", AUDIT)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
+    assert dvc(repo, "init", "-q").returncode == 0
+    assert dvc(repo, "repro").returncode == 0
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "run"], cwd=repo, check=True)
+
+    verdict, details, promise = audit(repo, "train@x", TOL)
+    assert (verdict, promise) == ("identical", CPU_PROMISE)
+    assert details == ["1 file(s) equal byte for byte, in results/x/metrics.json"]
+
+    provenance = repo / "results/x/provenance.json"
+    provenance.write_text(provenance.read_text().replace("This CPU", "AMD EPYC"))
+    main(["train@x", "--repo", str(repo)])
+    assert capsys.readouterr().out.splitlines() == [
+        f"audit train@x: identical ({CPU_PROMISE})",
+        "  note: CPU model: committed AMD EPYC, re-run This CPU: bitwise equality is not promised across CPU models; "
+        "audit.abs_tol and audit.weights_abs_tol apply",
+        "  1 file(s) equal byte for byte, in results/x/metrics.json",
+    ]

@@ -95,3 +95,143 @@ def test_check_validates_a_params_file_through_every_stage_loader(tmp_path):
         "profile: error: variants.psne: qkv_code_dim does not apply to qkv_embed='psne'; it reads: qkv_bias, "
         "qkv_hidden, qkv_hidden_ratio, qkv_norm, qkv_shared"
     ]
+
+
+def _workspace(tmp_path, active: str = "embedded"):
+    """A copy of profiles/ and a params.yaml holding profile ``active``, in ``tmp_path``: (profiles folder, params)."""
+    folder = tmp_path / "profiles"
+    shutil.copytree(PROFILES, folder)
+    params = tmp_path / "params.yaml"
+    params.write_bytes((PROFILES / f"{active}.yaml").read_bytes())
+    return folder, params
+
+
+def _edit(params, edit) -> bytes:
+    """Apply ``edit`` to the parsed ``params`` file and write it back (as a user's editor might); its new bytes."""
+    data = yaml.safe_load(params.read_text())
+    edit(data)
+    params.write_text(yaml.safe_dump(data, sort_keys=False))
+    return params.read_bytes()
+
+
+def _add_a_variant(p):
+    p["variants"]["mine"] = {"qkv_embed": "linear", "qkv_bias": False}
+    p["pretrain"]["variants"].append("mine")
+    p["runtime"]["threads"] = 3
+
+
+def test_an_edited_params_is_refused_in_one_line_naming_the_changed_keys(tmp_path):
+    """A user's added variant and changed number: not overwritten, exit status 1, one line naming the closest
+    profile, the changed keys and both ways out (save it as a profile; FORCE=1 / --force)."""
+    import subprocess
+    import sys
+
+    folder, params = _workspace(tmp_path)
+    before = _edit(params, _add_a_variant)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.profile", "cifar"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 1 and done.stdout == "" and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "profile: error: not switching to 'cifar': params.yaml has edits that are in no profile (it differs from "
+        "profiles/embedded.yaml at variants.mine, runtime.threads, pretrain.variants); to keep them, save it as a "
+        "profile (cp params.yaml profiles/<new name>.yaml and set its profile: key to the new name); to discard "
+        "them, re-run with FORCE=1 (make profile) or --force (python -m pipeline.profile)"
+    ]
+    assert params.read_bytes() == before, "a refused switch leaves params.yaml byte for byte"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml", "profiles"], "nothing else was written"
+
+
+def test_the_refusal_names_the_profile_the_params_says_and_counts_the_keys_past_five(tmp_path):
+    folder, params = _workspace(tmp_path, "cifar")
+
+    def many(p):
+        p["seeds"] = [0]
+        p["runtime"].update(threads=2, workers=1, eval_batch_size=64, sync_every=10, checkpoint_every=1)
+        p["report"]["power"] = 0.9
+
+    before = _edit(params, many)
+    with pytest.raises(ValueError, match=r"^not switching to 'paper': .* \(it differs from .*cifar\.yaml at") as err:
+        profile.switch("paper", folder, params)
+    assert (
+        "at seeds, runtime.threads, runtime.checkpoint_every, runtime.workers, runtime.eval_batch_size and 2 more)"
+        in (str(err.value))
+    )
+    assert params.read_bytes() == before
+    params.write_text("profile: [embedded\n")  # not YAML: no profile either, refused all the same
+    with pytest.raises(ValueError, match=r"params\.yaml has edits that are in no profile \(it is not valid YAML\)"):
+        profile.switch("embedded", folder, params)
+
+
+def test_a_params_with_the_data_of_a_profile_is_overwritten(tmp_path):
+    """Comments, blank lines, key order and quoting are no edits: the data is the embedded profile's."""
+    folder, params = _workspace(tmp_path)
+    text = (PROFILES / "embedded.yaml").read_text().replace("# ", "# (my note) ").replace("\n\n", "\n\n\n")
+    params.write_text("# switched by hand\n" + text.replace("launcher: python", 'launcher: "python"'))
+    assert profile.edits(params, folder) is None
+    assert profile.switch("embedded", folder, params) == []
+    assert params.read_bytes() == (PROFILES / "embedded.yaml").read_bytes()
+    params.unlink()  # a missing params.yaml is simply written
+    assert profile.switch("embedded", folder, params) == []
+    assert params.read_bytes() == (PROFILES / "embedded.yaml").read_bytes()
+
+
+def test_force_overwrites_the_edits_and_names_what_it_discarded(tmp_path, capsys):
+    folder, params = _workspace(tmp_path)
+    _edit(params, _add_a_variant)
+    profile.main(["embedded", "--force", "--profiles", str(folder), "--params", str(params)])
+    assert params.read_bytes() == (PROFILES / "embedded.yaml").read_bytes()
+    out, err = capsys.readouterr()
+    assert out == f"profile: {params} is now 'embedded'; `dvc repro` rebuilds what it changes\n"
+    assert err.splitlines() == [
+        f"profile: --force: discarded the edits of {params} (it differed from {folder / 'embedded.yaml'} at "
+        "variants.mine, runtime.threads, pretrain.variants)"
+    ]
+
+
+def test_a_switch_lists_the_dataset_roots_missing_here(tmp_path, capsys, monkeypatch):
+    """A warning, not a failure: the switch is made (exit status 0) and each missing root named, `~` expanded;
+    once the folders exist, or for a profile without roots, nothing is listed."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    folder, params = _workspace(tmp_path)
+    cifar = (folder / "cifar.yaml").read_text()
+    (folder / "cifar.yaml").write_text(
+        cifar.replace("root: ~/data/stl10\n    download: false", "root: ~/data/stl10\n    download: true")
+    )
+    profile.main(["cifar", "--profiles", str(folder), "--params", str(params)])
+    assert params.read_bytes() == (folder / "cifar.yaml").read_bytes()
+    out, err = capsys.readouterr()
+    assert out == f"profile: {params} is now 'cifar'; `dvc repro` rebuilds what it changes\n"
+    assert err.splitlines() == [
+        "profile: dataset cifar100: root ~/data/cifar does not exist here; put your cifar100 files under it or set "
+        "datasets.cifar100.root (docs/datasets.md)",
+        "profile: dataset cifar10: root ~/data/cifar does not exist here; put your cifar10 files under it or set "
+        "datasets.cifar10.root (docs/datasets.md)",
+        "profile: dataset stl10: root ~/data/stl10 does not exist here; prepare@stl10 downloads the stl10 files into "
+        "it (download: true)",
+        "profile: dataset stanford_cars: root ~/data/stanford_cars does not exist here; put your stanford_cars files "
+        "under it or set datasets.stanford_cars.root (docs/datasets.md)",
+    ]
+    for name in ("cifar", "stl10", "stanford_cars"):
+        (home / "data" / name).mkdir(parents=True)
+    assert profile.switch("cifar", folder, params) == []
+    assert profile.switch("embedded", folder, params) == []  # bundled datasets: no root
+
+
+def test_make_passes_force_through(tmp_path):
+    """``make -n`` prints the recipe and runs none of it (the venv prerequisite included)."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+
+    def command(*assignments):
+        done = subprocess.run(
+            ["make", "-n", "profile", *assignments], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return [line for line in done.stdout.splitlines() if line.startswith("python -m pipeline.profile")]
+
+    assert command("PROFILE=cifar", "FORCE=1") == ['python -m pipeline.profile "cifar" --force']
+    assert command("PROFILE=cifar") == command("PROFILE=cifar", "FORCE=0") == ['python -m pipeline.profile "cifar"']

@@ -282,6 +282,24 @@ def test_under_dvc_the_watch_reaches_the_dvc_process(tmp_path):
     assert alone.stdout.strip() == "[]", "a run started by hand watches nothing"
 
 
+@pytest.mark.parametrize("code", sorted(checkpoint.NO_LOCKS), ids=lambda c: errno.errorcode[c])
+def test_a_filesystem_without_locks_is_one_line_with_the_remedy(tmp_path, monkeypatch, code):
+    """flock's answer on Lustre mounted noflock (ENOSYS), NFS without lockd (ENOLCK), FUSE (EOPNOTSUPP): the
+    syscall's documented failures, raised here by a stand-in fcntl.flock (no such filesystem on this machine)."""
+
+    def no_locks(fd, op):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(checkpoint.fcntl, "flock", no_locks)
+    folder = tmp_path / "resume"
+    with pytest.raises(ValueError) as excinfo:
+        with checkpoint.hold(folder):
+            pass
+    line = str(excinfo.value)
+    assert line.startswith(f"cannot lock {folder / checkpoint.LOCK}: its filesystem does not support file locks (")
+    assert "-o flock" in line and "dvc config core.hardlink_lock true" in line and "\n" not in line
+
+
 def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
     folder = tmp_path / "resume"
     script = "from pipeline.training import checkpoint; import pathlib, time\n"

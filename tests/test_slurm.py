@@ -8,8 +8,11 @@ Skipped, saying how to run it, where SLURM is not installed (.ci/run installs it
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -19,11 +22,12 @@ import yaml
 from .cluster_repo import PRETRAIN, cluster, dvc, edit_params, outputs, stale, timing, workspace
 from .slurm_cluster import available, one_node_cluster
 from .test_e2e import _env
-from .tiny import write_params
+from .tiny import ROOT, write_params
 
 REASON = available()
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 CPU_JOB = {"cpus_per_node": 1, "mem_gb": 1, "time_min": 30}
+TRAIN_JOB = {**CPU_JOB, "cpus_per_node": 2}  # the node's two CPUs: a step bound to one would show
 
 
 def _status(repo: Path, env: dict, *targets: str) -> str:
@@ -78,6 +82,11 @@ def _whole_dag(repo: Path, env: dict) -> None:
     assert final.strip().splitlines()[-1] == f"{len(instances)} up to date", final
     assert set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) == instances
     assert stale(repo) == {}
+    # CPU binding (task/affinity, exact steps): the training job's step, and the training in it, got both CPUs
+    record = json.loads((repo / "results/pretrain/n12-linear-0/provenance.json").read_text())
+    assert record["hardware"]["cpu_affinity"] == TRAIN_JOB["cpus_per_node"], record["hardware"]
+    logs = "".join(p.read_text() for p in (repo / "logs/cluster").glob("*_0_log.err"))
+    assert f"{PRETRAIN}: this job step may run on 2 CPU(s) (asked for 2)" in logs, logs[-3000:]
 
 
 def _stopped_twice_then_exact(repo: Path, env: dict, slurm) -> None:
@@ -126,19 +135,63 @@ def _cancelled(repo: Path, env: dict) -> None:
     assert cluster(repo, "cancel", env=env).stdout.startswith("cluster: no job of ours is queued or running")
 
 
+def _docs_script(cpus: int) -> str:
+    """docs/cluster.md's own sbatch script, with a CPU job's numbers and this workspace's instance."""
+    text = (ROOT / "docs/cluster.md").read_text().split("## Your own sbatch script", 1)[1]
+    script = text.split("```sh\n", 1)[1].split("```", 1)[0]
+    for old, new in {"--cpus-per-task=16 --gpus-per-node=1 --time=24:00:00": f"--cpus-per-task={cpus} --time=30",
+                     "pretrain@s12-sne-0": PRETRAIN}.items():  # fmt: skip
+        assert old in script, f"docs/cluster.md's sbatch script changed: {script}"
+        script = script.replace(old, new)
+    return script
+
+
+def _by_hand(repo: Path, env: dict, slurm) -> None:
+    """The docs' own sbatch script: SLURM's warning to the job step (--signal=USR1@... without B:) and to the
+    batch shell (with B:) each stop the training cleanly with its resume state saved; the next sbatch resumes."""
+    _set_epochs(repo, 602)
+    shutil.rmtree(repo / ".resume/pretrain/n12-linear-0")  # the cancelled run's, of another configuration
+    (repo / "job.sh").write_text(_docs_script(TRAIN_JOB["cpus_per_node"]))
+    resume = repo / ".resume/pretrain/n12-linear-0/checkpoint.pt"
+    for run, how in enumerate((["--signal=USR1"], ["--batch", "--signal=USR1"])):
+        log = repo / f"by-hand-{run}.log"
+        sbatch = ["sbatch", "--parsable", f"--output={log}", "job.sh"]
+        job = subprocess.run(sbatch, cwd=repo, env=env, capture_output=True, text=True, check=True).stdout.strip()
+        deadline = time.monotonic() + 300
+        while not (log.exists() and re.search(r"epoch (\d\d+)/602", log.read_text())):
+            ended = slurm.squeue([job]).get(job, ("?",))[0] not in ("PENDING", "RUNNING", "CONFIGURING")
+            assert not ended and time.monotonic() < deadline, log.read_text() if log.exists() else "no log"
+            time.sleep(0.5)
+        slurm.run("scancel", *how, job)
+        while slurm.squeue([job]).get(job, ("?",))[0] in ("PENDING", "RUNNING", "COMPLETING"):
+            assert time.monotonic() < deadline, slurm.squeue([job])
+            time.sleep(0.5)
+        text = log.read_text()
+        print(f"by hand, scancel {' '.join(how)}:\n" + "\n".join(text.splitlines()[-3:]))
+        assert f"{PRETRAIN}: stopped by SIGUSR1 at epoch " in text and "Traceback" not in text, text[-3000:]
+        assert resume.is_file() and ("resumed from epoch" in text) == (run == 1), text[-3000:]
+    (repo / "job.sh").unlink()
+
+
 def test_the_dag_runs_as_slurm_jobs_and_a_requeued_training_job_resumes_exactly(tmp_path):
     with one_node_cluster(tmp_path / "slurm") as slurm:
-        repo = workspace(tmp_path, executor="slurm", partition="nosuch", training=CPU_JOB, other=CPU_JOB)
+        repo = workspace(tmp_path, executor="slurm", partition="nosuch", training=TRAIN_JOB, other=CPU_JOB)
         local = _env(repo)
         env = {**slurm.env, **{k: local[k] for k in ("PATH", "DVC_NO_ANALYTICS", "DVC_SITE_CACHE_DIR")}}
         wrong = cluster(repo, "submit", env=env)
         assert wrong.returncode == 1 and "cluster.partition: 'nosuch' is not a partition" in wrong.stderr, wrong
         assert not (repo / "logs").exists()
-        edit_params(repo, partition=slurm.partition)
+        edit_params(repo, partition=slurm.partition, stop_window_s=26)  # KillWait 30: no 5 s to spare
+        late = cluster(repo, "submit", env=env)
+        assert late.returncode == 1 and "cluster.stop_window_s: 26 s does not fit in this cluster's KillWait (30 s" in (
+            late.stderr
+        ), late
+        edit_params(repo, stop_window_s=20)
 
         _whole_dag(repo, env)
         _stopped_twice_then_exact(repo, env, slurm)
         _cancelled(repo, env)
+        _by_hand(repo, env, slurm)
 
         # a GPU job on this GPU-less node: sbatch refuses it, the one-line error says so, nothing is recorded
         edit_params(repo, training={"gpus_per_node": 1})

@@ -23,7 +23,7 @@ def profile_ops(params: str, data: str, name: str, steps: int, rows: int) -> str
     settings = config.load_bench(params)
     bench = settings.bench
     device = distributed.init(settings.device).device
-    configure_torch(device, bench.threads)
+    configure_torch(device, bench.threads, "fast")  # as the bench stage times it
     names = [*bench.variants, *([bench.reference] if bench.reference else [])]
     if name not in names:
         raise config.ParamsError(f"model: {name!r} is not benchmarked; choose one of: {', '.join(names)}")

@@ -29,16 +29,17 @@ from pathlib import Path
 from pipeline import cli, config, scratch
 from pipeline.cluster import process_tree
 from pipeline.cluster.dag import DagError, Instance, scan, selected
-from pipeline.cluster.job import TERM_STOP_S, Clone, JobFailed, StageJob, release_runs
+from pipeline.cluster.job import Clone, JobFailed, StageJob, release_runs
 from pipeline.cluster.status import Record, live_jobs, reason, result, rows, table
 from pipeline.planning.costs import devices
 
 __all__ = ["check_fit", "main"]
 
 STOP_TIMEOUT_S = 0.8  # of cluster.signal_delay_s: the time a stopped run has to save its state and end
-# cancel (local executor): how long a job has to end after SIGTERM before it is killed: its own stop window, the
-# kill that may end it, and a margin
-CANCEL_GRACE_S = TERM_STOP_S + process_tree.KILL_WAIT_S + 5.0
+# cancel (local executor): how long a job has to end after SIGTERM before it is killed: its own stop window
+# (cluster.stop_window_s), the kill that may end it, and this margin
+CANCEL_MARGIN_S = process_tree.KILL_WAIT_S + 5.0
+KILL_WAIT_MARGIN_S = 5.0  # cluster.stop_window_s + this must fit in SLURM's KillWait
 
 
 def fail(message: str) -> SystemExit:
@@ -77,16 +78,34 @@ def check_scheduler(params: config.Params) -> None:
     cfg = params.cluster
     if cfg.executor != "slurm":
         return
-    for tool in ("sbatch", "squeue", "scancel", "srun", "sinfo"):
+    for tool in ("sbatch", "squeue", "scancel", "srun", "sinfo", "scontrol"):
         if shutil.which(tool) is None:
             raise fail(
                 f"cluster.executor is slurm but {tool} is not on PATH: run this on a SLURM login node, or set "
                 "cluster.executor: local to run the jobs on this machine"
             )
+    kill_wait = _kill_wait()
+    if kill_wait is not None and cfg.stop_window_s + KILL_WAIT_MARGIN_S > kill_wait:
+        raise fail(
+            f"cluster.stop_window_s: {cfg.stop_window_s:g} s does not fit in this cluster's KillWait ({kill_wait} s, "
+            f"scontrol show config) with {KILL_WAIT_MARGIN_S:g} s to spare: SLURM would kill a stopping run before "
+            f"it saved; lower stop_window_s to {kill_wait - KILL_WAIT_MARGIN_S:g} or less (a resume checkpoint must "
+            "be written within it: the training warns when it is not)"
+        )
     if cfg.partition:
         done = subprocess.run(["sinfo", "-h", "-p", cfg.partition, "-o", "%P"], capture_output=True, text=True)
         if done.returncode != 0 or not done.stdout.strip():
             raise fail(f"cluster.partition: {cfg.partition!r} is not a partition of this cluster (sinfo -s lists them)")
+
+
+def _kill_wait() -> int | None:
+    """SLURM's KillWait in seconds (``scontrol show config``), or None if it cannot be read."""
+    done = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True)
+    for line in done.stdout.splitlines() if done.returncode == 0 else []:
+        key, _, value = line.partition("=")
+        if key.strip() == "KillWait" and value.split() and value.split()[0].isdigit():
+            return int(value.split()[0])
+    return None
 
 
 def _executor(params: config.Params, inst: Instance, folder: Path, after: list[str]):
@@ -104,10 +123,14 @@ def _executor(params: config.Params, inst: Instance, folder: Path, after: list[s
     extra = {"requeue": True}
     if after:
         extra.update(dependency="afterok:" + ":".join(after), kill_on_invalid_dep="yes")
+    # The job step (submitit's srun) asks for the job's CPUs itself: from Slurm 22.05 to 23.02 srun does not inherit
+    # --cpus-per-task, and where steps get what they ask for and tasks are bound (task/affinity, cgroup), a step
+    # without it is pinned to one CPU: dvc, torchrun, every rank and loader worker on one core.
     ex.update_parameters(
         job_name=inst.name, nodes=1, ntasks_per_node=1, cpus_per_task=res.cpus_per_node, mem=f"{res.mem_gb}G",
         time=max(1, round(res.time_min)), signal_delay_s=cfg.signal_delay_s, partition=cfg.partition,
         account=cfg.account, gpus_per_node=res.gpus_per_node or None, additional_parameters=extra,
+        srun_args=[f"--cpus-per-task={res.cpus_per_node}"],
     )  # fmt: skip
     return ex
 
@@ -151,7 +174,9 @@ def submit(root: Path, params: config.Params, targets: list[str]) -> int:
     for name in todo:
         inst = dag[name]
         after = [submitted[u] for u in inst.upstream if u in submitted]
-        job_fn = StageJob(name, str(root), str(folder / "attempts"), cfg.requeue_limit, stop_s, clone)
+        cpus = (cfg.training if inst.training else cfg.other).cpus_per_node
+        job_fn = StageJob(name, str(root), str(folder / "attempts"), cfg.requeue_limit, stop_s, clone, cpus,
+                          cfg.stop_window_s)  # fmt: skip
         try:
             with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's error, then raises it
                 job = _executor(params, inst, folder, after).submit(job_fn)
@@ -184,7 +209,7 @@ def status(root: Path, params: config.Params, targets: list[str]) -> int:
     return 0
 
 
-def cancel(root: Path, params: config.Params, grace_s: float = CANCEL_GRACE_S) -> int:
+def cancel(root: Path, params: config.Params, grace_s: float | None = None) -> int:
     """Cancel every queued or running job of ours, and say how each ended.
 
     SLURM: ``scancel`` (SLURM sends SIGTERM, the job stops its run cleanly, SIGKILL follows after its KillWait).
@@ -194,6 +219,7 @@ def cancel(root: Path, params: config.Params, grace_s: float = CANCEL_GRACE_S) -
     nohup, ignores it). A job still running ``grace_s`` later is killed with everything below it (SIGKILL), and the
     lock records its dvc left are released."""
     record = Record.read(root / params.cluster.log_folder, params.cluster.executor)
+    grace_s = params.cluster.stop_window_s + CANCEL_MARGIN_S if grace_s is None else grace_s
     live = live_jobs(record, list(record.jobs))
     if not live:
         print("cluster: no job of ours is queued or running; nothing cancelled")

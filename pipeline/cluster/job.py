@@ -12,8 +12,8 @@ inherited:
   until every process of it has ended *and been reaped*, and returns this same job, which submitit requeues (``scontrol
   requeue``; the local executor restarts it). The requeued job runs the same dvc command; the stage resumes.
 * SIGTERM or SIGINT to this process (``scontrol requeue``, ``scancel``, a preemption without warning,
-  ``pipeline.cluster cancel``): the same stop, within ``TERM_STOP_S``; then the job ends with an error naming the
-  signal, and a job SLURM requeues starts again and resumes.
+  ``pipeline.cluster cancel``): the same stop, within ``cluster.stop_window_s``; then the job ends with an error
+  naming the signal, and a job SLURM requeues starts again and resumes.
 
 A job reports its end (or is requeued) only once its run has no process left, zombies included, and no lock record
 of its dvc is left in DVC's rwlock (:mod:`pipeline.cluster.dvc_locks` removes those of a dvc that had to be killed).
@@ -39,16 +39,17 @@ from pathlib import Path
 
 from submitit.core.utils import UncompletedJobError
 
-from pipeline import procfs, scratch
+from pipeline import procfs, scratch, stop_signals
 from pipeline.cluster import dvc_locks, process_tree
 
 __all__ = ["JobFailed", "StageJob", "release_runs"]
 
 log = logging.getLogger("pipeline.cluster")
 
-# After SIGTERM, SLURM kills the job's processes KillWait seconds later (30 by default): a run that has not saved by
-# then is killed here, so that nothing outlives the job (processes in their own session would, and keep the node)
-TERM_STOP_S = 20.0
+# After SIGTERM, SLURM kills the job's processes KillWait seconds later (30 by default): a run that has not saved
+# within cluster.stop_window_s (checked below KillWait at submit) is killed here, so that nothing outlives the job
+# (processes in their own session would, and keep the node). The run is told its window (stop_signals.WINDOW_ENV)
+# and warns when writing its resume checkpoint takes more than half of it.
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR2}
 
 
@@ -72,6 +73,8 @@ class StageJob:
     requeue_limit: int
     stop_timeout_s: float  # how long a stopped run may take to save and end before it is killed
     clone: Clone | None = None
+    cpus: int = 0  # the CPUs the job asked for (cluster.<training|other>.cpus_per_node); 0: not known
+    term_stop_s: float = 20.0  # cluster.stop_window_s: after SIGTERM, how long the run may take to save and end
     _run: process_tree.Run | None = field(default=None, init=False, repr=False, compare=False)
     _workdir: Path | None = field(default=None, init=False, repr=False, compare=False)
     _stop_reason: str = field(default="", init=False, repr=False, compare=False)
@@ -89,6 +92,7 @@ class StageJob:
                 f"({self.requeue_limit}); its resume state is kept: raise the limit or the time limit and submit again"
             )
         log.info("%s: start %d of at most %d", self.instance, start, 1 + self.requeue_limit)
+        self._check_cpus()
         process_tree.become_subreaper()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
@@ -124,7 +128,8 @@ class StageJob:
         try:
             if self._stop_reason:
                 raise JobFailed(f"{self.instance}: stopped by {self._stop_reason} before `{shown}` started")
-            self._run = run = process_tree.Run(command, workdir, scratch.env())
+            window = {stop_signals.WINDOW_ENV: f"{min(self.stop_timeout_s, self.term_stop_s):g}"}
+            self._run = run = process_tree.Run(command, workdir, {**scratch.env(), **window})
             self._remember(run)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
@@ -154,6 +159,17 @@ class StageJob:
                 if done.returncode != 0:
                     raise JobFailed(f"{self.instance}: {' '.join(cmd)} failed: {done.stderr.strip()}")
         return path
+
+    def _check_cpus(self) -> None:
+        """Say how many CPUs this job step may run on (its affinity, which SLURM's task/affinity or cgroup binding
+        sets), against what the job asked for: a step bound to fewer starves the loader and idles the GPUs."""
+        seen = len(os.sched_getaffinity(0))
+        if self.cpus and seen < self.cpus:
+            log.warning("%s: this job step may run on %d CPU(s), but the job asked for %d: the step was bound to "
+                        "fewer (srun without --cpus-per-task?); the loader will starve the device", self.instance,
+                        seen, self.cpus)  # fmt: skip
+        else:
+            log.info("%s: this job step may run on %d CPU(s) (asked for %d)", self.instance, seen, self.cpus)
 
     # ---------------------------------------------------------------------------------- starts and their dvc
     def _job_file(self, suffix: str = "") -> Path:
@@ -191,11 +207,11 @@ class StageJob:
 
         self._stop("the scheduler's warning before the time limit or a preemption (SIGUSR2)", self.stop_timeout_s)
         return DelayedSubmission(StageJob(self.instance, self.workspace, self.attempts, self.requeue_limit,
-                                          self.stop_timeout_s, self.clone))  # fmt: skip
+                                          self.stop_timeout_s, self.clone, self.cpus, self.term_stop_s))  # fmt: skip
 
     def _on_signal(self, signum: int, frame) -> None:
         self._stop(f"{signal.Signals(signum).name} (scancel, scontrol requeue, a preemption or cluster cancel)",
-                   TERM_STOP_S)  # fmt: skip
+                   self.term_stop_s)  # fmt: skip
 
     def _stop(self, reason: str, timeout_s: float) -> None:
         """Runs in a signal handler: stop the run and return once all of it has ended, been reaped and left no lock.

@@ -2,6 +2,7 @@
 
 ``schema``     typed YAML parsing (unknown keys, types, names) shared by the modules below;
 ``sections``   the data, model, recipe and runtime sections;
+``determinism`` what a training run promises about a re-run, by device and ``runtime.gpu_kernels``;
 ``params``     the counting, timing, report and audit sections, the whole file (:class:`Params`) and its
                cross-section rules;
 ``stages``     one loader per stage, returning one named object with exactly what that stage uses;

@@ -50,13 +50,16 @@ class Cluster:
     other: Resources  # prepare, flops, plan, report: CPU jobs
     requeue_limit: int  # restarts (time limits, preemptions, scontrol requeue) before a job fails for good
     signal_delay_s: int  # SLURM's warning (USR2) this many seconds before the time limit; the run stops cleanly
+    # After SIGTERM (scancel, scontrol requeue, a preemption without warning) a stopped run has this long to save its
+    # resume state and end before the job kills it: below SLURM's KillWait, after which SLURM kills the job
+    stop_window_s: float
     log_folder: str  # submitit's job files and logs, and the record of what was submitted
     workspace: Literal["shared", "clone"]  # shared: jobs run in this workspace; clone: a git clone each + DVC remote
 
     def check(self, where: str) -> None:
         if self.requeue_limit < 0:
             raise ParamsError(f"{where}.requeue_limit: expected 0 or more restarts, got {self.requeue_limit}")
-        positive(where, signal_delay_s=self.signal_delay_s)
+        positive(where, signal_delay_s=self.signal_delay_s, stop_window_s=self.stop_window_s)
         if self.other.gpus_per_node:
             raise ParamsError(f"{where}.other.gpus_per_node: the CPU stages use no GPU; set 0")
         if self.signal_delay_s >= min(self.training.time_min, self.other.time_min) * 60:

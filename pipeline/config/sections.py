@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from pipeline.config.determinism import GPU_KERNELS
 from pipeline.config.schema import ParamsError, fraction, non_negative, positive
 
 __all__ = [
@@ -200,7 +201,8 @@ class Runtime:
     it re-runs nothing. ``checkpoint_every``,
     ``workers``, ``sync_every`` and ``jobs`` leave results byte-identical; ``threads`` and
     ``eval_batch_size`` change the order of float sums and can move the last bits, the same kind of
-    difference as another CPU model (docs/auditing.md)."""
+    difference as another CPU model (docs/auditing.md); ``gpu_kernels`` chooses what a CUDA run promises, fast
+    or bitwise reproducible kernels (:mod:`.determinism`; a CPU run is deterministic either way)."""
 
     threads: int  # torch CPU threads per process (0: torch's default)
     checkpoint_every: int  # epochs between resume checkpoints
@@ -211,9 +213,13 @@ class Runtime:
     sync_every: int = 1
     # Stage instances `make repro` runs at once, each in its own slot (pipeline/cluster/pool.py; JOBS=N overrides).
     jobs: int = 1
+    # CUDA kernels: fast (cuDNN autotuner, TF32: timm's and XCiT's) or deterministic (bitwise, slower).
+    gpu_kernels: str = GPU_KERNELS[0]
 
     def check(self, where: str) -> None:
         non_negative(where, threads=self.threads, workers=self.workers)
+        if self.gpu_kernels not in GPU_KERNELS:
+            raise ParamsError(f"{where}.gpu_kernels: {self.gpu_kernels!r} is not one of: {', '.join(GPU_KERNELS)}")
         for key in ("checkpoint_every", "eval_batch_size", "sync_every", "jobs"):
             if getattr(self, key) <= 0:
                 raise ParamsError(f"{where}.{key}: expected a positive integer, got {getattr(self, key)}")

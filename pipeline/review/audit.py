@@ -18,6 +18,14 @@ Verdict: ``identical`` (every file's bytes equal), ``equal within tolerance (max
 <file>:<key>)`` or ``differs``, followed by the first values that differ (file, key, committed and re-run
 value). Exit status 0 for the first two, 1 otherwise.
 
+What a training run promises (:mod:`pipeline.config.determinism`, recorded in its provenance as ``determinism``;
+a record from before that entry is read by its ``device``) is checked before any re-run: a CUDA run with
+``runtime.gpu_kernels: fast`` promises no bitwise repeat and drifts past the tolerances over a run, so its audit is
+refused with one line (exit status 1) rather than judged by a looser tolerance; so is a bitwise-promised run when
+``params.yaml`` now asks for another device or, for a CUDA run, for fast kernels. Otherwise the verdict line names the
+promise (``identical (bitwise promise: CPU, ...)``), and a note names each recorded condition of it (CPU or GPU
+model, torch version, threads, evaluation batch, processes) on which the re-run differs: there the tolerances judge.
+
 Measurement stages (``bench``: its metrics file says ``"measured": true``) cannot be identical — their
 timings depend on the machine and its load. For them the absolute timings are shown but not judged, and only
 the dimensionless ratios (step-time and FLOP ratios, fraction of the matmul ceiling, loader over training
@@ -27,13 +35,16 @@ rate) must agree within ``audit.ratio_rel_tol`` (relative).
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 from pipeline import cli, config
 from pipeline.cli import run_stage
+from pipeline.config import determinism
 from pipeline.review.compare import compare_outputs, is_provenance
 from pipeline.scratch import commit, copy_tracked, dvc
 
@@ -69,12 +80,44 @@ def _missing_outputs(repo: Path, name: str, outs: dict[str, str]) -> None:
             )
 
 
-def audit(repo: Path, name: str, tol: config.Audit) -> tuple[str, list[str]]:
-    """Re-run stage instance ``name`` in a scratch copy of ``repo``; returns (verdict, details)."""
+def _provenance(root: Path, outs: dict[str, str]) -> dict | None:
+    """The stage's provenance record under ``root`` (None if it writes none or it is not there)."""
+    for path in filter(is_provenance, outs):
+        if (root / path).is_file():
+            try:
+                return json.loads((root / path).read_text())
+            except ValueError as exc:
+                raise ValueError(f"{root / path}: cannot be read as JSON ({exc})") from None
+    return None
+
+
+def _promise(repo: Path, name: str, outs: dict[str, str]) -> tuple[dict, dict] | None:
+    """The committed run's ``determinism`` entry and provenance record (None for a stage that trains nothing);
+    a ValueError, one line, when a re-run under the current params cannot confirm that run."""
+    record = _provenance(repo, outs)
+    entry = determinism.committed(record) if record is not None else None
+    if entry is None:
+        return None
+    params = config.load(repo / "params.yaml")  # what the re-run reads (its scratch copy)
+    refused = determinism.refusal(name, entry, params.device, params.runtime.gpu_kernels)
+    if refused:
+        raise ValueError(refused)
+    return entry, record
+
+
+class Audited(NamedTuple):
+    verdict: str  # identical, equal within tolerance (...), differs
+    details: list[str]
+    promise: str | None = None  # the committed run's bitwise promise, for the verdict line
+
+
+def audit(repo: Path, name: str, tol: config.Audit) -> Audited:
+    """Re-run stage instance ``name`` in a scratch copy of ``repo``; returns its verdict, details and promise."""
     lock = config.read_yaml(repo / "dvc.lock", "DVC lock file")
     if name not in lock.get("stages", {}):
         raise ValueError(f"no stage instance {name!r} in dvc.lock; recorded: {', '.join(lock.get('stages', {}))}")
     old = _outs(lock, name)
+    promised = _promise(repo, name, old)  # before anything is spent on a re-run
     _missing_outputs(repo, name, old)
     with tempfile.TemporaryDirectory(prefix="audit-") as tmp:
         scratch = Path(tmp) / "repo"
@@ -82,13 +125,26 @@ def audit(repo: Path, name: str, tol: config.Audit) -> tuple[str, list[str]]:
         _scratch_copy(repo, lock["stages"][name], scratch)
         done = dvc(scratch, "repro", "--single-item", "--force", name)
         if done.returncode != 0:
-            return "differs", [f"the stage failed when re-run:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"]
+            return Audited("differs", [f"the stage failed when re-run:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"])
         new = _outs(config.read_yaml(scratch / "dvc.lock", "DVC lock file"), name)
         verdict, details = compare_outputs(repo, scratch, list(old), tol)
+        rerun = _provenance(scratch, old) or {}
     if verdict == "identical":  # the working tree equals the re-run: does it also equal what dvc.lock says?
         stale = [p for p in old if not is_provenance(p) and old[p] != new.get(p)]
         details += [f"note: {p} matches the re-run but not its hash in dvc.lock (see dvc status)" for p in stale]
-    return verdict, details
+    return _judged(promised, rerun, verdict, details)
+
+
+def _judged(promised: tuple[dict, dict] | None, rerun: dict, verdict: str, details: list[str]) -> Audited:
+    """The verdict with the committed run's promise, led by a note on each of its conditions the re-run did not
+    meet (or, when it met them all and still differs, a note saying so)."""
+    if promised is None:
+        return Audited(verdict, details)
+    entry, committed = promised
+    notes = determinism.unmet(entry, committed, rerun)
+    if rerun and not notes and verdict != "identical" and determinism.promise(entry):
+        notes = ["note: every recorded condition of the bitwise promise holds, yet the outputs are not identical"]
+    return Audited(verdict, notes + details, determinism.promise(entry))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,8 +158,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(args: argparse.Namespace) -> None:
     tol = config.load_audit(Path(args.repo) / args.params)
-    verdict, details = audit(Path(args.repo).resolve(), args.stage, tol)
-    print(f"audit {args.stage}: {verdict}")
+    verdict, details, promise = audit(Path(args.repo).resolve(), args.stage, tol)
+    print(f"audit {args.stage}: {verdict}" + (f" ({promise})" if promise else ""))
     for line in details[:50]:
         print(f"  {line}")
     if verdict == "differs":

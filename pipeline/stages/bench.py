@@ -60,7 +60,9 @@ def measure(settings: config.BenchConfig, prepared: Path, *, progress: bool = Fa
 
     bench = settings.bench
     device = distributed.init(settings.device).device  # one process; an error if CUDA is asked for and absent
-    configure_torch(device, bench.threads)  # as the training stages run
+    # as the training stages run, with timm's and XCiT's GPU kernels (runtime.gpu_kernels: fast), which the rates
+    # timm publishes and the plan prices assume; deterministic ones are slower (docs/auditing.md)
+    configure_torch(device, bench.threads, "fast")
     timer = timing.Timer(device)
     num_classes = read_meta(prepared)["num_classes"]  # the source dataset's classifier width
     subjects = timing.subjects(settings, device, num_classes)

@@ -80,7 +80,9 @@ def fingerprint(run, *, data_hash: str, init_weights: Path | None, world_size: i
     """Everything that determines the result of ``run`` (a :class:`pipeline.config.TrainConfig`): a checkpoint
     resumes only under an identical one. The runtime settings are left out: they change how a run is executed,
     not what it computes (threads can move the last bits of float sums, like another CPU model), so a run may
-    resume with other threads, workers or checkpoint interval."""
+    resume with other threads, workers or checkpoint interval; except a CUDA run's ``gpu_kernels``, which decide
+    whether its result is bitwise reproducible (:mod:`pipeline.config.determinism`): a run half on fast kernels
+    would carry a promise it cannot keep."""
     return json.loads(
         json.dumps(
             {
@@ -93,6 +95,7 @@ def fingerprint(run, *, data_hash: str, init_weights: Path | None, world_size: i
                 "data_hash": data_hash,
                 "init_weights": file_hash(init_weights) if init_weights else None,
                 "world_size": world_size,
+                **({"gpu_kernels": run.runtime.gpu_kernels} if run.device == "cuda" else {}),
             },
             sort_keys=True,
         )
@@ -245,6 +248,9 @@ def set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate(tuple(state["python"]) if not isinstance(state["python"], tuple) else state["python"])
 
 
+NO_LOCKS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP}  # flock's errors on filesystems without file locks
+
+
 @contextlib.contextmanager
 def hold(folder: Path):
     """Use the resume folder ``folder`` alone, creating it: an exclusive ``flock`` on its lock file, which the
@@ -261,6 +267,16 @@ def hold(folder: Path):
             os.close(fd)
             raise ValueError(
                 f"{folder} is in use by PID {holder} (another run of this instance); wait for it or stop it"
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in NO_LOCKS:
+                raise
+            raise ValueError(
+                f"cannot lock {path}: its filesystem does not support file locks ({exc.strerror}; e.g. Lustre mounted "
+                "with noflock, NFS without a lock daemon); mount it with locks (Lustre: -o flock, or -o localflock "
+                "when one node runs each instance) or put the workspace on a filesystem with them; DVC needs them too "
+                "(or: dvc config core.hardlink_lock true)"
             ) from None
         with contextlib.suppress(FileNotFoundError):
             if os.stat(path).st_ino == os.fstat(fd).st_ino:

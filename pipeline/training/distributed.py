@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.config import ParamsError
+from pipeline.config.determinism import CUBLAS_WORKSPACE
 
 __all__ = [
     "Dist",
@@ -120,20 +121,32 @@ def rank_seed(seed: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
-def configure_torch(device: torch.device, threads: int) -> None:
-    """Thread count (0: torch's default); on CPU deterministic algorithms; on GPU cuDNN's autotuner and TF32 for
-    float32 products (neither deterministic: docs/auditing.md): how every training step runs, in the stages and in
-    the benchmark."""
+def configure_torch(device: torch.device | str, threads: int, gpu_kernels: str) -> None:
+    """Thread count (0: torch's default) and the kernels every training step runs with, in the stages and in the
+    benchmark (what each choice promises: :mod:`pipeline.config.determinism`): on CPU deterministic algorithms; on
+    CUDA ``runtime.gpu_kernels``: ``fast`` turns on cuDNN's autotuner and TF32 for float32 products,
+    ``deterministic`` deterministic algorithms, cuDNN's deterministic kernels and no TF32. Call it before CUDA
+    initialises (before :func:`init`): cuBLAS reads ``CUBLAS_WORKSPACE_CONFIG`` when it starts."""
     if threads:
         torch.set_num_threads(threads)
-    if device.type == "cuda":
+    kind = torch.device(device).type
+    if kind == "cuda" and gpu_kernels == "deterministic":
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE  # CUDA only
+        torch.use_deterministic_algorithms(True)  # CUDA only
+        torch.backends.cudnn.benchmark = False  # CUDA only
+        torch.backends.cudnn.deterministic = True  # CUDA only
+        torch.backends.cuda.matmul.allow_tf32 = False  # CUDA only
+        torch.backends.cudnn.allow_tf32 = False  # CUDA only
+    elif kind == "cuda":
         # timm's and XCiT's settings, explicit: cuDNN picks the fastest convolution for the stem's fixed shapes;
         # float32 products (outside autocast) and convolutions in TF32
+        torch.use_deterministic_algorithms(False)  # CUDA only
+        torch.backends.cudnn.deterministic = False  # CUDA only
         torch.backends.cudnn.benchmark = True  # CUDA only
         torch.backends.cuda.matmul.allow_tf32 = True  # CUDA only
         torch.backends.cudnn.allow_tf32 = True  # CUDA only
-    if device.type == "cpu":
+    if kind == "cpu":
         torch.use_deterministic_algorithms(True)
-        # Deterministic mode also fills every new tensor with NaN, to expose reads of uninitialised memory; the
-        # results do not depend on it, and it cost 6 % of a training step (docs/performance.md).
-        torch.utils.deterministic.fill_uninitialized_memory = False
+    # Deterministic mode also fills every new tensor with NaN, to expose reads of uninitialised memory; the
+    # results do not depend on it, and it cost 6 % of a training step (docs/performance.md).
+    torch.utils.deterministic.fill_uninitialized_memory = False

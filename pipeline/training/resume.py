@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
+from pipeline import stop_signals
 from pipeline.training import checkpoint, distributed
 from pipeline.training.state import RunState as State
 
@@ -53,7 +55,7 @@ def own(state: State, partial: tuple = (0.0, 0, 0)) -> dict:
 def save(state: State, epoch: int, step: int, own_state: dict) -> None:
     """The resume checkpoint after ``epoch`` epochs and ``step`` steps: every rank its own state, then rank 0 the
     shared one."""
-    env = state.env
+    env, started = state.env, time.monotonic()
     checkpoint.save_rank(state.resume_dir, env.rank, epoch, step, own_state)
     distributed.barrier(env)  # every rank's state is on disk before the shared state says where the run is
     if env.main:
@@ -65,6 +67,12 @@ def save(state: State, epoch: int, step: int, own_state: dict) -> None:
         checkpoint.save_shared(state.resume_dir, epoch, step, state.fingerprint, shared)
     distributed.barrier(env)
     state.saved = (epoch, step)
+    seconds, window = time.monotonic() - started, stop_signals.window_s()
+    if env.main and window and seconds > window / 2 and not state.window_warned:
+        state.window_warned = True
+        log.warning("%s: writing the resume checkpoint took %.1f s, more than half the %g s a stopped run has to "
+                    "save (cluster.stop_window_s, below SLURM's KillWait): raise both, or write the workspace to "
+                    "a faster filesystem", state.run.name, seconds, window)  # fmt: skip
 
 
 def stop_point(state: State, epoch: int, step: int, partial: tuple = (0.0, 0, 0), own_state: dict | None = None):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import provenance
-from pipeline.config import TrainConfig
+from pipeline.config import TrainConfig, determinism
 from pipeline.outputs import csv_bytes, json_bytes, write_outputs
 from pipeline.training import checkpoint, distributed, signals
 from pipeline.training.train import fit
@@ -78,15 +78,31 @@ def probe_writable(folders: list[Path], *, keep: bool = False) -> None:
                     made.rmdir()
 
 
+def cpu_shortage(workers: int, ranks: int, cpus: int | None = None) -> str:
+    """Why this node's ``ranks`` processes, each with ``workers`` loader workers, would starve on the CPUs this
+    process may run on (its affinity: SLURM binds a job step to the CPUs it asked for), or "" if they fit."""
+    cpus = len(os.sched_getaffinity(0)) if cpus is None else cpus
+    need = ranks * (workers + 1)
+    if cpus >= need:
+        return ""
+    return (
+        f"this process may run on {cpus} CPU(s) (its affinity), but {ranks} rank(s) x (runtime.workers {workers} + 1) "
+        f"want {need}: the loader will starve the device; under SLURM give the job step the job's CPUs (srun "
+        "--cpus-per-task, as pipeline.cluster does), or lower runtime.workers"
+    )
+
+
 def train_and_write(run: TrainConfig, *, data: Path, outputs: TrainOutputs, init_weights: Path | None = None) -> None:
     """Fit ``run`` on the prepared dataset ``data``; rank 0 then writes ``outputs``, all or nothing (the curves
     are also rewritten, atomically, after every epoch). Rank 0 holds the resume folder from start to end."""
     main = distributed.launched_rank() == 0
     folders = [outputs.weights, *dict.fromkeys(p.parent for p in (outputs.metrics, outputs.curves, outputs.provenance))]
     probe_writable([outputs.resume_dir], keep=True)
-    with signals.StopRequests(run.runtime.stop_signals) as stop:
+    with signals.StopRequests(linger="TORCHELASTIC_RUN_ID" in os.environ) as stop:
         with checkpoint.hold(outputs.resume_dir) if main else contextlib.nullcontext():
             probe_writable(folders if main else [])
+            if main and (short := cpu_shortage(run.runtime.workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))):
+                print(f"{run.name}: warning: {short}", file=sys.stderr, flush=True)
             try:
                 _train_and_write(run, data, outputs, init_weights, stop)
             except signals.Stopped as stopped:
@@ -118,6 +134,7 @@ def _train_and_write(run: TrainConfig, data: Path, outputs: TrainOutputs, init_w
         weights[outputs.weights / "ema.safetensors"] = _safetensors(result.ema)
     extra = {"timing": result.timing, "world_size": result.env.world_size, "device": str(result.env.device)}
     extra["peak_rss_mib"] = peak_rss_mib()  # host memory, for the cost plan (pipeline/stages/plan.py --measured)
+    extra["determinism"] = determinism.record(run.device, run.runtime.gpu_kernels)  # what a re-run promises
     write_outputs(
         {
             **weights,

@@ -39,6 +39,7 @@ class RunState:
     start_step: int = 0  # steps of epoch start_epoch already trained on (a run stopped part-way through it)
     partial: tuple = (0.0, 0, 0)  # this rank's loss sum, correct and count over those steps
     saved: tuple[int, int] | None = None  # (epoch, step) of the checkpoint in the resume folder
+    window_warned: bool = False  # said that a checkpoint takes too long for the cluster's stop window
     last_finite: float | None = None
     seen: int = 0
     train_seconds: float = 0.0

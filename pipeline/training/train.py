@@ -93,8 +93,8 @@ def _setup(run: TrainConfig, data: Path, resume_dir: Path, init_weights: Path | 
     from timm.utils import ModelEmaV3
 
     recipe = run.recipe
+    distributed.configure_torch(run.device, run.runtime.threads, run.runtime.gpu_kernels)  # before CUDA starts
     env = distributed.init(run.device)
-    distributed.configure_torch(env.device, run.runtime.threads)
     if recipe.batch_size % env.world_size:
         raise ParamsError(
             f"{run.stage}.recipe.batch_size: {recipe.batch_size} is not divisible by {env.world_size} processes"
