@@ -645,3 +645,14 @@ def test_sigterm_to_dvc_repro_leaves_no_training_process(tmp_path):
     resumed = {n: (results / n).read_bytes() for n in ("metrics.json", "curves.csv")}
     sh(dvc, "repro", "--force", "pretrain@n12-linear-0", cwd=repo)  # uninterrupted, from scratch
     assert {n: (results / n).read_bytes() for n in resumed} == resumed
+
+
+def test_a_rank_says_when_its_cpus_cannot_feed_its_loader_and_a_cluster_job_gives_its_window():
+    from pipeline.training.runner import cpu_shortage
+
+    assert cpu_shortage(workers=15, ranks=8, cpus=128) == ""
+    short = cpu_shortage(workers=15, ranks=8, cpus=1)  # a job step bound to one CPU
+    assert short.startswith("this process may run on 1 CPU(s) (its affinity), but 8 rank(s) x (runtime.workers 15 + 1)")
+    assert "srun --cpus-per-task" in short
+    assert stop_signals.window_s({stop_signals.WINDOW_ENV: "16"}) == 16.0
+    assert stop_signals.window_s({}) is None and stop_signals.window_s({stop_signals.WINDOW_ENV: "x"}) is None
