@@ -458,3 +458,20 @@ def test_audit_of_a_cpu_run_names_its_promise_and_notes_another_cpu_model(tmp_pa
         "audit.abs_tol and audit.weights_abs_tol apply",
         "  1 file(s) equal byte for byte, in results/x/metrics.json",
     ]
+
+    # an output edited in the working tree: the verdict says what it was compared with
+    metrics = repo / "results/x/metrics.json"
+    metrics.write_text(metrics.read_text().replace("95.0", "95.5"))
+    verdict, details, _ = audit(repo, "train@x", TOL)
+    assert verdict == "differs" and details[1] == (
+        "note: results/x/metrics.json is modified against dvc.lock; the re-run is compared with this working-tree copy"
+    ), details
+    # an input modified since dvc.lock: one line naming it, before any re-run (the stage would fail: not run)
+    (repo / "train.py").write_text(TRAIN + "raise SystemExit('re-run')\n")
+    with pytest.raises(ValueError) as excinfo:
+        audit(repo, "train@x", TOL)
+    assert str(excinfo.value) == (
+        "train@x: its inputs are not what dvc.lock recorded: train.py (modified) (dvc status train@x); a re-run from "
+        "them cannot reproduce the committed outputs: restore them (git checkout / dvc checkout <path>) or re-run the "
+        "stages that write them (dvc repro), then audit"
+    )

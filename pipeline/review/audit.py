@@ -2,6 +2,9 @@
 
     python -m pipeline.review.audit finetune@n12-sne-digits-0        (or: make audit STAGE=finetune@n12-sne-digits-0)
 
+First the instance's inputs in the working tree are checked against ``dvc.lock`` (``dvc status``): one modified
+since (prepared data, upstream weights, code, params) is one line naming it, before anything re-runs, since a re-run
+from it cannot reproduce the committed outputs; an output that differs from ``dvc.lock`` is noted with the verdict.
 The repository's tracked files are copied to a scratch folder, together with the stage's dependencies that
 git does not hold (prepared data, pretrained weights: taken from this working tree); the instance is re-run
 there with ``dvc repro --single-item --force``. Then every output the stage records in ``dvc.lock`` (files
@@ -105,6 +108,34 @@ def _promise(repo: Path, name: str, outs: dict[str, str]) -> tuple[dict, dict] |
     return entry, record
 
 
+def _as_recorded(repo: Path, name: str) -> list[str]:
+    """Raise (one line) if an input of ``name`` in the working tree is not what ``dvc.lock`` recorded (a re-run
+    from it could not reproduce the committed outputs, whatever the code does); notes for its outputs that differ
+    from dvc.lock, with which the re-run is compared (``dvc status``)."""
+    done = dvc(repo, "status", "--json", name)
+    try:
+        status = json.loads(done.stdout) if done.returncode == 0 else None
+    except ValueError:
+        status = None
+    if not isinstance(status, dict):
+        said = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ValueError(f"cannot check the inputs of {name} against dvc.lock: `dvc status {name}` failed: {said}")
+    changed: dict[str, dict] = {"changed deps": {}, "changed outs": {}}
+    for entry in status.get(name, []):
+        for kind in changed:
+            if isinstance(entry, dict) and isinstance(entry.get(kind), dict):
+                changed[kind].update(entry[kind])
+    if changed["changed deps"]:
+        what = ", ".join(f"{path} ({how})" for path, how in changed["changed deps"].items())
+        raise ValueError(
+            f"{name}: its inputs are not what dvc.lock recorded: {what} (dvc status {name}); a re-run from them "
+            "cannot reproduce the committed outputs: restore them (git checkout / dvc checkout <path>) or re-run "
+            "the stages that write them (dvc repro), then audit"
+        )
+    return [f"note: {path} is {how} against dvc.lock; the re-run is compared with this working-tree copy"
+            for path, how in changed["changed outs"].items() if not is_provenance(path)]  # fmt: skip
+
+
 class Audited(NamedTuple):
     verdict: str  # identical, equal within tolerance (...), differs
     details: list[str]
@@ -119,6 +150,7 @@ def audit(repo: Path, name: str, tol: config.Audit) -> Audited:
     old = _outs(lock, name)
     promised = _promise(repo, name, old)  # before anything is spent on a re-run
     _missing_outputs(repo, name, old)
+    noted = _as_recorded(repo, name)
     with tempfile.TemporaryDirectory(prefix="audit-") as tmp:
         scratch = Path(tmp) / "repo"
         scratch.mkdir()
@@ -132,7 +164,7 @@ def audit(repo: Path, name: str, tol: config.Audit) -> Audited:
     if verdict == "identical":  # the working tree equals the re-run: does it also equal what dvc.lock says?
         stale = [p for p in old if not is_provenance(p) and old[p] != new.get(p)]
         details += [f"note: {p} matches the re-run but not its hash in dvc.lock (see dvc status)" for p in stale]
-    return _judged(promised, rerun, verdict, details)
+    return _judged(promised, rerun, verdict, noted + details)
 
 
 def _judged(promised: tuple[dict, dict] | None, rerun: dict, verdict: str, details: list[str]) -> Audited:
