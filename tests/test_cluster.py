@@ -20,6 +20,7 @@ from dvc.lock import make_lock
 from pipeline import config, procfs
 from pipeline.cluster import process_tree
 from pipeline.cluster.commands import cancel, check_fit
+from pipeline.cluster.status import Record
 
 from .cluster_repo import (
     FINETUNE,
@@ -123,6 +124,16 @@ def test_slurm_executor_without_sbatch_is_refused(tmp_path):
     done = cluster(repo, "submit", env=env)
     _one_line_error(done, "cluster.executor is slurm but sbatch is not on PATH", "cluster.executor: local")
     _no_record(repo)
+
+
+@pytest.mark.parametrize("command", ["status", "cancel"])
+def test_status_and_cancel_of_slurm_jobs_without_squeue_are_one_line(tmp_path, command):
+    repo = workspace(tmp_path, executor="slurm")
+    Record(repo / "logs/cluster", "slurm", {PRETRAIN: "10"}).write()
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent)}  # the venv only: no squeue, whatever is installed
+    done = cluster(repo, command, env=env)
+    _one_line_error(done, "jobs of the slurm executor are recorded (jobs 10) but squeue cannot run here (",
+                    "run this on a SLURM login node")  # fmt: skip
 
 
 def test_an_unknown_stage_is_refused(tmp_path):

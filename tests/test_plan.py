@@ -174,6 +174,22 @@ def test_a_rate_that_is_not_positive_is_one_line_and_a_failure(tmp_path, capsys,
     assert not (tmp_path / "plan.json").exists()
 
 
+@pytest.mark.parametrize("kind", ["missing", "empty"])
+def test_a_measured_folder_that_is_missing_or_holds_no_record_is_one_line(tmp_path, kind):
+    params = write_params(tmp_path / "params.yaml", tiny_params())
+    folder = tmp_path / "results"
+    if kind == "empty":
+        folder.mkdir()
+    argv = ["--params", str(params), "--img-per-s", "100", "--json", str(tmp_path / "plan.json")]
+    with pytest.raises(SystemExit) as exit_:
+        plan.main([*argv, "--measured", str(folder)])
+    said = "no such folder" if kind == "missing" else "holds no provenance.json"
+    assert exit_.value.code == (
+        f"plan: error: --measured {folder}: {said}; give folders of training results, e.g. --measured results/pretrain"
+    )
+    assert not (tmp_path / "plan.json").exists()
+
+
 def test_missing_roots_still_plan_and_write_json_and_table(tmp_path, monkeypatch, capsys):
     data = yaml.safe_load(PAPER.read_text())
     for entry in data["datasets"].values():

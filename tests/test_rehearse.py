@@ -97,6 +97,10 @@ def test_a_params_file_whose_rehearsal_changed_another_key_is_refused(tmp_path):
         (["embedded"], "needs no rehearsal: `make repro` runs it whole"),
         (["nosuch"], "unknown profile 'nosuch'; profiles to rehearse: cifar, paper"),
         (["paper", "--set", "pretrain.recipe.lr=1.0"], "--set pretrain.recipe.lr: not a size knob"),
+        (["paper", "--set", "launcher=touch owned"], "--set launcher: the rehearsal sets it itself"),
+        (["paper", "--set", "device=cuda"], "--set device: the rehearsal sets it itself"),
+        (["paper", "--set", "seeds=[0, 1"], "--set 'seeds=[0, 1': its value is not valid YAML ("),
+        (["paper", "--set", "bench.rounds=a: b: c"], "its value is not valid YAML"),
         (
             ["paper", "--set", "bench.rounds=3", "--set", "runtime.nosuch=1"],
             "profile 'paper' has no key runtime.nosuch",

@@ -52,7 +52,13 @@ def scheduler_states(executor: str, job_ids: list[str]) -> dict[str, tuple[str, 
     if executor == "local":  # a LocalExecutor job's id is its controller's PID
         return {j: ("RUNNING", "") for j in job_ids if _controller_alive(j)}
     # --states=all: also the jobs that ended (kept for slurm.conf's MinJobAge), e.g. CANCELLED by a failed dependency
-    done = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i|%T|%r"], capture_output=True, text=True)
+    try:
+        done = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i|%T|%r"], capture_output=True, text=True)
+    except OSError as exc:
+        raise SystemExit(
+            f"cluster: error: jobs of the slurm executor are recorded (jobs {', '.join(job_ids)}) but squeue cannot "
+            f"run here ({exc.strerror}): run this on a SLURM login node"
+        ) from None
     if done.returncode != 0:
         raise SystemExit(f"cluster: error: squeue failed: {done.stderr.strip() or done.returncode}")
     states = {}

@@ -45,6 +45,9 @@ _CHECKSUMMED = ("cifar10", "cifar100", "stl10")  # sources whose files torchvisi
 _DEFAULTS = {"checksums": True, "download": False}  # a dataset key's value when the profile leaves it out
 
 
+FIXED = ("device", "launcher")  # size knobs the rehearsal itself decides: never the user's --set
+
+
 def parse_sets(items: list[str]) -> dict[str, Any]:
     """``--set key=value`` arguments (values in YAML) as a mapping; only size knobs are accepted."""
     import yaml
@@ -54,12 +57,23 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ParamsError(f"--set {item!r}: expected key=value, e.g. --set pretrain.recipe.epochs=3")
+        if key in FIXED:
+            raise ParamsError(
+                f"--set {key}: the rehearsal sets it itself (the CPU, and torchrun with {PROCESSES} gloo processes "
+                "where the profile uses the launcher), so that it runs here; leave it out"
+            )
         if not is_knob(key) or key.endswith((".root", ".download", ".checksums")):
             raise ParamsError(
                 f"--set {key}: not a size knob; a rehearsal keeps every other key as the profile sets it "
                 "(size knobs: pipeline/config/rehearsal.py SIZE_KNOBS)"
             )
-        out[key] = yaml.safe_load(text)
+        try:
+            out[key] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            where = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ParamsError(
+                f"--set {item!r}: its value is not valid YAML ({where}); quote strings, e.g. --set seeds=[0,1]"
+            ) from None
     return out
 
 
