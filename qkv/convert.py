@@ -8,6 +8,7 @@ output as ``(B, N, 3, heads, d/heads)`` takes a :class:`~qkv.embed.QKVEmbed` in 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import replace
 
 import torch
@@ -83,6 +84,31 @@ def convert(model: nn.Module, qkv_embed: str = "linear", *, qkv_class_attn: bool
     return install(model, cfg, class_attn=qkv_class_attn, bias_from_layer="qkv_bias" not in options)
 
 
+def _reads_weight(module: nn.Module) -> bool:
+    """Whether ``module``'s forward uses its ``qkv`` layer's weight itself instead of calling the layer (BEiT, EVA
+    and Swin V2 keep their q/v biases outside the linear and call ``F.linear(x, self.qkv.weight, bias)``)."""
+    if hasattr(module, "q_bias"):
+        return True
+    try:
+        return "qkv.weight" in inspect.getsource(type(module).forward)
+    except (OSError, TypeError):  # no source to read: judged by q_bias alone
+        return False
+
+
+def _refuse_direct_weight_use(model: nn.Module, targets: list[nn.Module]) -> None:
+    """Refuse, before anything is replaced, a model whose attention reads ``qkv.weight`` directly: an embedding in
+    that place would fail at the first forward."""
+    names = {id(m): n for n, m in model.named_modules()}
+    direct = [m for m in targets if _reads_weight(m)]
+    if direct:
+        raise ValueError(
+            f"{type(model).__name__}: its attention ({type(direct[0]).__name__} at {names[id(direct[0])]}, and "
+            f"{len(direct) - 1} more) uses qkv.weight itself instead of calling its qkv layer (q/v biases kept "
+            "outside it, as in BEiT, EVA and Swin V2), so a Q/K/V embedding cannot take that layer's place; "
+            "convert a model whose attention calls its qkv layer (XCiT, ViT/DeiT, CaiT)"
+        )
+
+
 def install(
     model: nn.Module, cfg: EmbedConfig, *, class_attn: bool = False, bias_from_layer: bool = False
 ) -> nn.Module:
@@ -103,6 +129,7 @@ def install(
             f"{type(model).__name__} has no attention with a fused qkv = nn.Linear(d, 3d) to convert "
             "(supported: timm XCiT's XCA, ViT/DeiT's Attention, and with qkv_class_attn=True CaiT/XCiT's ClassAttn)"
         )
+    _refuse_direct_weight_use(model, targets)
     with_bias = {cfg.bias: cfg, not cfg.bias: replace(cfg, bias=not cfg.bias)} if bias_from_layer else None
     shared_codes: dict[int, nn.Parameter] = {}
 

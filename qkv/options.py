@@ -34,6 +34,11 @@ CODE_SCOPES = ("block", "global")
 
 # Hidden width as a fraction of the token dimension when none is given (see the module docstring).
 _DEFAULT_HIDDEN_RATIO = {"sne": 0.5, "psne": 0.75, "fsne": 1.0}
+# Upper bounds of the sizes one may ask for: a hidden layer 16x the token width is past anything the paper or an
+# MLP block uses (timm's mlp_ratio is 4); a code 4,096 long likewise. Beyond them a typo would only show as the
+# allocator's out-of-memory error, naming no option.
+MAX_HIDDEN_RATIO = 16.0
+MAX_WIDTH = 65_536
 
 # Which options each kind reads; giving an option to a kind that does not read it is an error.
 _MLP_OPTIONS = frozenset({"bias", "hidden", "hidden_ratio", "norm"})
@@ -50,14 +55,16 @@ def _choice(name: str, value, choices) -> None:
         raise ValueError(f"qkv_{name}={value!r} is not one of: {', '.join(map(str, choices))}")
 
 
-def _positive(name: str, value, integer: bool) -> None:
-    """``None`` or a positive (integer / finite) number; bools are not numbers here."""
+def _positive(name: str, value, integer: bool, most: float = math.inf) -> None:
+    """``None`` or a positive (integer / finite) number, at most ``most``; bools are not numbers here."""
     if value is None:
         return
     kinds = int if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not 0 < value < math.inf:
         what = "a positive integer" if integer else "a positive finite number"
         raise ValueError(f"qkv_{name} must be {what}, got {value!r}")
+    if value > most:
+        raise ValueError(f"qkv_{name} must be at most {most:g} (a larger layer is no embedding), got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -95,9 +102,9 @@ class EmbedConfig:
                 raise ValueError(f"qkv_{name} must be true or false, got {value!r}")
         if self.hidden is not None and self.hidden_ratio is not None:
             raise ValueError("give qkv_hidden or qkv_hidden_ratio, not both")
-        _positive("hidden", self.hidden, integer=True)
-        _positive("hidden_ratio", self.hidden_ratio, integer=False)
-        _positive("code_dim", self.code_dim, integer=True)
+        _positive("hidden", self.hidden, integer=True, most=MAX_WIDTH)
+        _positive("hidden_ratio", self.hidden_ratio, integer=False, most=MAX_HIDDEN_RATIO)
+        _positive("code_dim", self.code_dim, integer=True, most=MAX_WIDTH)
         _positive("code_scale", self.code_scale, integer=False)
         for name, choices in (
             ("shared", PSNE_SHARED),

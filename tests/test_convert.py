@@ -46,6 +46,18 @@ def test_convert_without_fused_qkv_is_an_error():
         qkv.convert(timm.create_model("resnet18"), "sne")
 
 
+@pytest.mark.parametrize("name", ["beit_base_patch16_224", "eva02_tiny_patch14_224"])
+def test_a_model_whose_attention_reads_qkv_weight_itself_is_refused_unchanged(name):
+    """BEiT and EVA keep their q/v biases outside the qkv linear and call F.linear(x, self.qkv.weight, bias): an
+    embedding in its place would fail at the first forward, so conversion refuses, naming the model."""
+    model = timm.create_model(name, depth=1, embed_dim=64, num_heads=2)
+    with pytest.raises(
+        ValueError, match=r"^\w+: its attention \(\w+ at blocks\.0\.attn, and 0 more\) uses qkv\.weight"
+    ):
+        qkv.convert(model, "sne")
+    assert isinstance(model.blocks[0].attn.qkv, torch.nn.Linear)
+
+
 def test_convert_rejects_bad_option_before_changing_the_model():
     model = timm.create_model("xcit_nano_12_p8_224", img_size=32, depth=1)
     with pytest.raises(ValueError, match="qkv_hidden must be a positive integer"):
