@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -174,6 +175,38 @@ def test_unreadable_pickle_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(CIFAR10, "train_list", [[n, fakes.md5(folder / n)] for n, _ in CIFAR10.train_list])
     with pytest.raises(DatasetError, match="could not read .*cifar-10-batches-py"):
         prepare.run("cifar10", params("cifar10", root=str(tmp_path)))
+
+
+class _Hostile:  # what a hostile pickle does: a reducer that calls a function of the attacker's choice
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize(
+    ("entry", "said"),
+    [
+        ("hostile", "UnpicklingError: it refers to posix.system; a CIFAR pickle holds only arrays, lists, dicts"),
+        ({"data": np.zeros((2, 3072), np.float32), "labels": [0, 1]}, "'data' is not a uint8 array of 3,072 values"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}, "its labels are not a list of 2 integers"),
+        ([1, 2], "holds a list, not CIFAR's dict"),
+    ],
+    ids=["code", "dtype", "labels", "type"],
+)
+def test_a_cifar_pickle_is_read_for_arrays_only_even_unchecked(tmp_path, monkeypatch, entry, said):
+    """checksums: false reads files no md5 vouches for: a pickle that would run code is refused before anything
+    runs, and every value is checked for its type and size; one line naming the folder."""
+    import pickle
+
+    folder = fakes.write_cifar(tmp_path, monkeypatch)
+    marker = tmp_path / "owned"
+    (folder / "data_batch_2").write_bytes(pickle.dumps(_Hostile(marker) if entry == "hostile" else entry, protocol=2))
+    with pytest.raises(DatasetError) as excinfo:
+        load("cifar10", params("cifar10", root=str(tmp_path), checksums=False))
+    assert said in str(excinfo.value) and str(folder) in str(excinfo.value) and "\n" not in str(excinfo.value)
+    assert not marker.exists()
 
 
 def test_wrong_array_size_names_the_file(tmp_path, monkeypatch):

@@ -67,6 +67,54 @@ def reading(name: str, build: Callable[[], object], files: str) -> object:
         raise DatasetError(f"dataset {name!r}: could not read {files}: {type(exc).__name__}: {exc}") from None
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles only what CIFAR's python pickles hold (dicts, lists, strings, bytes, numbers and numpy arrays):
+    any other global, the way a hostile pickle runs code, is refused before it is called."""
+
+    ALLOWED = frozenset({("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                         ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")})  # fmt: skip
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(
+                f"it refers to {module}.{name}; a CIFAR pickle holds only arrays, lists, dicts, bytes and numbers"
+            )
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        entry = _ArraysOnly(f, encoding="latin1").load()
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path.name} holds a {type(entry).__name__}, not CIFAR's dict")
+    return entry
+
+
+def read_cifar(folder: Path, files: list[str], meta: str, key: str) -> tuple[np.ndarray, list[int], list[str]]:
+    """CIFAR's python pickles in ``folder`` as torchvision's CIFAR classes read them (images N x 32 x 32 x 3, labels,
+    class names from the ``meta`` file's ``key``), through :class:`_ArraysOnly`: every value checked for its type
+    and shape, since a file under a user's root is not trusted to be what its name says."""
+    data, labels = [], []
+    for filename in files:
+        entry = _unpickle(folder / filename)
+        images, found = entry.get("data"), entry.get("labels", entry.get("fine_labels"))
+        if (
+            not isinstance(images, np.ndarray)
+            or images.dtype != np.uint8
+            or images.ndim != 2
+            or images.shape[1] != 3072
+        ):
+            raise ValueError(f"{filename}: 'data' is not a uint8 array of 3,072 values per image")
+        if not isinstance(found, list) or len(found) != len(images) or not all(type(v) is int for v in found):
+            raise ValueError(f"{filename}: its labels are not a list of {len(images)} integers")
+        data.append(images)
+        labels += found
+    classes = _unpickle(folder / meta).get(key)
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"{meta}: {key!r} is not a list of class names")
+    return np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1)), labels, classes
+
+
 def unchecked(cls: type) -> type:
     """torchvision's ``cls`` (CIFAR10, CIFAR100 or STL10) reading the same files without their md5 sums: a subclass
     whose file lists carry no md5, so torchvision's own ``_check_integrity`` (and CIFAR's check of its meta file)

@@ -33,6 +33,7 @@ from pipeline.data.datafiles import (
     check_files,
     check_root,
     imagenet_val,
+    read_cifar,
     read_image,
     reading,
     unchecked,
@@ -118,11 +119,13 @@ def _read_cifar(name: str, params: Dataset, *, hundred: bool) -> Loaded:
     root = check_root(name, params.root, layout)
     folder = root / cls.base_folder
     check_files(name, folder, [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])], layout)
-    parts = [reading(name, lambda t=t: cls(str(root), train=t), str(folder)) for t in (True, False)]
-    images = np.concatenate([p.data for p in parts])
-    labels = np.concatenate([np.asarray(p.targets, dtype=np.int64) for p in parts])
-    is_test = np.concatenate([np.zeros(len(parts[0].data), bool), np.ones(len(parts[1].data), bool)])
-    return Loaded(list(parts[0].classes), labels, is_test, images=images)
+    meta = (cls.meta["filename"], cls.meta["key"])  # read with a restricted unpickler, not torchvision's pickle.load
+    parts = [reading(name, lambda f=f: read_cifar(folder, [n for n, _ in f], *meta), str(folder))
+             for f in (cls.train_list, cls.test_list)]  # fmt: skip
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([np.asarray(p[1], dtype=np.int64) for p in parts])
+    is_test = np.concatenate([np.zeros(len(parts[0][0]), bool), np.ones(len(parts[1][0]), bool)])
+    return Loaded(list(parts[0][2]), labels, is_test, images=images)
 
 
 def _read_stl10(name: str, params: Dataset) -> Loaded:
