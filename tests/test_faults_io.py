@@ -129,6 +129,16 @@ def _edit_meta(key, value):
     return edit
 
 
+def _more_classes(k: int):
+    """meta.json claiming ``k`` classes, names included, for data holding fewer: a k-way head, trained silently."""
+
+    def edit(path: Path) -> None:
+        meta = json.loads(path.read_text())
+        path.write_text(json.dumps({**meta, "num_classes": k, "classes": [f"class{c}" for c in range(k)]}))
+
+    return edit
+
+
 @pytest.mark.parametrize(
     ("corrupt", "what"),
     [
@@ -139,8 +149,20 @@ def _edit_meta(key, value):
         (_edit_meta("std", [0.2, 0.0, 0.2]), "std: expected three positive numbers, found [0.2, 0.0, 0.2]"),
         (_edit_meta("storage", "disk"), "storage: expected 'tensor' or 'files', found 'disk'"),
         (_edit_meta("num_classes", 2), "train_labels holds label 2, outside meta.json's 2 classes"),
+        (_edit_meta("num_classes", 5), "num_classes is 5 but classes lists 3"),
+        (_more_classes(5), "its training labels hold 3 classes, but meta.json's num_classes says 5"),
     ],
-    ids=["json", "not-object", "missing-key", "wrong-type", "std", "storage", "fewer-classes"],
+    ids=[
+        "json",
+        "not-object",
+        "missing-key",
+        "wrong-type",
+        "std",
+        "storage",
+        "fewer-classes",
+        "count-vs-names",
+        "more-classes",
+    ],  # fmt: skip
 )
 def test_bad_meta_is_one_line(tmp_path, prepared, corrupt, what):
     folder = copy_prepared(prepared, tmp_path)
@@ -148,7 +170,7 @@ def test_bad_meta_is_one_line(tmp_path, prepared, corrupt, what):
     params = write_params(tmp_path / "params.yaml", tiny_params())
     message = stage_error(pretrain.main, train_argv(tmp_path, params, folder))
     assert f": {what}" in message and message.endswith(REDO), message
-    bad = "data.safetensors" if "outside" in what else "meta.json"
+    bad = "data.safetensors" if "outside" in what or "training labels" in what else "meta.json"
     assert message.startswith(f"pretrain: error: {folder / bad}: "), message
     assert not (tmp_path / "out").exists()
 

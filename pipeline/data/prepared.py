@@ -100,7 +100,21 @@ def read_tensors(prepared: Path, meta: dict) -> dict[str, tuple[np.ndarray, torc
             wrong = label_array[(label_array < 0) | (label_array >= num_classes)][0]
             raise _bad(path, f"{split}_labels holds label {wrong}, outside meta.json's {num_classes} classes")
         out[split] = (_map(path, images), torch.from_numpy(label_array))
+    _every_class(path, meta, out["train"][1])
     return out
+
+
+def _every_class(path: Path, meta: dict, train_labels: torch.Tensor) -> None:
+    """meta.json's class count against the training labels (prepare refuses a class without a training image): a
+    count larger than the classes present would train a head with classes never seen, silently."""
+    names = meta.get("classes")
+    if names is not None and (not isinstance(names, list) or len(names) != meta["num_classes"]):
+        found = len(names) if isinstance(names, list) else repr(names)
+        raise _bad(path.parent / "meta.json", f"num_classes is {meta['num_classes']} but classes lists {found}")
+    present = int(torch.unique(train_labels).numel())
+    if present != meta["num_classes"]:
+        raise _bad(path, f"its training labels hold {present} classes, but meta.json's num_classes says "
+                   f"{meta['num_classes']}")  # fmt: skip
 
 
 class _Mapped(np.memmap):
@@ -153,7 +167,9 @@ def read_index(prepared: Path, meta: dict) -> dict[str, tuple[list[str], torch.T
             f"{root}: the image folder of {path} (meta.json's root) does not exist; restore it, or set "
             f"datasets.{Path(prepared).name}.root and {remedy(prepared)}"
         )
-    return {s: (files[s], torch.tensor(labels[s], dtype=torch.int64)) for s in SPLITS}
+    out = {s: (files[s], torch.tensor(labels[s], dtype=torch.int64)) for s in SPLITS}
+    _every_class(path, meta, out["train"][1])
+    return out
 
 
 def _row_problem(row: dict, num_classes: int) -> str:
