@@ -118,6 +118,10 @@ def test_names_must_be_safe(tmp_path, name, where):
         (dict(pretrain={"variants": []}), "pretrain.variants: expected at least one entry"),
         (dict(report={"baseline": "sne"}), "report.baseline: 'sne' is not in pretrain.variants"),
         (dict(launcher=" "), "launcher: expected a command"),
+        (dict(launcher="python; touch owned"), "launcher: 'python; touch owned' holds ';'; it becomes part of each"),
+        (dict(launcher="python $(touch owned)"), "launcher: 'python $(touch owned)' holds '$()'; it becomes part"),
+        (dict(launcher="bash -c id"), "launcher: 'bash -c id' starts with 'bash'; it becomes part of each training"),
+        (dict(launcher="python -m x 'a b'"), 'holds "\'"; it becomes'),
         (
             dict(launcher="python -m pipeline.launch --nproc-per-node 2"),
             "launcher: 'python -m pipeline.launch --nproc-per-node 2' runs pipeline.launch, which does not exist; "

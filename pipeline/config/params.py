@@ -11,7 +11,6 @@ This module also holds the sections only the counting, timing, planning, report 
 from __future__ import annotations
 
 import importlib.util
-import shlex
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,10 +256,24 @@ def load(path: str | Path) -> Params:
     return from_data(read_yaml(path), str(path), path=path)
 
 
+LAUNCHERS = ("python", "python3", "torchrun")  # what a launcher's first word may be (by file name)
+_LAUNCHER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_./=:,+- ")
+
+
 def _check_launcher_module(launcher: str) -> None:
-    """A launcher's ``-m pipeline.<module>`` names a module of this project (a params file written before
-    pipeline/ was grouped still says ``pipeline.launch``: it would fail only when a training stage starts)."""
-    words = shlex.split(launcher)
+    """The launcher is part of every training stage's shell command (dvc.yaml): plain words of a safe set of
+    characters, starting with python or torchrun; and its ``-m pipeline.<module>`` names a module of this project
+    (a params file written before pipeline/ was grouped still says ``pipeline.launch``: it would fail only when a
+    training stage starts)."""
+    bad = sorted(set(launcher) - _LAUNCHER_CHARS)
+    words = launcher.split()
+    if bad or Path(words[0]).name not in LAUNCHERS:
+        why = f"holds {''.join(bad)!r}" if bad else f"starts with {words[0]!r}"
+        raise ParamsError(
+            f"launcher: {launcher!r} {why}; it becomes part of each training stage's shell command: expected "
+            f"{' or '.join(LAUNCHERS)} and plain words (letters, digits, _ . / = : , + -), e.g. python, or python -m "
+            "pipeline.training.launch --nproc-per-node 8"
+        )
     for flag, module in zip(words, words[1:], strict=False):
         if flag == "-m" and module.split(".")[0] == "pipeline" and not _exists(module):
             raise ParamsError(
