@@ -44,17 +44,25 @@ def _write(path: Path, data: dict) -> None:
 
 
 def paper_study(root: Path, *, targets: tuple[str, ...] = tuple(TARGET_OFFSET)) -> Path:
-    """Metrics files of every pretrain and finetune instance of the paper profile (values as above)."""
+    """Metrics files of every pretrain and finetune instance of the paper profile (values as above), and each
+    pretraining run's curves (one epoch)."""
+    run = {"epochs": 1, "val_top1_final": 50.0, "val_top1_best": 50.0, "best_epoch": 1}  # the curves' one row
+    similarity = {"blocks.0.attn.qkv": {"q_k": 0.1, "q_v": 0.0, "k_v": 0.0}}
     for b, model in PAPER["backbones"].items():
         for kind, table in (("pretrain", PRETRAIN), ("finetune", TRANSFER)):
             base, shifts = table[b]
             for v in ["linear", *shifts]:
                 for i, s in enumerate(SEEDS):
                     acc = base + NOISE[i] + (shifts[v][i] if v in shifts else 0.0)
-                    record = {"profile": "paper", "backbone": b, "model": model["name"], "variant": v, "seed": s}
+                    record = {"profile": "paper", "stage": kind, "backbone": b, "model": model["name"], "variant": v}
+                    record["seed"] = s
                     if kind == "pretrain":
                         metrics = {**record, "dataset": "imagenet", "test_top1": acc, "params": 3000000, "gflops": 0.6}
-                        _write(root / f"pretrain/{b}-{v}-{s}/metrics.json", {**metrics, "qkv_similarity": {}})
+                        _write(
+                            root / f"pretrain/{b}-{v}-{s}/metrics.json",
+                            {**metrics, **run, "qkv_similarity": similarity},
+                        )
+                        (root / f"pretrain/{b}-{v}-{s}/curves.csv").write_text("epoch,val_top1\n1,50.0\n")
                         continue
                     for d in targets:
                         ft = {**record, "dataset": d, "test_top1": acc + TARGET_OFFSET[d]}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from .tiny import ROOT, tiny_params, write_params
 
 ACC = {"linear": [90.0, 91.0, 92.5], "sne": [91.0, 93.0, 93.5]}
 SEEDS = [0, 1, 2]
+RUN = {"epochs": 2, "val_top1_final": 80.5, "val_top1_best": 80.5, "best_epoch": 2}  # what the curves below end on
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -43,7 +45,8 @@ def fake_results(root: Path, *, profile: str = "embedded", skip: tuple = ()) -> 
     write_json(root / "bench/metrics.json", fake_bench(profile))
     write_json(root / "plan/plan.json", fake_plan(profile))
     for d in ("synthetic", "digits"):
-        write_json(root / f"prepare/{d}.json", {"profile": profile, "content_hash": "sha256:" + d * 4})
+        digest = "sha256:" + hashlib.sha256(d.encode()).hexdigest()
+        write_json(root / f"prepare/{d}.json", {"profile": profile, "dataset": d, "content_hash": digest})
     for v, accs in ACC.items():
         for s, a in zip(SEEDS, accs, strict=True):
             if (v, s) in skip:
@@ -57,6 +60,7 @@ def fake_results(root: Path, *, profile: str = "embedded", skip: tuple = ()) -> 
                     "params": 1000 + len(v),
                     "gflops": 0.01,
                     "synthetic": True,
+                    **RUN,
                     "qkv_similarity": {
                         f"blocks.{b}.attn.qkv": {"q_k": 0.1 * b, "q_v": 0.0, "k_v": 0.0} for b in range(2)
                     },
@@ -65,9 +69,8 @@ def fake_results(root: Path, *, profile: str = "embedded", skip: tuple = ()) -> 
             (folder / "curves.csv").write_text("epoch,val_top1\n1,50.0\n2,80.5\n")
             write_json(folder / "provenance.json", record("pretrain", profile))
             ft = root / f"finetune/n12-{v}-digits-{s}"
-            write_json(
-                ft / "metrics.json", {**instance(profile, v, s, "digits"), "test_top1": a - 5, "synthetic": False}
-            )
+            metrics = {**instance(profile, v, s, "digits", stage="finetune"), "test_top1": a - 5, "synthetic": False}
+            write_json(ft / "metrics.json", metrics)
     return root
 
 
@@ -77,11 +80,14 @@ def record(stage: str, profile: str) -> dict:
     return {"stage": stage, "params": {"profile": profile}, "packages": {"torch": "2.14.1"}, "hardware": hardware}
 
 
-def instance(profile: str, variant: str, seed: int, dataset: str, backbone: str = "n12", model: str = "") -> dict:
+def instance(
+    profile: str, variant: str, seed: int, dataset: str, backbone: str = "n12", model: str = "", stage: str = "pretrain"
+) -> dict:
     """What a training stage's metrics file records of its own instance (the report checks it)."""
     model = model or tiny_params()["backbones"]["n12"]["name"]
     return {
         "profile": profile,
+        "stage": stage,
         "backbone": backbone,
         "model": model,
         "variant": variant,
@@ -340,7 +346,8 @@ def test_malformed_metrics_names_the_file(tmp_path):
 def test_other_profile_is_refused_naming_both(tmp_path):
     results = fake_results(tmp_path / "results")
     write_json(
-        results / "finetune/n12-sne-digits-2/metrics.json", {**instance("paper", "sne", 2, "digits"), "test_top1": 1.0}
+        results / "finetune/n12-sne-digits-2/metrics.json",
+        {**instance("paper", "sne", 2, "digits", stage="finetune"), "test_top1": 1.0},
     )
     with pytest.raises(
         SystemExit,
@@ -430,13 +437,13 @@ def test_a_result_file_of_another_instance_is_refused(tmp_path):
         (
             "pretrain/n12-linear-2/metrics.json",
             lambda m: json.dumps({k: v for k, v in m.items() if k != "test_top1"}),
-            "pretrain/n12-linear-2/metrics.json: missing key 'test_top1' (a number); re-run it: dvc repro --force "
-            "pretrain@n12-linear-2",
+            "pretrain/n12-linear-2/metrics.json: missing key 'test_top1' (an accuracy in [0, 100] (percent)); re-run "
+            "it: dvc repro --force pretrain@n12-linear-2",
         ),
         (
             "pretrain/n12-linear-0/metrics.json",
             lambda m: json.dumps({**m, "test_top1": "90.0"}),
-            "n12-linear-0/metrics.json: test_top1 is '90.0', expected a number",
+            "n12-linear-0/metrics.json: test_top1 is '90.0', expected an accuracy in [0, 100] (percent)",
         ),
         (
             "pretrain/n12-linear-0/metrics.json",

@@ -1,6 +1,12 @@
 """The report's input files, each checked where it is read: a malformed or truncated file, a NaN or an infinity,
-a missing key, a value of the wrong type, a file written under another profile or for another instance is one
-line naming the file, what is wrong and what to do. An absent file is an instance that has not run (None).
+a missing key, a value of the wrong type or out of its range (:mod:`pipeline.reporting.ranges`), a file written
+under another profile or for another instance is one line naming the file, what is wrong and what to do. An
+absent file is an instance that has not run (None).
+
+Identity: a training metrics file and a prepare result name their own instance (backbone, model, variant, seed,
+dataset, stage; dataset), a provenance record its instance, and a curves file must fit its run's metrics (one
+row per epoch, its last and best validation top-1 those the metrics record): a file copied from another
+instance is refused naming both.
 
 Torch-free: JSON and CSV only.
 """
@@ -8,9 +14,15 @@ Torch-free: JSON and CSV only.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
+import os
+from functools import partial
 from pathlib import Path
+
+from pipeline.reporting import ranges
+from pipeline.reporting.ranges import BENCH, CURVES, FINETUNE, FLOPS, KINDS, PLAN, PREPARE, PRETRAIN, PROVENANCE
 
 __all__ = [
     "BENCH",
@@ -20,54 +32,27 @@ __all__ = [
     "PREPARE",
     "PRETRAIN",
     "PROVENANCE",
+    "bench_names",
     "load_json",
+    "lock_outputs",
     "read_curves",
     "read_record",
+    "same_layers",
 ]
-
-NUMBER = "a number"
-# Required keys of each kind of file and what each must hold ("optional" ones are checked when present).
-_IDENTITY = {"profile": str, "backbone": str, "model": str, "variant": str, "seed": int, "dataset": str}
-_WEIGHTS = {"raw_test_top1": NUMBER, "ema_test_top1": NUMBER, "weights": str, "synthetic": bool}
-FINETUNE = {"required": {**_IDENTITY, "test_top1": NUMBER}, "optional": _WEIGHTS}
-PRETRAIN = {
-    "required": {**FINETUNE["required"], "params": int, "gflops": NUMBER, "qkv_similarity": dict},
-    "optional": _WEIGHTS,
-}
-PREPARE = {"required": {"profile": str, "content_hash": str}, "optional": {}}
-FLOPS = {"required": {"profile": str, "forensics": dict}, "optional": {}}
-BENCH = {
-    "required": {
-        **{k: str for k in ("profile", "device", "dtype", "baseline")},
-        **{k: int for k in ("threads", "batch_size", "img_size", "rounds")},
-        **{k: dict for k in ("models", "ceiling", "peak", "loader", "targets")},
-        "order": list,
-        "measured": bool,
-    },
-    "optional": {"reference": str},
-}
-PLAN = {
-    "required": {
-        "profile": str,
-        **{k: dict for k in ("devices", "prepare", "total")},
-        **{k: list for k in ("groups", "rate_sources", "ignored", "input")},
-    },
-    "optional": {"rehearsal": dict, "memory": dict},
-}
-PROVENANCE = {
-    "required": {"stage": str, "params": dict, "packages": dict, "hardware": dict},
-    "optional": {"git_commit": str, "code_changed": bool, "changed_files": list, "stage_instance": str},
-}
-_TYPES = {str: "a string", int: "an integer", dict: "an object", list: "a list", bool: "true or false"}
 
 
 def _refuse_constant(name: str):
     raise ValueError(f"holds {name}, not a finite number")
 
 
+_JSON_BYTES = 10_000_000  # a result file is kilobytes: a bigger one is no result
+
+
 def _read_object(path: Path, what: str, remedy: str) -> dict | None:
     if not path.is_file():
         return None
+    if path.stat().st_size > _JSON_BYTES:
+        raise ValueError(f"{path}: {path.stat().st_size:,} bytes, not a {what} (at most {_JSON_BYTES:,}); {remedy}")
     try:
         data = json.loads(path.read_text(), parse_constant=_refuse_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -79,23 +64,14 @@ def _read_object(path: Path, what: str, remedy: str) -> dict | None:
     return data
 
 
-def _holds(value, kind) -> bool:
-    if value is None:
-        return False
-    if kind == NUMBER:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, kind)
+def _check(path: Path, data: dict, spec: dict, remedy: str) -> None:
+    """``data`` against its table of :mod:`pipeline.reporting.ranges`: every key's type and range, every
+    object's and list's size."""
 
+    def fail(message: str):
+        raise ValueError(f"{path}: {message}; {remedy}")
 
-def _check(path: Path, data: dict, schema: dict, remedy: str) -> None:
-    for key, kind in schema["required"].items():
-        if key not in data:
-            raise ValueError(f"{path}: missing key {key!r} ({_TYPES.get(kind, kind)}); {remedy}")
-    for key, kind in {**schema["required"], **schema["optional"]}.items():
-        if key in data and not (_holds(data[key], kind) or (key in schema["optional"] and data[key] is None)):
-            raise ValueError(f"{path}: {key} is {data[key]!r}, expected {_TYPES.get(kind, kind)}; {remedy}")
+    ranges.check(data, spec, fail)
 
 
 def load_json(path: Path, profile: str, schema: dict, instance: dict | None = None, *, remedy: str) -> dict | None:
@@ -123,7 +99,7 @@ def load_json(path: Path, profile: str, schema: dict, instance: dict | None = No
 def read_record(path: Path, instance: str) -> dict | None:
     """The provenance record of ``instance`` (None when it has not run), checked: its required keys, and the
     instance it says it belongs to."""
-    remedy = f"re-run it: dvc repro --force {instance}"
+    remedy = f"re-run it: dvc repro --force {instance} (or restore it: git checkout -- {path})"
     data = _read_object(path, "provenance file", remedy)
     if data is None:
         return None
@@ -134,22 +110,144 @@ def read_record(path: Path, instance: str) -> dict | None:
     return data
 
 
-def read_curves(path: Path, instance: str) -> list[dict]:
-    """The per-epoch rows of a curves CSV as finite floats ([] when its instance has not run)."""
-    if not path.is_file():
+def read_curves(
+    path: Path, instance: str, metrics: dict | None, *, remedy: str, others: dict, lock: dict | None = None
+) -> list[dict]:
+    """The per-epoch rows of ``instance``'s curves CSV as floats, each column in its range, the rows those of the
+    run ``metrics`` records ([] when it has not run: a running instance's live curves are no result). ``others``
+    (instance -> metrics) names the instance a copied file fits; ``lock`` (:func:`lock_outputs`), where it records
+    the file, must record these bytes (two runs can end on the same validation accuracies)."""
+    if metrics is None:
         return []
-    remedy = f"re-run it: dvc repro --force {instance}"
-    rows = list(csv.DictReader(path.read_text().splitlines()))
-    for i, row in enumerate(rows, start=2):  # line numbers as an editor shows them
-        missing = [k for k in ("epoch", "val_top1") if k not in row]
+    if not path.is_file():
+        raise ValueError(f"{path}: missing, but {instance} finished (its metrics.json is there); {remedy}")
+    rows = _rows(path, metrics["epochs"], remedy)
+    mismatch = _misfit(rows, metrics)
+    if mismatch:
+        fits = [name for name, m in others.items() if m is not None and name != instance and not _misfit(rows, m)]
+        guess = f"they fit the metrics of {' or '.join(fits)}: a copy?" if fits else "nor of any other instance"
+        raise ValueError(f"{path}: {mismatch}: not the curves of {instance} ({guess}); {remedy}")
+    recorded = (lock or {}).get(os.path.abspath(path))
+    if recorded is not None:
+        md5 = hashlib.md5(path.read_bytes()).hexdigest()
+        if md5 != recorded[1]:
+            same = [f"{owner}'s {shown}" for owner, m, shown in lock.values() if m == md5]
+            origin = f"that of {same[0]} (a copy)" if same else "no output's in dvc.lock (edited, or copied in)"
+            raise ValueError(
+                f"{path}: not the file {recorded[0]} wrote: its md5 {md5} is {origin}, dvc.lock records "
+                f"{recorded[1]} for it; {remedy}"
+            )
+    return rows
+
+
+def lock_outputs(lock: Path) -> dict[str, tuple[str, str, str]]:
+    """Every output file ``lock`` (dvc.lock) records with its md5: absolute path -> (instance, md5, its path as
+    dvc.lock writes it); {} without a dvc.lock."""
+    import yaml
+
+    if not lock.is_file():
+        return {}
+    try:
+        data = yaml.load(lock.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"{lock}: malformed ({str(exc).splitlines()[0]}); restore it: git checkout -- {lock}"
+        ) from None
+    stages = data.get("stages") if isinstance(data, dict) else None
+    recorded = {}
+    for name, stage in (stages if isinstance(stages, dict) else {}).items():
+        for out in (stage.get("outs") or []) if isinstance(stage, dict) else []:
+            if isinstance(out, dict) and out.get("hash") == "md5" and isinstance(out.get("md5"), str):
+                shown = str(out.get("path"))
+                recorded[os.path.abspath(lock.parent / shown)] = (name, out["md5"], shown)
+    return recorded
+
+
+_ROW_BYTES = 1_000  # a curves row is a few dozen bytes
+
+
+def _rows(path: Path, epochs: int, remedy: str) -> list[dict]:
+    """The rows of a curves CSV, each value a number in its column's range; at most ``epochs`` + 1 are read."""
+
+    def fail(line: int, message: str):
+        raise ValueError(f"{path}, line {line}: {message}; {remedy}")
+
+    if path.stat().st_size > _ROW_BYTES * (epochs + 1):
+        raise ValueError(f"{path}: {path.stat().st_size:,} bytes, more than {epochs} rows can take; {remedy}")
+    try:
+        reader = csv.DictReader(path.read_text().splitlines())
+        columns, rows = reader.fieldnames or [], []
+        expected = f"a header and {epochs} rows, one per epoch of the run"
+        if not columns:
+            raise ValueError(f"{path}: empty, expected {expected}; {remedy}")
+        missing = [k for k in CURVES if not k.endswith("?") and k not in columns]
         if missing:
             raise ValueError(f"{path}: no column {', '.join(missing)}; {remedy}")
-        for key, value in row.items():
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}, line {i}: {key} is {value!r}, expected a number; {remedy}") from None
-            if not math.isfinite(number):
-                raise ValueError(f"{path}, line {i}: {key} is {value}, not a finite number; {remedy}")
-            row[key] = number
+        for line, row in enumerate(reader, start=2):  # line numbers as an editor shows them
+            if line - 1 > epochs:
+                fail(line, f"more rows than the run's {epochs} epochs")
+            if None in row or None in row.values():
+                fail(line, f"{'more' if None in row else 'fewer'} fields than the header's {len(columns)}")
+            rows.append({key: _number(key, value, partial(fail, line)) for key, value in row.items()})
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path}: malformed curves file ({exc}); {remedy}") from None
+    if not rows:
+        raise ValueError(f"{path}: a header alone, expected {expected}; {remedy}")
     return rows
+
+
+def _number(key: str, value: str, fail) -> float:
+    """A curves cell as a float, in the range of its column's kind."""
+    kind = KINDS[CURVES.get(key) or CURVES.get(f"{key}?") or "number"]
+    try:
+        number = float(value)
+    except ValueError:
+        fail(f"{key} is {value!r}, expected a number")
+    if not math.isfinite(number):
+        fail(f"{key} is {value}, not a finite number")
+    if not kind.holds(int(number) if kind.whole and number.is_integer() else number):
+        fail(f"{key} is {value}, expected {kind.what}")
+    return number
+
+
+def _misfit(rows: list[dict], metrics: dict) -> str:
+    """How ``rows`` differ from the curves the run of ``metrics`` wrote ("" if they fit): as many rows as its
+    epochs, numbered 1, 2, ...; the last row's val_top1 its val_top1_final; the first best its best epoch."""
+    if len(rows) != metrics["epochs"]:
+        return f"{len(rows)} row{'s' * (len(rows) != 1)}, but its metrics.json records {metrics['epochs']} epochs"
+    for i, row in enumerate(rows, start=1):
+        if row["epoch"] != i:
+            return f"row {i} is epoch {row['epoch']:g}, expected {i} (one row per epoch, in order)"
+    best = max(rows, key=lambda r: r["val_top1"])  # the first best, as the training stage picks it
+    found = (rows[-1]["val_top1"], best["val_top1"], int(best["epoch"]))
+    recorded = (metrics["val_top1_final"], metrics["val_top1_best"], metrics["best_epoch"])
+    if any(not math.isclose(a, b, rel_tol=0, abs_tol=1e-6) for a, b in zip(found, recorded, strict=True)):
+        shown = [", ".join(map(str, values)) for values in (found, recorded)]
+        return f"its last val_top1, best val_top1 and best epoch are {shown[0]}; its metrics.json records {shown[1]}"
+    return ""
+
+
+def bench_names(path: Path, data: dict, remedy: str) -> None:
+    """The bench's ``order``, ``baseline`` and ``reference`` name models it measured, each once in ``order``."""
+    models, order = data["models"], data["order"]
+    named = [*((f"order[{i}]", name) for i, name in enumerate(order)), ("baseline", data["baseline"])]
+    for key, name in [*named, *([("reference", data["reference"])] if data["reference"] is not None else [])]:
+        if name not in models:
+            raise ValueError(
+                f"{path}: {key} is {name!r}, expected one of the models it measured ({', '.join(models)}); {remedy}"
+            )
+    if len(set(order)) != len(order):
+        raise ValueError(f"{path}: order is {order!r}, expected each model once; {remedy}")
+
+
+def same_layers(runs: list[tuple[Path, dict, str]]) -> None:
+    """The seeds of one backbone and variant (``(metrics path, metrics, remedy)`` each) record the Q/K/V
+    similarity of the same layers (the figure averages them layer by layer)."""
+    first_path, first, _ = runs[0]
+    for path, metrics, remedy in runs[1:]:
+        extra = set(metrics["qkv_similarity"]) ^ set(first["qkv_similarity"])
+        if extra:
+            raise ValueError(
+                f"{path}: qkv_similarity differs from {first_path}'s in layer {sorted(extra)[0]!r}: the seeds of one "
+                f"model have the same layers; {remedy}"
+            )

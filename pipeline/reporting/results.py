@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import ReportConfig
+from pipeline.reporting import inputs as files
 from pipeline.reporting.inputs import BENCH, FINETUNE, FLOPS, PLAN, PREPARE, PRETRAIN, load_json, read_record
 from pipeline.reporting.stats import paired, summary
 
@@ -45,6 +46,7 @@ class Paths:
     finetune: str  # folder of a finetune instance
     out: Path
     plan_table: Path | None = None  # the plan stage's JSON (results/plan/plan.json)
+    lock: Path | None = None  # dvc.lock: the md5 of every output, a curves file's identity
 
     def pretrain_dir(self, backbone: str, variant: str, seed: int) -> Path:
         return Path(self.pretrain.format(backbone=backbone, variant=variant, seed=seed))
@@ -66,40 +68,77 @@ class Inputs:
     pretrain: dict[tuple[str, str, int], dict | None]  # (backbone, variant, seed) -> metrics
     finetune: dict[tuple[str, str, str, int], dict | None]  # (backbone, variant, dataset, seed) -> metrics
     plan: dict | None = None  # the cost plan
+    curves: dict[tuple[str, str, int], list[dict]] = field(default_factory=dict)  # pretraining's, as metrics
+
+
+def remedy(instance: str, path: Path) -> str:
+    """What to do about a bad result file ``path`` of ``instance``."""
+    return f"re-run it: dvc repro --force {instance} (or restore it: git checkout -- {path})"
 
 
 def read_inputs(cfg: ReportConfig, paths: Paths) -> Inputs:
     """Every result file of the study, each checked (:mod:`pipeline.reporting.inputs`)."""
     profile, models = cfg.profile, {b: m.name for b, m in cfg.backbones.items()}
 
-    def rerun(instance: str) -> str:
-        return f"re-run it: dvc repro --force {instance}"
-
     def trained(stage: str, folder: Path, b: str, v: str, s: int, d: str) -> dict | None:
         name = f"{stage}@{b}-{v}-{s}" if stage == "pretrain" else f"{stage}@{b}-{v}-{d}-{s}"
-        instance = {"backbone": b, "model": models[b], "variant": v, "seed": s, "dataset": d}
+        instance = {"stage": stage, "backbone": b, "model": models[b], "variant": v, "seed": s, "dataset": d}
         schema = PRETRAIN if stage == "pretrain" else FINETUNE
-        return load_json(folder / "metrics.json", profile, schema, instance, remedy=rerun(name))
+        path = folder / "metrics.json"
+        return load_json(path, profile, schema, instance, remedy=remedy(name, path))
 
+    def single(stage: str, path: Path | None, schema: dict, instance: dict | None = None) -> dict | None:
+        return load_json(path, profile, schema, instance, remedy=remedy(stage, path)) if path else None
+
+    pretrain = {
+        (b, v, s): trained("pretrain", paths.pretrain_dir(b, v, s), b, v, s, cfg.source)
+        for b in cfg.backbones
+        for v in cfg.pretrained
+        for s in cfg.seeds
+    }
+    finetune = {
+        (b, v, d, s): trained("finetune", paths.finetune_dir(b, v, d, s), b, v, s, d)
+        for b in cfg.backbones
+        for v in cfg.transferred
+        for d in cfg.targets
+        for s in cfg.seeds
+    }
+    bench = single("bench", paths.bench, BENCH)
+    if bench is not None:
+        files.bench_names(paths.bench, bench, remedy("bench", paths.bench))
     return Inputs(
-        load_json(paths.flops, profile, FLOPS, remedy=rerun("flops")),
-        load_json(paths.bench, profile, BENCH, remedy=rerun("bench")),
-        {d: load_json(paths.prepare_metrics(d), profile, PREPARE, remedy=rerun(f"prepare@{d}")) for d in cfg.datasets},
-        {
-            (b, v, s): trained("pretrain", paths.pretrain_dir(b, v, s), b, v, s, cfg.source)
-            for b in cfg.backbones
-            for v in cfg.pretrained
-            for s in cfg.seeds
-        },
-        {
-            (b, v, d, s): trained("finetune", paths.finetune_dir(b, v, d, s), b, v, s, d)
-            for b in cfg.backbones
-            for v in cfg.transferred
-            for d in cfg.targets
-            for s in cfg.seeds
-        },
-        load_json(paths.plan_table, profile, PLAN, remedy=rerun("plan")) if paths.plan_table else None,
+        single("flops", paths.flops, FLOPS),
+        bench,
+        {d: single(f"prepare@{d}", paths.prepare_metrics(d), PREPARE, {"dataset": d}) for d in cfg.datasets},
+        pretrain,
+        finetune,
+        single("plan", paths.plan_table, PLAN),
+        _curves(cfg, paths, pretrain),
     )
+
+
+def _curves(cfg: ReportConfig, paths: Paths, pretrain: dict) -> dict[tuple[str, str, int], list[dict]]:
+    """The curves of every pretraining run that finished, each tied to its metrics; the seeds of one backbone and
+    variant checked to record the same layers."""
+    names = {key: "pretrain@{}-{}-{}".format(*key) for key in pretrain}
+    others = {names[key]: m for key, m in pretrain.items()}
+    lock = files.lock_outputs(paths.lock) if paths.lock else {}
+    curves = {}
+    for key, metrics in pretrain.items():
+        path = paths.pretrain_dir(*key) / "curves.csv"
+        fix = remedy(names[key], path)
+        curves[key] = files.read_curves(path, names[key], metrics, remedy=fix, others=others, lock=lock)
+    for b in cfg.backbones:
+        for v in cfg.pretrained:
+            runs = [
+                (path, pretrain[b, v, s], remedy(names[b, v, s], path))
+                for s in cfg.seeds
+                if pretrain[b, v, s] is not None
+                for path in [paths.pretrain_dir(b, v, s) / "metrics.json"]
+            ]
+            if runs:
+                files.same_layers(runs)
+    return curves
 
 
 def accuracies(runs: dict, key: tuple, field: str = "test_top1") -> dict[int, float]:

@@ -8,7 +8,8 @@ Reads:  params.yaml ``profile``, ``variants``, ``backbones``, ``seeds``, ``datas
         ``report``; the flops, bench, prepare, pretrain and finetune result files (paths given as patterns);
         references/published.yaml and references/assumptions.yaml; --plan, the profile that can settle the
         claims (its seeds, confidence and power: what a claim this profile does not test would need);
-        --plan-table, the plan stage's cost plan (shown as its table).
+        --plan-table, the plan stage's cost plan (shown as its table); --lock, dvc.lock (each curves file's md5).
+        Every input is checked first (pipeline/reporting/inputs.py, ranges.py): a bad one is one line, no output.
 Writes: --out/index.html (figures inlined, no network), --out/tables/*.{csv,md,tex},
         --out/figures/*.{png,svg}, --headline (DVC metrics: per claim its verdict, per backbone and variant the
         mean top-1, the paired difference and its interval). Byte-identical when re-run on the same inputs.
@@ -26,7 +27,6 @@ from pipeline.outputs import json_bytes, round_result, write_outputs
 from pipeline.planning import cost_tables
 from pipeline.reporting import figures, results, study_tables, tables
 from pipeline.reporting.claims import RULE, Verdict, judge
-from pipeline.reporting.inputs import read_curves
 from pipeline.reporting.results import Inputs, Paths, pretraining, read_inputs, transfer
 
 PARAMS = (
@@ -77,7 +77,7 @@ def build(cfg: ReportConfig, paths: Paths) -> dict[str, bytes]:
     ]
     provenance = tables.provenance(results.provenance_rows(cfg, paths, inputs))
     label = rehearsal_label(cfg)
-    files, inline = _rendered(_figures(cfg, paths, inputs, published, pre_rows, fine_rows, run_label), label)
+    files, inline = _rendered(_figures(cfg, inputs, published, pre_rows, fine_rows, run_label), label)
     files["headline"] = json_bytes(headline(cfg, pre_rows, fine_rows, outcomes))
     written = [claims, *study, study_tables.verdicts(outcomes, rule), provenance]  # verdicts: a file, not a section
     files.update({path: data for table in written for path, data in tables.files(table, label).items()})
@@ -183,7 +183,7 @@ def _published_points(baseline: str, published: Published) -> list[dict]:
     ]
 
 
-def _figures(cfg, paths: Paths, inputs: Inputs, published: Published, pre_rows, fine_rows, run_label: str) -> dict:
+def _figures(cfg, inputs: Inputs, published: Published, pre_rows, fine_rows, run_label: str) -> dict:
     """The report's figures (matplotlib Figures by name), from the same rows as the tables."""
     published_points = _published_points(cfg.report.baseline, published)
     several = len(cfg.backbones) > 1
@@ -206,10 +206,7 @@ def _figures(cfg, paths: Paths, inputs: Inputs, published: Published, pre_rows, 
     curves, similarity = {}, {}
     for b in cfg.backbones:
         for v in cfg.pretrained:
-            curves_of = (
-                read_curves(paths.pretrain_dir(b, v, s) / "curves.csv", f"pretrain@{b}-{v}-{s}") for s in cfg.seeds
-            )
-            runs = [c for c in curves_of if c]
+            runs = [c for s in cfg.seeds if (c := inputs.curves.get((b, v, s)))]
             if runs:
                 epochs = min(len(r) for r in runs)
                 curves[name(b, v)] = [
@@ -270,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         },
     )
     parser.add_argument("--plan-table", help="the plan stage's JSON (results/plan/plan.json): the cost plan section")
+    parser.add_argument("--lock", help="dvc.lock: a curves file must have the md5 it records for its instance")
     args = parser.parse_args(argv)
     paths = Paths(
         Path(args.published),
@@ -282,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         args.finetune,
         Path(args.out),
         Path(args.plan_table) if args.plan_table else None,
+        Path(args.lock) if args.lock else None,
     )
 
     def body() -> None:
