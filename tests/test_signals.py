@@ -24,7 +24,7 @@ from pipeline import procfs, stop_signals
 from pipeline.cluster.process_tree import descendants
 from pipeline.config import ParamsError, load_pretrain
 from pipeline.stages import pretrain
-from pipeline.training import checkpoint, signals
+from pipeline.training import checkpoint, folder_lock, signals
 
 from .test_e2e import _env as e2e_env
 from .test_e2e import sh, source_copy
@@ -282,7 +282,7 @@ def test_under_dvc_the_watch_reaches_the_dvc_process(tmp_path):
     assert alone.stdout.strip() == "[]", "a run started by hand watches nothing"
 
 
-@pytest.mark.parametrize("code", sorted(checkpoint.NO_LOCKS), ids=lambda c: errno.errorcode[c])
+@pytest.mark.parametrize("code", sorted(folder_lock.NO_LOCKS), ids=lambda c: errno.errorcode[c])
 def test_a_filesystem_without_locks_is_one_line_with_the_remedy(tmp_path, monkeypatch, code):
     """flock's answer on Lustre mounted noflock (ENOSYS), NFS without lockd (ENOLCK), FUSE (EOPNOTSUPP): the
     syscall's documented failures, raised here by a stand-in fcntl.flock (no such filesystem on this machine)."""
@@ -290,33 +290,33 @@ def test_a_filesystem_without_locks_is_one_line_with_the_remedy(tmp_path, monkey
     def no_locks(fd, op):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(checkpoint.fcntl, "flock", no_locks)
+    monkeypatch.setattr(folder_lock.fcntl, "flock", no_locks)
     folder = tmp_path / "resume"
     with pytest.raises(ValueError) as excinfo:
-        with checkpoint.hold(folder):
+        with folder_lock.hold(folder):
             pass
     line = str(excinfo.value)
-    assert line.startswith(f"cannot lock {folder / checkpoint.LOCK}: its filesystem does not support file locks (")
+    assert line.startswith(f"cannot lock {folder / folder_lock.LOCK}: its filesystem does not support file locks (")
     assert "-o flock" in line and "dvc config core.hardlink_lock true" in line and "\n" not in line
 
 
 def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
     folder = tmp_path / "resume"
-    script = "from pipeline.training import checkpoint; import pathlib, time\n"
-    script += f"with checkpoint.hold(pathlib.Path('{folder}')):\n"
+    script = "from pipeline.training import folder_lock; import pathlib, time\n"
+    script += f"with folder_lock.hold(pathlib.Path('{folder}')):\n"
     holder = subprocess.Popen([sys.executable, "-c", script + "    print('held', flush=True); time.sleep(60)"],
                               env=_env(), stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert holder.stdout.readline() == "held\n"
         with pytest.raises(ValueError, match=rf"^{re.escape(str(folder))} is in use by PID {holder.pid} \(another"):
-            with checkpoint.hold(folder):
+            with folder_lock.hold(folder):
                 pass
     finally:
         holder.kill()
         holder.wait()
         holder.stdout.close()
-    with checkpoint.hold(folder):  # SIGKILL left no stale lock
-        assert (folder / checkpoint.LOCK).read_text() == f"{os.getpid()}\n"
+    with folder_lock.hold(folder):  # SIGKILL left no stale lock
+        assert (folder / folder_lock.LOCK).read_text() == f"{os.getpid()}\n"
 
 
 def test_every_stop_signal_is_handled_and_none_is_configurable(tmp_path):

@@ -109,10 +109,16 @@ def _timm_stock(augment: Augment, img_size: int, mean, std):
 
 def peak_memory(folders: list[Path]) -> dict | None:
     """The largest ``peak_rss_mib`` of the training provenance records under ``folders`` (rank 0's process plus
-    its largest finished loader worker), with what it was measured on; None when no record holds one."""
+    its largest finished loader worker), with what it was measured on; None when no record holds one. A folder
+    that is missing or holds no record is a ValueError naming it (``--measured`` of the plan)."""
     best = None
     for folder in folders:
-        for path in sorted(Path(folder).rglob("provenance.json")):
+        records = sorted(Path(folder).rglob("provenance.json")) if Path(folder).is_dir() else []
+        if not records:
+            said = "holds no provenance.json" if Path(folder).is_dir() else "no such folder"
+            raise ValueError(f"--measured {folder}: {said}; give folders of training results, e.g. --measured "
+                             "results/pretrain")  # fmt: skip
+        for path in records:
             try:
                 record = json.loads(path.read_text())
             except (OSError, ValueError):

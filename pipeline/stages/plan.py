@@ -265,18 +265,6 @@ def main(argv: list[str] | None = None) -> None:
     run_stage("plan", lambda: _main(args))
 
 
-def _measured_folders(given: list[str]) -> list[Path]:
-    """The ``--measured`` folders, each one that exists and holds a training provenance record."""
-    for folder in map(Path, given):
-        if not folder.is_dir():
-            raise ValueError(f"--measured {folder}: no such folder; give folders of training results, e.g. "
-                             "--measured results/pretrain")  # fmt: skip
-        if next(folder.rglob("provenance.json"), None) is None:
-            raise ValueError(f"--measured {folder}: holds no provenance.json; give folders of training results, "
-                             "e.g. --measured results/pretrain")  # fmt: skip
-    return [Path(d) for d in given]
-
-
 def _main(args: argparse.Namespace) -> None:
     cfg = config.load_plan(args.params, args.compute)
     p = cfg.params
@@ -287,7 +275,7 @@ def _main(args: argparse.Namespace) -> None:
         taken = _bench_loader(Path(args.bench) if args.bench else None, p, augment, img_size)
         return taken or throughput.loader_rates(augment, img_size, images=p.plan.loader_images)
 
-    memory = throughput.peak_memory(_measured_folders(args.measured))
+    memory = throughput.peak_memory([Path(d) for d in args.measured])
     plan = run(cfg, devices=devices, rate=rate, measure=measure, host=provenance.cpu_model(), memory=memory)
     table = cost_tables.plan(plan)
     files = {}

@@ -1,5 +1,6 @@
 """Resume state of a training run: what identifies it, atomic save and checked load, every rank's random
-generators, the lock that keeps two runs out of one resume folder, and the disk checks before a run.
+generators and the disk checks before a run (the lock that keeps two runs out of one resume folder:
+:mod:`pipeline.training.folder_lock`).
 
 A checkpoint lives in a resume folder that DVC does not manage (DVC deletes a stage's outputs before
 re-running it), on storage every rank can read (one node's disk, or a filesystem the nodes share). Rank 0
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import io
 import json
@@ -35,12 +35,10 @@ import torch
 from pipeline.outputs import jsonable
 
 __all__ = [
-    "LOCK",
     "SHARED",
     "check_space",
     "file_hash",
     "fingerprint",
-    "hold",
     "load",
     "rank_file",
     "restore",
@@ -52,24 +50,11 @@ __all__ = [
 ]
 
 SHARED = "checkpoint.pt"
-LOCK = "lock"  # held (flock) by the run using the folder, with its PID inside
 SHARED_KEYS = ("fingerprint", "epoch", "model", "optimizer", "scheduler", "ema", "curves")
 RANK_KEYS = ("rng", "last_finite")
 _WRITE_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
 
 log = logging.getLogger("pipeline.training.checkpoint")
-_HELD: set[int] = set()  # this process's lock files: a forked child (a DataLoader worker) closes its copies, which
-# would otherwise share the lock and keep it after this process ends
-
-
-def _close_held() -> None:
-    for fd in _HELD:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _HELD.clear()
-
-
-os.register_at_fork(after_in_child=_close_held)
 
 
 def file_hash(path: Path) -> str:
@@ -246,53 +231,6 @@ def set_rng_state(state: dict, device: torch.device) -> None:
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(tuple(state["python"]) if not isinstance(state["python"], tuple) else state["python"])
-
-
-NO_LOCKS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP}  # flock's errors on filesystems without file locks
-
-
-@contextlib.contextmanager
-def hold(folder: Path):
-    """Use the resume folder ``folder`` alone, creating it: an exclusive ``flock`` on its lock file, which the
-    kernel releases when the holder ends however it ends (no stale lock); another run gets one line with the
-    holder's PID. Temporary files a killed run left behind are removed."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOCK
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise ValueError(
-                f"{folder} is in use by PID {holder} (another run of this instance); wait for it or stop it"
-            ) from None
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno not in NO_LOCKS:
-                raise
-            raise ValueError(
-                f"cannot lock {path}: its filesystem does not support file locks ({exc.strerror}; e.g. Lustre mounted "
-                "with noflock, NFS without a lock daemon); mount it with locks (Lustre: -o flock, or -o localflock "
-                "when one node runs each instance) or put the workspace on a filesystem with them; DVC needs them too "
-                "(or: dvc config core.hardlink_lock true)"
-            ) from None
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                break  # else the holder before deleted the folder as we locked: lock the new file
-        os.close(fd)
-        folder.mkdir(parents=True, exist_ok=True)
-    _HELD.add(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        for stale in folder.glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
-        yield
-    finally:
-        _HELD.discard(fd)
-        os.close(fd)
 
 
 def size_estimate(model: torch.nn.Module, ema: torch.nn.Module | None) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 from pipeline import provenance
 from pipeline.config import TrainConfig, determinism
 from pipeline.outputs import csv_bytes, json_bytes, write_outputs
-from pipeline.training import checkpoint, distributed, signals
+from pipeline.training import distributed, folder_lock, signals
 from pipeline.training.train import fit
 
 __all__ = ["TrainOutputs", "peak_rss_mib", "train_and_write"]
@@ -99,7 +99,7 @@ def train_and_write(run: TrainConfig, *, data: Path, outputs: TrainOutputs, init
     folders = [outputs.weights, *dict.fromkeys(p.parent for p in (outputs.metrics, outputs.curves, outputs.provenance))]
     probe_writable([outputs.resume_dir], keep=True)
     with signals.StopRequests(linger="TORCHELASTIC_RUN_ID" in os.environ) as stop:
-        with checkpoint.hold(outputs.resume_dir) if main else contextlib.nullcontext():
+        with folder_lock.hold(outputs.resume_dir) if main else contextlib.nullcontext():
             probe_writable(folders if main else [])
             if main and (short := cpu_shortage(run.runtime.workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))):
                 print(f"{run.name}: warning: {short}", file=sys.stderr, flush=True)
