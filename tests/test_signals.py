@@ -549,8 +549,8 @@ ROUTES = [
 
 @pytest.fixture(scope="module")
 def launched(tmp_path_factory, synthetic):
-    """Two gloo ranks under the launcher, the timm loader path with a persistent worker each: the params, how to
-    run an instance into a folder, and the outputs of one never stopped."""
+    """Two gloo ranks under the launcher, the timm loader path with a persistent worker per loader: the params, how
+    to run an instance into a folder, and the outputs of one never stopped."""
     tmp = tmp_path_factory.mktemp("launched")
     augment = {**tiny_params()["pretrain"]["recipe"]["augment"], "mode": "timm"}
     updates = tiny_params(pretrain={"epochs": 16, "augment": augment}, runtime={"workers": 1})
@@ -567,8 +567,11 @@ def launched(tmp_path_factory, synthetic):
 
 def _send(route: str, signum: int, launcher: int) -> None:
     tree = descendants(launcher)
-    ranks = [p for p in tree if (procfs.stat(p) or (0, 0))[1] == launcher]
-    assert len(ranks) == 2 and len(tree) == 4, f"expected 2 ranks with a loader worker each: {tree}"
+    parents = {p: (procfs.stat(p) or (0, 0))[1] for p in tree}
+    ranks = [p for p in tree if parents[p] == launcher]
+    workers = sorted(list(parents.values()).count(r) for r in ranks)
+    expected = "2 ranks, each with a worker of its training, evaluation and test loaders"
+    assert len(ranks) == 2 and workers == [3, 3] and len(tree) == 8, f"expected {expected}: {tree}"
     if route == "launcher":
         os.kill(launcher, signum)
     elif route == "group":

@@ -48,6 +48,11 @@ class DeviceBatches:
     def __len__(self) -> int:
         return len(self.loader)
 
+    def start_workers(self) -> None:
+        """Fork the loader's worker processes (persistent: the first pass reuses them), if it has any."""
+        if self.loader.num_workers > 0:
+            iter(self.loader)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for step, (images, labels) in enumerate(self.loader):
             images = images.to(self.device, non_blocking=True)

@@ -46,6 +46,16 @@ class Loaders:
     def num_classes(self) -> int:
         return self.meta["num_classes"]
 
+    def start_workers(self) -> None:
+        """Fork every loader's worker processes now, once for the run (they persist across passes). A training rank
+        calls this first, while it runs no other thread: a process that forks while one of its threads ends can
+        leave the new worker waiting forever for a lock that thread held (CPython before 3.11.8, gh-112275), and
+        from the process group on, threads of the backend come and go (gloo's take the interpreter's lock to
+        release Python objects). Each loader queues its first batches; its first pass starts from its sampler."""
+        for split in (self.train, self.val, self.test):
+            if hasattr(split, "start_workers"):  # the timm path's DeviceBatches; batched tensors have no workers
+                split.start_workers()
+
 
 def build_loaders(
     prepared: str | Path,
@@ -67,8 +77,8 @@ def build_loaders(
     path), kept alive across epochs; ``pin`` pins batches for asynchronous copies to a GPU. Every split is
     sharded over the ``world_size`` ranks (training drops the last partial round; evaluation keeps every image).
     Tensor data is memory-mapped, file datasets (ImageNet) are read in place from the root of their index.
-    ``device`` (default the CPU): where the timm path's batches are finished and delivered. Only the training
-    loader keeps its workers between epochs; the evaluation loaders start theirs for each pass over their split.
+    ``device`` (default the CPU): where the timm path's batches are finished and delivered. Every loader keeps its
+    workers for the run (:meth:`Loaders.start_workers` forks them all at once).
     """
     prepared = Path(prepared)
     meta = read_meta(prepared)

@@ -1,7 +1,7 @@
 """The per-sample loader path (``augment.mode: timm``): timm's transforms on one image at a time, in DataLoader
-workers that persist across epochs. Every training sample is transformed under its own seed, a pure function of
-(seed, epoch, rank, position) that travels with its index, so results depend neither on the number of workers
-nor on where a resumed run restarts."""
+workers that persist across epochs (every loader forks its workers once per run, evaluation's too). Every training
+sample is transformed under its own seed, a pure function of (seed, epoch, rank, position) that travels with its
+index, so results depend neither on the number of workers nor on where a resumed run restarts."""
 
 from __future__ import annotations
 
@@ -163,8 +163,8 @@ def loader(
         num_workers=workers,
         generator=epoch_generator(seed, 0),
         worker_init_fn=stop_signals.shield_worker,  # a stop signal to the whole job: the rank's to act on
-        persistent_workers=train and workers > 0,  # training: started once, not once per epoch; evaluation: not
-        # holding its workers' memory between passes
+        persistent_workers=workers > 0,  # forked once per run, at the first pass, so never while the queue-feeder
+        # threads of a previous pass end: a fork then can hang the new worker for good (CPython < 3.11.8, gh-112275)
         pin_memory=pin,
     )
 

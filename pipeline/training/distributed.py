@@ -23,8 +23,10 @@ __all__ = [
     "broadcast_buffers",
     "configure_torch",
     "init",
+    "join",
     "largest",
     "launched_rank",
+    "place",
     "rank_seed",
     "same_everywhere",
 ]
@@ -45,6 +47,12 @@ class Dist:
 def init(device: str) -> Dist:
     """This process's place in the run on ``device`` ("cpu" or "cuda"), joining the process group when there
     are several. Asking for CUDA on a machine where torch sees none is an error, not a CPU run."""
+    return join(place(device))
+
+
+def place(device: str) -> Dist:
+    """This process's place in the run on ``device``, before it joins the process group (:func:`join`): its rank
+    and the world size as the launcher set them, its device (set as CUDA's current one)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = launched_rank()
     if device == "cuda":
@@ -63,9 +71,15 @@ def init(device: str) -> Dist:
         torch.cuda.set_device(where)  # CUDA only
     else:
         where = torch.device("cpu")
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if where.type == "cuda" else "gloo")  # NCCL on CUDA
     return Dist(rank, world_size, where)
+
+
+def join(env: Dist) -> Dist:
+    """``env``, its process joined to the run's process group (gloo on the CPU, NCCL on CUDA) if there are several;
+    from here on the process runs the backend's threads."""
+    if env.world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if env.device.type == "cuda" else "gloo")  # NCCL on CUDA
+    return env
 
 
 def launched_rank() -> int:
