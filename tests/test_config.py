@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -67,6 +69,23 @@ def test_read_yaml_errors(tmp_path):
     path.write_text("- 1\n")
     with pytest.raises(ParamsError, match="expected a mapping at the top level"):
         read_yaml(path)
+
+
+def test_a_key_given_twice_is_refused_where_dvc_would_refuse_it(tmp_path):
+    """PyYAML keeps the last of two equal keys; DVC, reading the same file, refuses it: the check must too. Keys
+    merged in with ``<<`` may be overridden (YAML's rule)."""
+    path = tmp_path / "params.yaml"
+    path.write_text("base: &b {lr: 1, wd: 2}\nrun:\n  <<: *b\n  lr: 3\n")
+    assert read_yaml(path)["run"] == {"lr": 3, "wd": 2}
+    lines = (ROOT / "params.yaml").read_text().splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.startswith("  epochs:") or line.startswith("    epochs:"))
+    path.write_text("".join([*lines[: at + 1], lines[at], *lines[at + 1 :]]))
+    done = subprocess.run([sys.executable, "-m", "pipeline.config", str(path)], cwd=ROOT, capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 1 and done.stderr == (
+        f"params: error: {path}: line {at + 2}: key 'epochs' given twice in one mapping (first on line {at + 1}); "
+        "keep one\n"
+    ), done.stderr
 
 
 def _load(tmp_path, params: dict):

@@ -38,13 +38,41 @@ class ParamsError(ValueError):
     """A params file, section or value that is missing, unknown or of the wrong type."""
 
 
+class _TwiceError(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeys(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently; DVC, which
+    reads params.yaml too, refuses it: the project's check would pass a file DVC then fails on). Keys merged in
+    with ``<<: *alias`` may be overridden, as YAML allows."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if not isinstance(key, typing.Hashable):
+                    continue  # PyYAML's own error follows
+                if key in lines:
+                    raise _TwiceError(f"line {line}: key {key!r} given twice in one mapping (first on line "
+                                      f"{lines[key]}); keep one")  # fmt: skip
+                lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path, what: str = "params file") -> dict[str, Any]:
-    """The mapping at the top of the YAML file ``path``."""
+    """The mapping at the top of the YAML file ``path`` (a key given twice in a mapping is an error)."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: {what} not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeys)
+    except _TwiceError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
