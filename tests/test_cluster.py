@@ -269,8 +269,10 @@ def test_cancel_stops_a_local_job_started_with_sigint_ignored(tmp_path):
         assert re.fullmatch(expected + r"resume state\)\n", cancelled.stdout), cancelled.stdout + cancelled.stderr
         _, err = submit.communicate(timeout=60)
     assert submit.returncode == 1 and f"job {job} ({PRETRAIN}) failed: {PRETRAIN}: stopped by SIGTERM" in err, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert not [p for p in below if procfs.stat(p) is not None], "a process of the cancelled job is left"
     assert re.search(r"stopped by SIGTERM at epoch \d+ step \d+; resume state saved", log.read_text())
+    assert "Traceback" not in log.read_text() + log.with_suffix(".out").read_text(), "a traceback in the job's log"
     assert (repo / ".resume/pretrain/n12-linear-0/checkpoint.pt").is_file()
     assert re.search(rf"pretrain@n12-linear-0 +cancelled +{job} +cluster cancel", cluster(repo, "status").stdout)
 
