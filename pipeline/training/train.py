@@ -99,6 +99,7 @@ def _setup(run: TrainConfig, data: Path, resume_dir: Path, init_weights: Path | 
         raise ParamsError(
             f"{run.stage}.recipe.batch_size: {recipe.batch_size} is not divisible by {env.world_size} processes"
         )
+    set_seed(run.seed)  # the same on every rank: every rank builds the same initial weights
     loaders = build_loaders(
         data, recipe.augment, img_size=run.net.img_size, batch_size=recipe.batch_size // env.world_size,
         eval_batch_size=run.runtime.eval_batch_size, workers=run.runtime.workers, seed=run.seed, rank=env.rank,
@@ -106,7 +107,6 @@ def _setup(run: TrainConfig, data: Path, resume_dir: Path, init_weights: Path | 
     )  # fmt: skip
     loaders.start_workers()  # the only forks of the run, before any other thread of this process exists
     env = distributed.join(env)
-    set_seed(run.seed)  # the same on every rank: every rank builds the same initial weights
     num_classes = loaders.num_classes
     if init_weights is None:
         model = models.build(run.net, num_classes)
