@@ -14,7 +14,7 @@ import yaml
 from scipy import stats as scipy_stats
 
 from pipeline import config
-from pipeline.reporting.stats import detectable, detection_power, seeds_needed
+from pipeline.reporting.stats import detectable, detection_power, pooled_sd, seeds_needed
 from pipeline.stages import report
 
 from .tiny import ROOT
@@ -168,6 +168,20 @@ def test_without_two_paired_seeds_there_is_no_estimate(tmp_path):
         "(no estimate: this run has no transfer-average difference over two or more seeds)"
     )
     assert row["seeds the published Δ needs"] == "n/a"
+
+
+def test_the_pooled_sd_weights_each_variance_by_its_degrees_of_freedom():
+    """n=8 with sd 0.167 and n=2 with sd 1.061 pool to 0.406 (sum((n-1) sd^2) / sum(n-1)), not 0.759 (the plain
+    mean of the variances): the sd of the within-group deviations of all groups together."""
+    groups = [[0.1, 0.3, 0.2, 0.5, 0.4, 0.2, 0.3, 0.1], [1.0, 2.5]]
+    summaries = [{"n": len(g), "std": statistics.stdev(g)} for g in groups]
+    assert [round(s["std"], 3) for s in summaries] == [0.141, 1.061]
+    deviations = [x - statistics.fmean(g) for g in groups for x in g]
+    expected = math.sqrt(sum(d * d for d in deviations) / (len(deviations) - len(groups)))
+    assert pooled_sd(summaries) == (pytest.approx(expected, rel=1e-12), 2)
+    assert pooled_sd([{"n": 8, "std": 0.167}, {"n": 2, "std": 1.061}])[0] == pytest.approx(0.4064, abs=1e-4)
+    assert pooled_sd([{"n": 1, "std": None}, {"n": 3, "std": 0.5}]) == (0.5, 3)
+    assert pooled_sd([{"n": 1, "std": None}]) == (None, 1)
 
 
 def test_detectable_difference_has_the_stated_power():

@@ -43,12 +43,14 @@ def paired(values: dict[int, float], baseline: dict[int, float], confidence: flo
 
 
 def pooled_sd(summaries: list[dict]) -> tuple[float | None, int]:
-    """The pooled standard deviation of several summaries (root of the mean variance, over those with a std)
-    and the smallest n among them; (None, the smallest n) when none has two values."""
-    usable = [s for s in summaries if s["std"] is not None]
+    """The pooled standard deviation of several summaries (sample standard deviations ``std`` of ``n`` values
+    each): the root of their variances weighted by degrees of freedom, sum((n - 1) std^2) / sum(n - 1), over those
+    with a std; and the smallest n among them. (None, the smallest n) when none has two values."""
+    usable = [s for s in summaries if s["std"] is not None and s["n"] >= 2]
     if not usable:
         return None, min((s["n"] for s in summaries), default=0)
-    return math.sqrt(sum(s["std"] ** 2 for s in usable) / len(usable)), min(s["n"] for s in usable)
+    dof = sum(s["n"] - 1 for s in usable)
+    return math.sqrt(sum((s["n"] - 1) * s["std"] ** 2 for s in usable) / dof), min(s["n"] for s in usable)
 
 
 def detection_power(difference: float, sd: float, n: int, confidence: float) -> float:
