@@ -20,7 +20,7 @@ EVENTS: list | None = None  # while a test records: the threads alive at each fo
 
 def _before_fork() -> None:
     if EVENTS is not None:
-        EVENTS.append([t.name for t in threading.enumerate()])
+        EVENTS.append(threading.enumerate())
 
 
 os.register_at_fork(before=_before_fork)  # for this process's life: it records only while EVENTS is a list
@@ -28,8 +28,8 @@ os.register_at_fork(before=_before_fork)  # for this process's life: it records 
 
 def test_a_run_forks_every_loader_worker_before_it_joins_the_process_group(tmp_path, monkeypatch):
     """Three epochs on the timm path with 2 workers per loader: 6 forks (training, evaluation and test loaders),
-    all before the rank joins the process group and none after: the only other threads alive at them are the
-    queue feeders of the loaders started before, idle for the run."""
+    all before the rank joins the process group and none after, and no thread alive at one fork has ended by the
+    next (the loaders started before keep their queue feeders for the run)."""
     global EVENTS
     join = distributed.join
     monkeypatch.setattr(distributed, "join", lambda env: (EVENTS.append("join"), join(env))[1])
@@ -43,5 +43,6 @@ def test_a_run_forks_every_loader_worker_before_it_joins_the_process_group(tmp_p
     finally:
         events, EVENTS = EVENTS, None
     assert events.index("join") == 6 and len(events) == 7, events
-    for threads in events[:6]:
-        assert set(threads) <= {"MainThread", "QueueFeederThread"}, threads
+    for earlier, later in zip(events[:5], events[1:6], strict=True):
+        ended = [t.name for t in set(earlier) - set(later)]
+        assert not ended, f"threads alive at one fork ended before the next: {ended}"
