@@ -1,8 +1,8 @@
 """A training rank forks its loader workers only while none of its threads can be ending: every loader's workers are
 forked at the start, before the rank joins its process group, and persist for the run. A fork while a thread ends
 can hang the new worker for good in CPython before 3.11.8 (gh-112275): a two-rank run stalled so in CI, its rank
-waiting for an evaluation worker stuck in ``os.fork`` while a thread (a previous pass's queue feeder, a gloo thread
-releasing a Python object) ended."""
+waiting for an evaluation worker stuck in ``os.fork`` while a thread ended (a previous pass's queue feeder; after
+evaluation workers persisted, a thread with no Python frame, at the test loader's fork after the join)."""
 
 from __future__ import annotations
 

@@ -48,10 +48,10 @@ class Loaders:
 
     def start_workers(self) -> None:
         """Fork every loader's worker processes now, once for the run (they persist across passes). A training rank
-        calls this first, while it runs no other thread: a process that forks while one of its threads ends can
-        leave the new worker waiting forever for a lock that thread held (CPython before 3.11.8, gh-112275), and
-        from the process group on, threads of the backend come and go (gloo's take the interpreter's lock to
-        release Python objects). Each loader queues its first batches; its first pass starts from its sampler."""
+        calls this before it joins its process group: a process that forks while one of its threads ends can leave
+        the new worker waiting forever for a lock that thread held (CPython before 3.11.8, gh-112275), and after
+        the join the backend's threads run (a thread with no Python frame ended at such a fork in a CI hang).
+        Each loader queues its first batches; its first pass starts from its sampler."""
         for split in (self.train, self.val, self.test):
             if hasattr(split, "start_workers"):  # the timm path's DeviceBatches; batched tensors have no workers
                 split.start_workers()

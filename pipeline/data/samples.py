@@ -163,8 +163,8 @@ def loader(
         num_workers=workers,
         generator=epoch_generator(seed, 0),
         worker_init_fn=stop_signals.shield_worker,  # a stop signal to the whole job: the rank's to act on
-        persistent_workers=workers > 0,  # forked once per run, at the first pass, so never while the queue-feeder
-        # threads of a previous pass end: a fork then can hang the new worker for good (CPython < 3.11.8, gh-112275)
+        persistent_workers=workers > 0,  # forked once per run (Loaders.start_workers), never while the threads of
+        # a previous pass end: a fork then can hang the new worker for good (CPython < 3.11.8, gh-112275)
         pin_memory=pin,
     )
 

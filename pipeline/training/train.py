@@ -105,7 +105,7 @@ def _setup(run: TrainConfig, data: Path, resume_dir: Path, init_weights: Path | 
         eval_batch_size=run.runtime.eval_batch_size, workers=run.runtime.workers, seed=run.seed, rank=env.rank,
         world_size=env.world_size, pin=env.device.type == "cuda", device=env.device,
     )  # fmt: skip
-    loaders.start_workers()  # the only forks of the run, before any other thread of this process exists
+    loaders.start_workers()  # the only forks of the run, before the process group's threads exist
     env = distributed.join(env)
     num_classes = loaders.num_classes
     if init_weights is None:
