@@ -324,3 +324,28 @@ def test_a_profile_without_backbones_is_refused(tmp_path):
     params["backbones"] = {}
     with pytest.raises(ParamsError, match="backbones: expected at least one backbone"):
         _load(tmp_path, params)
+
+
+@pytest.mark.parametrize(
+    ("confidence", "power", "floor"), [(0.95, 0.025, "0.025"), (0.95, 0.01, "0.025"), (0.9, 0.05, "0.05")]
+)
+def test_a_power_a_zero_difference_reaches_is_refused(tmp_path, confidence, power, floor):
+    """The report detects a difference when its two-sided interval lies above zero: a zero difference is detected
+    with probability (1 - confidence)/2, so no power at or below that has a detectable difference (the report
+    crashed in the root search, naming no key)."""
+    with pytest.raises(ParamsError) as excinfo:
+        _load(tmp_path, tiny_params(report={"confidence": confidence, "power": power}))
+    assert str(excinfo.value) == (
+        f"report.power: {power} is not above (1 - report.confidence)/2 = {floor}, the chance that a zero difference "
+        f"is detected; set a power above {floor} (0.8 is usual)"
+    )
+
+
+@pytest.mark.parametrize(("confidence", "power"), [(0.95, 0.025 + 1e-9), (0.95, 0.0251), (0.9, 0.05 + 1e-6)])
+def test_a_power_just_above_the_floor_is_loaded_and_computed(tmp_path, confidence, power):
+    from pipeline.reporting.stats import detectable, seeds_needed
+
+    report = _load(tmp_path, tiny_params(report={"confidence": confidence, "power": power})).report
+    for n in (2, 3, 8, 1000):
+        assert 0 <= detectable(1.0, n, report.confidence, report.power) < 0.1
+    assert seeds_needed(1.0, 0.5, report.confidence, report.power) == 2

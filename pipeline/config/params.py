@@ -108,6 +108,17 @@ class Report:
     def check(self, where: str) -> None:
         fraction(f"{where}.confidence", self.confidence)
         fraction(f"{where}.power", self.power)
+        # A difference is detected when its two-sided interval lies above zero: a one-sided test at level
+        # (1 - confidence)/2, which "detects" a zero difference with exactly that probability
+        # (pipeline/reporting/stats.py). A power at or below it has no detectable difference to solve for. The
+        # relative margin refuses the floor written in decimals ((1 - 0.9)/2 rounds to just below 0.05) and the few
+        # ulps above it where the root search still fails in rounding.
+        floor = (1 - self.confidence) / 2
+        if self.power <= floor * (1 + 1e-9):
+            raise ParamsError(
+                f"{where}.power: {self.power} is not above (1 - {where}.confidence)/2 = {floor:.6g}, the chance that "
+                f"a zero difference is detected; set a power above {floor:.6g} (0.8 is usual)"
+            )
 
 
 @dataclass(frozen=True)
