@@ -3,7 +3,9 @@ it instead of the library's ``SafetensorError: incomplete metadata``.
 
 The format (github.com/huggingface/safetensors): an 8-byte little-endian header length, a JSON header mapping
 each tensor's name to its dtype, shape and byte offsets in the data region (``__metadata__`` aside), then the
-data region, its tensors back to back from byte 0 to its very end.
+data region, its tensors back to back from byte 0 to its very end. A tensor's byte count is its element count times
+its dtype's width in bits, divided by 8; the sub-byte dtypes (F4, F6_*) pack elements across bytes, and a tensor
+whose bits do not fill whole bytes is invalid (the library refuses it: ``MisalignedSlice``).
 """
 
 from __future__ import annotations
@@ -13,13 +15,16 @@ import math
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["ITEMSIZE", "TensorInfo", "read_header"]
+__all__ = ["BITSIZE", "TensorInfo", "read_header"]
 
-ITEMSIZE = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
+# Every dtype of the format and its width in bits: `Dtype` and `Dtype::bitsize` in safetensors/src/tensor.rs
+# (huggingface/safetensors at 24b0b28, May 2026; the same list in v0.8.0-rc.0, the Rust core of the installed 0.8.0).
+BITSIZE = {
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+    "I32": 32, "U32": 32, "F32": 32,
+    "I64": 64, "U64": 64, "F64": 64, "C64": 64,
 }  # fmt: skip
 _MAX_HEADER = 100_000_000  # the library's own limit
 
@@ -81,7 +86,7 @@ def _entry_problem(entry) -> str:
     if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
         return "expected dtype, shape and data_offsets"
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in ITEMSIZE:
+    if dtype not in BITSIZE:
         return f"unknown dtype {dtype!r}"
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         return f"shape {shape!r} is not a list of sizes"
@@ -89,7 +94,10 @@ def _entry_problem(entry) -> str:
         return f"data_offsets {offsets!r} is not a pair of integers"
     if not 0 <= offsets[0] <= offsets[1]:
         return f"data_offsets {offsets} are not increasing"
-    expected = math.prod(shape) * ITEMSIZE[dtype]
+    bits = math.prod(shape) * BITSIZE[dtype]
+    if bits % 8:
+        return f"shape {tuple(shape)} of {dtype} is {bits} bits, not a whole number of bytes"
+    expected = bits // 8
     if offsets[1] - offsets[0] != expected:
         return f"{offsets[1] - offsets[0]} bytes for shape {tuple(shape)} of {dtype} ({expected} expected)"
     return ""
