@@ -23,7 +23,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OutputError", "csv_bytes", "json_bytes", "jsonable", "round_measurement", "round_result", "write_outputs"]
+__all__ = [
+    "OutputError",
+    "csv_bytes",
+    "inert",
+    "json_bytes",
+    "jsonable",
+    "round_measurement",
+    "round_result",
+    "write_outputs",
+]
 
 
 def json_bytes(obj: Any) -> bytes:
@@ -71,6 +80,25 @@ def jsonable(obj: Any) -> Any:
         return [jsonable(v) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
+    return obj
+
+
+def inert(obj: Any) -> Any:
+    """``obj`` (JSON values) with every list that is empty or holds an object written as an object keyed by
+    position (``{"0": ..., "1": ...}``; ``{}`` for none); lists of plain values stay lists.
+
+    For the records dvc.yaml declares as plots only to keep them in git and in DVC's run-cache (provenance, a
+    run's record: not metrics, so not in ``dvc metrics show`` or ``dvc exp show``): DVC's plot reader draws every
+    list of objects it finds under an object as a data series and fails on an empty one
+    (``dvc.render.converter.vega.get_datapoints``, DVC 3.67), so such a record must hold neither for ``dvc plots
+    show`` to draw nothing for it (tests/test_dvc_views.py)."""
+    if isinstance(obj, dict):
+        return {k: inert(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        items = [inert(v) for v in obj]
+        if not items or any(isinstance(v, (dict, list)) for v in items):
+            return {str(i): v for i, v in enumerate(items)}
+        return items
     return obj
 
 

@@ -1,7 +1,7 @@
 """Where a result came from: stage instance, params, the code and data it read, software, hardware and wall time.
 
 Kept apart from the metrics (a separate ``provenance.json`` beside each result), so that a re-run with
-identical results leaves the metrics byte-identical.
+identical results leaves the metrics byte-identical, and out of DVC's metric views (see Shape, below).
 
 Which instance. ``dvc repro`` (and ``dvc exp run``) starts every command line of a stage with ``DVC_STAGE`` set to
 the instance's address (``pretrain@n12-linear-0``, or ``sub/dvc.yaml:name``) and ``DVC_ROOT`` to the repository
@@ -27,7 +27,12 @@ only when an instance is known, so importing this module stays cheap.
 Code identity. ``git_commit`` is HEAD; ``code_changed`` says whether any dependency of the instance that no stage
 writes (code, references, params files; not dvc.lock's outputs) differs from it: ``git status --porcelain``
 limited to those paths (modified, staged or untracked), so results and dvc.lock rewritten by the run do not count;
-``changed_files`` lists them (relative to the top of the git work tree).
+``changed_files`` lists them (relative to the top of the git work tree; null when none).
+
+Shape. ``deps`` is keyed by path; every list that is empty or holds an object (in the params echoed) is written as
+an object keyed by position (:func:`pipeline.outputs.inert`): dvc.yaml declares the record as a plot, which keeps
+it in git and in DVC's run-cache but out of ``dvc metrics show`` and ``dvc exp show``, and DVC then draws nothing
+for it.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline.outputs import jsonable, round_measurement
+from pipeline.outputs import inert, jsonable, round_measurement
 
 __all__ = ["cpu_model", "record"]
 
@@ -155,7 +160,7 @@ def _code(root: str, address: str | None) -> dict:
         print(f"provenance: dependencies of {address} not recorded: {exc}", file=sys.stderr)
         return keys
     changed = _changed_files(root, sources) if commit else None
-    keys.update(deps=deps, dep_params=params, changed_files=changed)
+    keys.update(deps={dep.pop("path"): dep for dep in deps}, dep_params=params, changed_files=changed or None)
     keys["code_changed"] = None if changed is None else bool(changed)
     return keys
 
@@ -185,22 +190,26 @@ def record(
     torch = sys.modules.get("torch")
     address = dvc_stage or os.environ.get("DVC_STAGE") or None
     root = str(root or os.environ.get("DVC_ROOT") or os.getcwd())
-    return {
-        "stage": stage,
-        "argv": sys.argv,
-        "params": jsonable(config),
-        **_code(root, address),
-        "python": platform.python_version(),
-        "packages": versions,
-        "hardware": {
-            "machine": platform.machine(),
-            "cpu": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "cpu_affinity": len(os.sched_getaffinity(0)),  # the CPUs this process may run on (SLURM binds a job step)
-            "torch_threads": torch.get_num_threads() if torch is not None else None,
-        },
-        "gpu": _gpu(),
-        "host": platform.node(),
-        "wall_time_s": wall,
-        **(extra or {}),
-    }
+    return inert(
+        {
+            "stage": stage,
+            "argv": sys.argv,
+            "params": jsonable(config),
+            **_code(root, address),
+            "python": platform.python_version(),
+            "packages": versions,
+            "hardware": {
+                "machine": platform.machine(),
+                "cpu": cpu_model(),
+                "cpu_count": os.cpu_count(),
+                "cpu_affinity": len(
+                    os.sched_getaffinity(0)
+                ),  # the CPUs this process may run on (SLURM binds a job step)
+                "torch_threads": torch.get_num_threads() if torch is not None else None,
+            },
+            "gpu": _gpu(),
+            "host": platform.node(),
+            "wall_time_s": wall,
+            **(extra or {}),
+        }
+    )

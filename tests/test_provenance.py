@@ -119,15 +119,15 @@ def test_deps_hashed_as_in_dvc_lock_during_dvc_repro(repo):
     assert {"code.py", "data", "made", "params.yaml"} <= set(record["rwlock"]["read"])
     assert record["rwlock"]["write"] == ["results/small-0.json"]
     assert record["stage"] == "run" and record["stage_instance"] == "run@small-0"
-    assert record["deps"] == lock["deps"]
-    assert {d["path"]: d["md5"].endswith(".dir") for d in record["deps"]} == {
+    assert record["deps"] == {d["path"]: {k: v for k, v in d.items() if k != "path"} for d in lock["deps"]}
+    assert {path: d["md5"].endswith(".dir") for path, d in record["deps"].items()} == {
         "code.py": False,
         "data": True,
         "made": True,
     }
     assert record["dep_params"] == lock["params"] == {"params.yaml": {"lr": 0.1}}
     assert record["git_commit"] == sh("git", "rev-parse", "HEAD~1", cwd=repo).strip()  # the code's commit
-    assert record["code_changed"] is False and record["changed_files"] == []  # not dvc.lock, made/, results/
+    assert record["code_changed"] is False and record["changed_files"] is None  # not dvc.lock, made/, results/
     assert "git_dirty" not in record and record["gpu"] is None
 
 
@@ -143,15 +143,15 @@ def test_code_changed_covers_only_the_instance_sources(repo):
     (repo / "elsewhere.py").write_text("# not a dependency\n")
     record = _record(repo)
     assert record["git_commit"] == head
-    assert record["code_changed"] is False and record["changed_files"] == []
-    before = {d["path"]: d["md5"] for d in record["deps"]}
+    assert record["code_changed"] is False and record["changed_files"] is None
+    before = {path: d["md5"] for path, d in record["deps"].items()}
 
     (repo / "code.py").write_text(CODE + "# edited\n")
     (repo / "data" / "sub" / "new.txt").write_text("untracked\n")
     record = _record(repo)
     assert record["code_changed"] is True
     assert record["changed_files"] == ["code.py", "data/sub/new.txt"]
-    after = {d["path"]: d["md5"] for d in record["deps"]}
+    after = {path: d["md5"] for path, d in record["deps"].items()}
     assert after["code.py"] != before["code.py"] and after["data"] != before["data"] and after["made"] == before["made"]
 
     sh("git", "checkout", "--", "code.py", cwd=repo)
@@ -172,6 +172,27 @@ def test_outside_dvc_repro_no_instance(tmp_path, monkeypatch):
     assert record["code_changed"] is None and record["changed_files"] is None and record["git_commit"] is None
     assert record["params"] == {"lr": 0.1} and record["device"] == "cpu" and record["wall_time_s"] >= 2
     json_bytes(record)  # plain JSON
+
+
+def test_record_holds_no_list_dvc_would_draw():
+    """dvc.yaml declares provenance as a plot (to keep it out of DVC's metric views): DVC's plot reader draws a
+    list of objects as a data series and fails on an empty list, so a record holds neither."""
+    config = {"nets": [{"name": "a", "overrides": []}, {"name": "b", "overrides": [["patch_size", 8]]}], "ids": [1, 2]}
+    record = provenance.record("run", config, started=time.time(), extra={"empty": []})
+    assert record["params"] == {
+        "nets": {"0": {"name": "a", "overrides": {}}, "1": {"name": "b", "overrides": {"0": ["patch_size", 8]}}},
+        "ids": [1, 2],
+    }
+    assert record["empty"] == {}
+
+    def lists(obj):
+        if isinstance(obj, dict):
+            for value in obj.values():
+                yield from lists(value)
+        elif isinstance(obj, list):
+            yield obj
+
+    assert all(items and not any(isinstance(v, (dict, list)) for v in items) for items in lists(record))
 
 
 def test_unknown_instance_is_reported_not_raised(repo, capsys):
