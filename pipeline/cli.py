@@ -18,7 +18,8 @@ __all__ = ["describe", "os_message", "parser", "run_stage", "training_parser"]
 # what every training stage writes (runner.TrainOutputs reads them back)
 TRAINING_OUTPUTS = {
     "--weights-out": "folder for the weights (raw.safetensors, ema.safetensors)",
-    "--metrics": "metrics JSON to write",
+    "--metrics": "DVC metrics JSON to write: test top-1, test loss, best val top-1",
+    "--record": "JSON record of the run to write: every result the report reads",
     "--curves": "per-epoch CSV to write",
     "--provenance": "provenance JSON to write",
     "--resume-dir": "where resume checkpoints live (not a DVC output)",

@@ -59,14 +59,14 @@ def paper_study(root: Path, *, targets: tuple[str, ...] = tuple(TARGET_OFFSET)) 
                     if kind == "pretrain":
                         metrics = {**record, "dataset": "imagenet", "test_top1": acc, "params": 3000000, "gflops": 0.6}
                         _write(
-                            root / f"pretrain/{b}-{v}-{s}/metrics.json",
+                            root / f"pretrain/{b}-{v}-{s}/record.json",
                             {**metrics, **run, "qkv_similarity": similarity},
                         )
                         (root / f"pretrain/{b}-{v}-{s}/curves.csv").write_text("epoch,val_top1\n1,50.0\n")
                         continue
                     for d in targets:
                         ft = {**record, "dataset": d, "test_top1": acc + TARGET_OFFSET[d]}
-                        _write(root / f"finetune/{b}-{v}-{d}-{s}/metrics.json", ft)
+                        _write(root / f"finetune/{b}-{v}-{d}-{s}/record.json", ft)
     return root
 
 

@@ -64,6 +64,7 @@ def train_argv(tmp: Path, params: Path, data_dir: Path, stage: str = "pretrain",
     argv += ["--seed", "0", "--data", str(data_dir)]
     argv += [arg for key, value in inputs.items() for arg in (f"--{key}", str(value))]
     argv += ["--weights-out", str(out / "weights"), "--metrics", str(out / "metrics.json")]
+    argv += ["--record", str(out / "record.json")]
     argv += ["--curves", str(out / "curves.csv"), "--provenance", str(out / "provenance.json")]
     return [*argv, "--resume-dir", str(tmp / "resume")]
 

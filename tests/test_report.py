@@ -53,7 +53,7 @@ def fake_results(root: Path, *, profile: str = "embedded", skip: tuple = ()) -> 
                 continue
             folder = root / f"pretrain/n12-{v}-{s}"
             write_json(
-                folder / "metrics.json",
+                folder / "record.json",
                 {
                     **instance(profile, v, s, "synthetic"),
                     "test_top1": a,
@@ -70,7 +70,7 @@ def fake_results(root: Path, *, profile: str = "embedded", skip: tuple = ()) -> 
             write_json(folder / "provenance.json", record("pretrain", profile))
             ft = root / f"finetune/n12-{v}-digits-{s}"
             metrics = {**instance(profile, v, s, "digits", stage="finetune"), "test_top1": a - 5, "synthetic": False}
-            write_json(ft / "metrics.json", metrics)
+            write_json(ft / "record.json", metrics)
     return root
 
 
@@ -337,8 +337,8 @@ def test_missing_instance_reads_not_run(tmp_path):
 
 def test_malformed_metrics_names_the_file(tmp_path):
     results = fake_results(tmp_path / "results")
-    (results / "pretrain/n12-sne-1/metrics.json").write_text('{"profile": "embedded", "test_top1": 9')
-    with pytest.raises(SystemExit, match="pretrain/n12-sne-1/metrics.json: malformed or truncated"):
+    (results / "pretrain/n12-sne-1/record.json").write_text('{"profile": "embedded", "test_top1": 9')
+    with pytest.raises(SystemExit, match="pretrain/n12-sne-1/record.json: malformed or truncated"):
         build(tmp_path, results, params_file(tmp_path))
     assert not (tmp_path / "reports").exists()
 
@@ -346,12 +346,12 @@ def test_malformed_metrics_names_the_file(tmp_path):
 def test_other_profile_is_refused_naming_both(tmp_path):
     results = fake_results(tmp_path / "results")
     write_json(
-        results / "finetune/n12-sne-digits-2/metrics.json",
+        results / "finetune/n12-sne-digits-2/record.json",
         {**instance("paper", "sne", 2, "digits", stage="finetune"), "test_top1": 1.0},
     )
     with pytest.raises(
         SystemExit,
-        match="sne-digits-2/metrics.json was written by profile 'paper', but params.yaml is profile 'embedded'",
+        match="sne-digits-2/record.json was written by profile 'paper', but params.yaml is profile 'embedded'",
     ):
         build(tmp_path, results, params_file(tmp_path))
 
@@ -397,7 +397,7 @@ def test_both_weights_accuracies_reach_the_report(tmp_path):
     """Runs that kept an EMA report both accuracies; the column says which one test_top1 is."""
     results = fake_results(tmp_path / "results")
     for seed, acc in zip(SEEDS, ACC["sne"], strict=True):
-        path = results / f"pretrain/n12-sne-{seed}/metrics.json"
+        path = results / f"pretrain/n12-sne-{seed}/record.json"
         metrics = json.loads(path.read_text())
         metrics.update(weights="raw", raw_test_top1=acc, ema_test_top1=acc + 1.0)
         write_json(path, metrics)
@@ -410,10 +410,10 @@ def test_both_weights_accuracies_reach_the_report(tmp_path):
 def test_a_result_file_of_another_instance_is_refused(tmp_path):
     """A metrics file copied from another backbone's (or variant's) folder names both."""
     results = fake_results(tmp_path / "results")
-    path = results / "pretrain/n12-sne-1/metrics.json"
+    path = results / "pretrain/n12-sne-1/record.json"
     metrics = json.loads(path.read_text())
     write_json(path, {**metrics, "backbone": "t12"})
-    with pytest.raises(SystemExit, match="n12-sne-1/metrics.json: written for backbone 't12', but read as the result"):
+    with pytest.raises(SystemExit, match="n12-sne-1/record.json: written for backbone 't12', but read as the result"):
         build(tmp_path, results, params_file(tmp_path))
     write_json(path, {**metrics, "variant": "linear"})
     with pytest.raises(SystemExit, match="written for variant 'linear', but read as the result of variant 'sne'"):
@@ -424,33 +424,33 @@ def test_a_result_file_of_another_instance_is_refused(tmp_path):
     ("path", "content", "message"),
     [
         (
-            "pretrain/n12-sne-1/metrics.json",
+            "pretrain/n12-sne-1/record.json",
             lambda m: json.dumps(m).replace('"test_top1": 93.0', '"test_top1": NaN'),
-            "pretrain/n12-sne-1/metrics.json: holds NaN, not a finite number; re-run it: dvc repro --force "
+            "pretrain/n12-sne-1/record.json: holds NaN, not a finite number; re-run it: dvc repro --force "
             "pretrain@n12-sne-1",
         ),
         (
-            "finetune/n12-linear-digits-0/metrics.json",
+            "finetune/n12-linear-digits-0/record.json",
             lambda m: json.dumps(m).replace('"test_top1": 85.0', '"test_top1": Infinity'),
-            "n12-linear-digits-0/metrics.json: holds Infinity, not a finite number",
+            "n12-linear-digits-0/record.json: holds Infinity, not a finite number",
         ),
         (
-            "pretrain/n12-linear-2/metrics.json",
+            "pretrain/n12-linear-2/record.json",
             lambda m: json.dumps({k: v for k, v in m.items() if k != "test_top1"}),
-            "pretrain/n12-linear-2/metrics.json: missing key 'test_top1' (an accuracy in [0, 100] (percent)); re-run "
+            "pretrain/n12-linear-2/record.json: missing key 'test_top1' (an accuracy in [0, 100] (percent)); re-run "
             "it: dvc repro --force pretrain@n12-linear-2",
         ),
         (
-            "pretrain/n12-linear-0/metrics.json",
+            "pretrain/n12-linear-0/record.json",
             lambda m: json.dumps({**m, "test_top1": "90.0"}),
-            "n12-linear-0/metrics.json: test_top1 is '90.0', expected an accuracy in [0, 100] (percent)",
+            "n12-linear-0/record.json: test_top1 is '90.0', expected an accuracy in [0, 100] (percent)",
         ),
         (
-            "pretrain/n12-linear-0/metrics.json",
+            "pretrain/n12-linear-0/record.json",
             lambda m: json.dumps({**m, "seed": 1}),
-            "n12-linear-0/metrics.json: written for seed 1, but read as the result of seed 0",
+            "n12-linear-0/record.json: written for seed 1, but read as the result of seed 0",
         ),
-        ("pretrain/n12-linear-0/metrics.json", lambda m: "[1, 2]", "expected a JSON object, got list"),
+        ("pretrain/n12-linear-0/record.json", lambda m: "[1, 2]", "expected a JSON object, got list"),
         (
             "pretrain/n12-sne-0/provenance.json",
             lambda m: '{"stage": "pretrain", "par',

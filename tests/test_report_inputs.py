@@ -49,21 +49,21 @@ def _set(*keys_and_value):
 
 # (file, content(old), the one line's expected text after "<file>: ") per kind of result file
 BAD = [
-    ("pretrain/n12-sne-1/metrics.json", _json(_set("test_top1", 150)),
+    ("pretrain/n12-sne-1/record.json", _json(_set("test_top1", 150)),
      "test_top1 is 150, expected an accuracy in [0, 100] (percent); re-run it: dvc repro --force pretrain@n12-sne-1"),
-    ("pretrain/n12-sne-1/metrics.json", _json(_set("test_top1", -5)), "test_top1 is -5, expected an accuracy"),
-    ("pretrain/n12-sne-1/metrics.json", _json(_set("raw_test_top1", 100.01)),
+    ("pretrain/n12-sne-1/record.json", _json(_set("test_top1", -5)), "test_top1 is -5, expected an accuracy"),
+    ("pretrain/n12-sne-1/record.json", _json(_set("raw_test_top1", 100.01)),
      "raw_test_top1 is 100.01, expected an accuracy in [0, 100] (percent)"),
-    ("pretrain/n12-sne-1/metrics.json", _json(_set("qkv_similarity", "blocks.1.attn.qkv", "q_k", 5.0)),
+    ("pretrain/n12-sne-1/record.json", _json(_set("qkv_similarity", "blocks.1.attn.qkv", "q_k", 5.0)),
      "qkv_similarity['blocks.1.attn.qkv']['q_k'] is 5.0, expected a cosine similarity in [-1, 1]"),
-    ("pretrain/n12-sne-1/metrics.json", _json(_set("params", 0)),
+    ("pretrain/n12-sne-1/record.json", _json(_set("params", 0)),
      "params is 0, expected a parameter count: a whole number >= 1"),
-    ("pretrain/n12-sne-1/metrics.json", _json(_set("gflops", -0.01)), "gflops is -0.01, expected a FLOP count"),
-    ("pretrain/n12-sne-1/metrics.json", _json(_set("epochs", 0)), "epochs is 0, expected a number of epochs"),
-    ("pretrain/n12-sne-1/metrics.json", _json(_set("weights", "best")), "weights is 'best', expected 'raw' or 'ema'"),
-    ("pretrain/n12-sne-1/metrics.json", _json(_set("qkv_similarity", {})),
+    ("pretrain/n12-sne-1/record.json", _json(_set("gflops", -0.01)), "gflops is -0.01, expected a FLOP count"),
+    ("pretrain/n12-sne-1/record.json", _json(_set("epochs", 0)), "epochs is 0, expected a number of epochs"),
+    ("pretrain/n12-sne-1/record.json", _json(_set("weights", "best")), "weights is 'best', expected 'raw' or 'ema'"),
+    ("pretrain/n12-sne-1/record.json", _json(_set("qkv_similarity", {})),
      "qkv_similarity is {}, expected an object of 1 to 200 entries"),
-    ("finetune/n12-linear-digits-0/metrics.json", _json(_set("test_top1", 100.5)),
+    ("finetune/n12-linear-digits-0/record.json", _json(_set("test_top1", 100.5)),
      "test_top1 is 100.5, expected an accuracy in [0, 100] (percent); re-run it: dvc repro --force "
      "finetune@n12-linear-digits-0"),
     ("pretrain/n12-sne-2/curves.csv", lambda m: "epoch,val_top1\n1,50.0\n2,150\n",
@@ -122,11 +122,11 @@ def test_a_value_out_of_its_range_stops_the_report_in_one_line(tmp_path, path, c
     [
         ("", "curves.csv: empty, expected a header and 2 rows, one per epoch of the run; re-run it"),
         ("epoch,val_top1\n", "curves.csv: a header alone, expected a header and 2 rows, one per epoch of the run"),
-        ("epoch,val_top1\n1,50.0\n", "curves.csv: 1 row, but its metrics.json records 2 epochs: not the curves of"),
+        ("epoch,val_top1\n1,50.0\n", "curves.csv: 1 row, but its record.json records 2 epochs: not the curves of"),
         ("epoch,val_top1\n1,50.0\n2,80.5\n3,81.0\n", "curves.csv, line 4: more rows than the run's 2 epochs"),
         ("epoch,val_top1\n2,50.0\n1,80.5\n", "curves.csv: row 1 is epoch 2, expected 1 (one row per epoch, in order)"),
         ("epoch,val_top1\n1,50.0\n2,80.5,7\n", "curves.csv, line 3: more fields than the header's 2"),
-        (None, "curves.csv: missing, but pretrain@n12-sne-1 finished (its metrics.json is there)"),
+        (None, "curves.csv: missing, but pretrain@n12-sne-1 finished (its record.json is there)"),
     ],
 )
 def test_an_empty_short_or_missing_curves_file_is_refused(tmp_path, text, message):
@@ -143,7 +143,7 @@ def test_an_empty_short_or_missing_curves_file_is_refused(tmp_path, text, messag
 def test_a_running_instances_live_curves_are_not_a_result(tmp_path):
     """While a run trains, DVC has removed its metrics and the curves grow epoch by epoch: not run, no error."""
     results = fake_results(tmp_path / "results")
-    (results / "pretrain/n12-sne-1/metrics.json").unlink()
+    (results / "pretrain/n12-sne-1/record.json").unlink()
     (results / "pretrain/n12-sne-1/curves.csv").write_text("epoch,val_top1\n1,50.0\n")
     assert (build(tmp_path, results, params_file(tmp_path)) / "index.html").is_file()
 
@@ -159,13 +159,13 @@ def test_a_running_instances_live_curves_are_not_a_result(tmp_path):
         ({"blocks.x.attn.qkv": {"q_k": 0.1, "q_v": 0.0, "k_v": 0.0}},
          "qkv_similarity has the key 'blocks.x.attn.qkv', expected a layer name (blocks.<n>... for an XCA block)"),
         ({"blocks.0.attn.qkv": {"q_k": 0.1, "q_v": 0.0, "k_v": 0.0}},
-         "pretrain/n12-sne-2/metrics.json: qkv_similarity differs from "),  # seed 2 lacks the layer blocks.1
+         "pretrain/n12-sne-2/record.json: qkv_similarity differs from "),  # seed 2 lacks the layer blocks.1
     ],
 )  # fmt: skip
 def test_a_string_or_a_missing_layer_in_qkv_similarity_is_one_line(tmp_path, similarity, message):
     """A nested value of the wrong type is one line naming where it sits, never a raw TypeError."""
     results = fake_results(tmp_path / "results")
-    path = results / "pretrain/n12-sne-2/metrics.json"
+    path = results / "pretrain/n12-sne-2/record.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "qkv_similarity": similarity}))
     with pytest.raises(SystemExit) as excinfo:
         build(tmp_path, results, params_file(tmp_path))

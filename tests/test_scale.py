@@ -77,13 +77,14 @@ def _argv(tmp: Path, params: Path, data: Path) -> list[str]:
     return [
         "--params", str(params), "--backbone", "n12", "--variant", "linear", "--seed", "0", "--data", str(data),
         "--weights-out", str(tmp / "weights"), "--metrics", str(tmp / "metrics.json"),
+        "--record", str(tmp / "record.json"),
         "--curves", str(tmp / "curves.csv"), "--provenance", str(tmp / "provenance.json"),
         "--resume-dir", str(tmp.parent / "resume"),
     ]  # fmt: skip
 
 
 def _outputs(tmp: Path) -> dict[str, bytes]:
-    names = ("metrics.json", "curves.csv", "weights/raw.safetensors", "weights/ema.safetensors")
+    names = ("metrics.json", "record.json", "curves.csv", "weights/raw.safetensors", "weights/ema.safetensors")
     return {name: (tmp / name).read_bytes() for name in names}
 
 
@@ -173,7 +174,7 @@ def test_two_nodes_with_the_paper_recipe_resume_exactly_after_a_kill(tmp_path, s
     timings = [json.loads((out / "provenance.json").read_text())["timing"] for out in (whole, killed)]
     assert [t["resumed_from_epoch"] for t in timings] == [0, epoch]  # the record says what this process trained
     assert timings[1]["train_images"] < timings[0]["train_images"]
-    metrics = json.loads((whole / "metrics.json").read_text())
+    metrics = json.loads((whole / "record.json").read_text())
     assert metrics["world_size"] == 2 and metrics["weights"] == "raw"
     assert metrics["test_top1"] == metrics["raw_test_top1"] and "ema_test_top1" in metrics
 
@@ -200,7 +201,7 @@ def test_ema_weights_are_saved_and_the_chosen_ones_reported(tmp_path, synthetic)
         )
         out = tmp_path / weights / "out"
         pretrain.main(_argv(out, params, synthetic))
-        metrics = json.loads((out / "metrics.json").read_text())
+        metrics = json.loads((out / "record.json").read_text())
         assert metrics["weights"] == weights and metrics["test_top1"] == metrics[f"{weights}_test_top1"]
         assert {p.name for p in (out / "weights").iterdir()} == {"raw.safetensors", "ema.safetensors"}
     assert (tmp_path / "raw/out/weights/ema.safetensors").read_bytes() == (

@@ -49,6 +49,7 @@ def _argv(run: Path, params: Path, data: Path) -> list[str]:
     return [
         "--params", str(params), "--backbone", "n12", "--variant", "linear", "--seed", "0", "--data", str(data),
         "--weights-out", str(out / "weights"), "--metrics", str(out / "metrics.json"),
+        "--record", str(out / "record.json"),
         "--curves", str(out / "curves.csv"), "--provenance", str(out / "provenance.json"),
         "--resume-dir", str(run / "resume"),
     ]  # fmt: skip
@@ -56,7 +57,7 @@ def _argv(run: Path, params: Path, data: Path) -> list[str]:
 
 def _outputs(run: Path) -> dict[str, bytes]:
     out = run / "out"
-    names = ["metrics.json", "curves.csv", "weights/raw.safetensors", "weights/ema.safetensors"]
+    names = ["metrics.json", "record.json", "curves.csv", "weights/raw.safetensors", "weights/ema.safetensors"]
     return {name: (out / name).read_bytes() for name in names if (out / name).exists()}
 
 

@@ -50,6 +50,8 @@ def pretrain_argv(tmp: Path, params: Path, data: Path, variant: str = "linear", 
         str(out / "weights"),
         "--metrics",
         str(out / "metrics.json"),
+        "--record",
+        str(out / "record.json"),
         "--curves",
         str(out / "curves.csv"),
         "--provenance",
@@ -61,13 +63,16 @@ def pretrain_argv(tmp: Path, params: Path, data: Path, variant: str = "linear", 
 
 def outputs(tmp: Path, variant: str = "linear", seed: int = 0) -> dict[str, bytes]:
     out = tmp / f"{variant}-{seed}"
-    return {name: (out / name).read_bytes() for name in ("metrics.json", "curves.csv", "weights/raw.safetensors")}
+    return {
+        name: (out / name).read_bytes()
+        for name in ("metrics.json", "record.json", "curves.csv", "weights/raw.safetensors")
+    }
 
 
 def test_pretrain_learns_and_writes_outputs(tmp_path, prepared):
     params = write_params(tmp_path / "params.yaml", tiny_params(pretrain={"epochs": 6}))
     pretrain.main(pretrain_argv(tmp_path, params, prepared["synthetic"], "fsne"))
-    metrics = json.loads((tmp_path / "fsne-0" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "fsne-0" / "record.json").read_text())
     curves = (tmp_path / "fsne-0" / "curves.csv").read_text().splitlines()
     assert curves[0] == "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5" and len(curves) == 7
     first, last = (float(curves[i].split(",")[2]) for i in (1, -1))
@@ -78,7 +83,7 @@ def test_pretrain_learns_and_writes_outputs(tmp_path, prepared):
     assert metrics["profile"] == "embedded" and 0 < metrics["gflops"] < 0.01
     provenance = json.loads((tmp_path / "fsne-0" / "provenance.json").read_text())
     assert provenance["timing"]["train_img_per_s"] > 0 and provenance["world_size"] == 1
-    assert "img_per_s" not in (tmp_path / "fsne-0" / "metrics.json").read_text()
+    assert "img_per_s" not in (tmp_path / "fsne-0" / "record.json").read_text()
     assert not (tmp_path / "resume" / "fsne-0").exists(), "resume state is removed after success"
 
 
@@ -88,7 +93,7 @@ def test_same_seed_gives_identical_bytes(tmp_path, prepared):
     pretrain.main(pretrain_argv(tmp_path / "b", params, prepared["synthetic"]))
     assert outputs(tmp_path / "a") == outputs(tmp_path / "b")
     pretrain.main(pretrain_argv(tmp_path / "c", params, prepared["synthetic"], seed=1))
-    assert outputs(tmp_path / "c", seed=1)["metrics.json"] != outputs(tmp_path / "a")["metrics.json"]
+    assert outputs(tmp_path / "c", seed=1)["record.json"] != outputs(tmp_path / "a")["record.json"]
 
 
 TIMM_AUGMENT = {"mode": "timm", "auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.25, "scale_min": 0.5, "hflip": 0.5}
@@ -131,7 +136,7 @@ def test_the_model_trains_at_its_own_resolution(tmp_path, prepared):
 
     params = write_params(tmp_path / "params.yaml", tiny_params(model={"img_size": 32}))
     pretrain.main(pretrain_argv(tmp_path, params, prepared["synthetic"]))
-    metrics = json.loads((tmp_path / "linear-0" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "linear-0" / "record.json").read_text())
     net = config.load_pretrain(params, "n12", "linear", 0).net
     assert net.img_size == 32 and metrics["gflops"] == round(forward_flops(net, 3) / 1e9, 6)
     from torch.nn.modules.module import register_module_forward_pre_hook
@@ -214,8 +219,8 @@ def test_two_process_torchrun_matches_one_process(tmp_path, prepared):
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    one = json.loads((tmp_path / "one" / "linear-0" / "metrics.json").read_text())
-    two = json.loads((tmp_path / "two" / "linear-0" / "metrics.json").read_text())
+    one = json.loads((tmp_path / "one" / "linear-0" / "record.json").read_text())
+    two = json.loads((tmp_path / "two" / "linear-0" / "record.json").read_text())
     assert two["world_size"] == 2 and two["global_batch"] == one["global_batch"]
     loss = [
         float((tmp_path / d / "linear-0" / "curves.csv").read_text().splitlines()[-1].split(",")[2])
@@ -248,6 +253,8 @@ def test_finetune_from_pretrained(tmp_path, prepared):
         str(out / "weights"),
         "--metrics",
         str(out / "metrics.json"),
+        "--record",
+        str(out / "record.json"),
         "--curves",
         str(out / "curves.csv"),
         "--provenance",
@@ -256,7 +263,7 @@ def test_finetune_from_pretrained(tmp_path, prepared):
         str(tmp_path / "resume-ft"),
     ]
     finetune.main(argv)
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "record.json").read_text())
     assert metrics["num_classes"] == 10 and metrics["dataset"] == "digits" and metrics["stage"] == "finetune"
     missing = list(argv)
     missing[argv.index("--pretrained") + 1] = str(tmp_path / "nowhere")

@@ -3,7 +3,7 @@ a missing key, a value of the wrong type or out of its range (:mod:`pipeline.rep
 under another profile or for another instance is one line naming the file, what is wrong and what to do. An
 absent file is an instance that has not run (None).
 
-Identity: a training metrics file and a prepare result name their own instance (backbone, model, variant, seed,
+Identity: a training record (record.json) and a prepare result name their own instance (backbone, model, variant, seed,
 dataset, stage; dataset), a provenance record its instance, and a curves file must fit its run's metrics (one
 row per epoch, its last and best validation top-1 those the metrics record): a file copied from another
 instance is refused naming both.
@@ -120,7 +120,7 @@ def read_curves(
     if metrics is None:
         return []
     if not path.is_file():
-        raise ValueError(f"{path}: missing, but {instance} finished (its metrics.json is there); {remedy}")
+        raise ValueError(f"{path}: missing, but {instance} finished (its record.json is there); {remedy}")
     rows = _rows(path, metrics["epochs"], remedy)
     mismatch = _misfit(rows, metrics)
     if mismatch:
@@ -214,7 +214,7 @@ def _misfit(rows: list[dict], metrics: dict) -> str:
     """How ``rows`` differ from the curves the run of ``metrics`` wrote ("" if they fit): as many rows as its
     epochs, numbered 1, 2, ...; the last row's val_top1 its val_top1_final; the first best its best epoch."""
     if len(rows) != metrics["epochs"]:
-        return f"{len(rows)} row{'s' * (len(rows) != 1)}, but its metrics.json records {metrics['epochs']} epochs"
+        return f"{len(rows)} row{'s' * (len(rows) != 1)}, but its record.json records {metrics['epochs']} epochs"
     for i, row in enumerate(rows, start=1):
         if row["epoch"] != i:
             return f"row {i} is epoch {row['epoch']:g}, expected {i} (one row per epoch, in order)"
@@ -223,7 +223,7 @@ def _misfit(rows: list[dict], metrics: dict) -> str:
     recorded = (metrics["val_top1_final"], metrics["val_top1_best"], metrics["best_epoch"])
     if any(not math.isclose(a, b, rel_tol=0, abs_tol=1e-6) for a, b in zip(found, recorded, strict=True)):
         shown = [", ".join(map(str, values)) for values in (found, recorded)]
-        return f"its last val_top1, best val_top1 and best epoch are {shown[0]}; its metrics.json records {shown[1]}"
+        return f"its last val_top1, best val_top1 and best epoch are {shown[0]}; its record.json records {shown[1]}"
     return ""
 
 

@@ -84,7 +84,7 @@ def read_inputs(cfg: ReportConfig, paths: Paths) -> Inputs:
         name = f"{stage}@{b}-{v}-{s}" if stage == "pretrain" else f"{stage}@{b}-{v}-{d}-{s}"
         instance = {"stage": stage, "backbone": b, "model": models[b], "variant": v, "seed": s, "dataset": d}
         schema = PRETRAIN if stage == "pretrain" else FINETUNE
-        path = folder / "metrics.json"
+        path = folder / "record.json"
         return load_json(path, profile, schema, instance, remedy=remedy(name, path))
 
     def single(stage: str, path: Path | None, schema: dict, instance: dict | None = None) -> dict | None:
@@ -134,7 +134,7 @@ def _curves(cfg: ReportConfig, paths: Paths, pretrain: dict) -> dict[tuple[str, 
                 (path, pretrain[b, v, s], remedy(names[b, v, s], path))
                 for s in cfg.seeds
                 if pretrain[b, v, s] is not None
-                for path in [paths.pretrain_dir(b, v, s) / "metrics.json"]
+                for path in [paths.pretrain_dir(b, v, s) / "record.json"]
             ]
             if runs:
                 files.same_layers(runs)

@@ -6,7 +6,7 @@ Reads:  params.yaml ``profile``, ``variants.<variant>``, ``backbones.<backbone>`
         ``pretrain.recipe.weights`` (which pretrained weights to start from), ``finetune.recipe`` (and ``runtime``,
         which never change what is computed); the prepared target dataset; the pretrained weights of the same
         backbone, variant and seed.
-Writes: --weights-out, --metrics, --curves, --provenance: as the pretrain stage.
+Writes: --weights-out, --metrics, --record, --curves, --provenance: as the pretrain stage.
 A variant listed here with no pretrained weights is an error that says so.
 """
 

@@ -5,7 +5,8 @@ Reads:  params.yaml ``profile``, ``variants.<variant>``, ``backbones.<backbone>`
         ``pretrain.dataset``, ``pretrain.recipe``
         (and ``runtime``, which never changes what is computed); the prepared source dataset.
 Writes: --weights-out  folder of safetensors weights: raw.safetensors, and ema.safetensors with EMA (DVC cache).
-        --metrics      JSON: test top-1/top-5 of the final model, final and best val top-1, epochs, parameters,
+        --metrics      JSON, the run's DVC metrics: test top-1 and loss of the final model, best val top-1.
+        --record       JSON: test top-1/top-5 of the final model, final and best val top-1, epochs, parameters,
                        lr (base and effective), per-block Q/K/V cosine similarity on held-out images.
         --curves       CSV per epoch: lr, train loss/top-1, val loss/top-1/top-5 (``dvc plots``).
         --provenance   JSON: resolved params, git commit, versions, hardware, threads, world size, img/s.

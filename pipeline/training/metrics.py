@@ -1,5 +1,5 @@
 """The final evaluation of a training run: its test accuracies (raw and EMA weights), the Q/K/V similarity
-diagnostic and the metrics record the training stages write (rounded, without timings)."""
+diagnostic, the record the training stages write (rounded, without timings) and its few DVC metrics."""
 
 from __future__ import annotations
 
@@ -11,7 +11,12 @@ from pipeline.outputs import round_result
 from pipeline.training import model as models
 from pipeline.training.recipe import amp_dtype, evaluate
 
-__all__ = ["final_metrics"]
+__all__ = ["SCORES", "final_metrics", "scores"]
+
+# The run's DVC metrics (`dvc metrics show/diff`, `dvc exp show`): the numbers a researcher compares across runs.
+# Everything else a run records (identity, sizes, lr, the similarity diagnostic) is in its record file, which
+# dvc.yaml declares as a plot so that it stays out of DVC's metric tables.
+SCORES = ("test_top1", "test_loss", "val_top1_best")
 
 
 def final_metrics(
@@ -68,6 +73,11 @@ def final_metrics(
             ema_test_top5=ema_test["top5"],
         )
     return round_result(metrics)
+
+
+def scores(record: dict) -> dict:
+    """The DVC metrics of a run: the :data:`SCORES` of its ``record`` (:func:`final_metrics`)."""
+    return {key: record[key] for key in SCORES}
 
 
 def _take(loader, n: int):

@@ -1,7 +1,7 @@
 """Running one training instance end to end, as both training stages do: hold its resume folder (a second run of
 the instance at the same time is refused), check that every folder it writes is writable, fit (rewriting the
 curves after every epoch, so ``dvc plots`` and ``tail -f`` follow a running job), then write the weights (raw,
-and EMA when the recipe keeps one), metrics, curves and provenance all at once (rank 0), remove the resume
+and EMA when the recipe keeps one), metrics, record, curves and provenance all at once (rank 0), remove the resume
 state and print a one-line summary. A run asked to stop (:mod:`pipeline.training.signals`) writes none of them: it
 ends with one line saying where its resume state is, and exit status 128 + the signal's number."""
 
@@ -21,6 +21,7 @@ from pipeline import provenance
 from pipeline.config import TrainConfig, determinism
 from pipeline.outputs import csv_bytes, json_bytes, write_outputs
 from pipeline.training import distributed, folder_lock, signals
+from pipeline.training.metrics import scores
 from pipeline.training.train import fit
 
 __all__ = ["TrainOutputs", "peak_rss_mib", "train_and_write"]
@@ -31,7 +32,8 @@ class TrainOutputs:
     """Where a training instance writes (paths from dvc.yaml)."""
 
     weights: Path  # folder: raw.safetensors, and ema.safetensors when the recipe keeps an EMA
-    metrics: Path  # JSON
+    metrics: Path  # JSON: the run's DVC metrics (a few numbers, :func:`pipeline.training.metrics.scores`)
+    record: Path  # JSON: the run's whole record (what the report reads)
     curves: Path  # CSV, one row per epoch
     provenance: Path  # JSON
     resume_dir: Path  # resume checkpoints: not a DVC output, deleted after success
@@ -39,7 +41,9 @@ class TrainOutputs:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainOutputs:
         """The outputs named on a training stage's command line (:func:`pipeline.cli.training_parser`)."""
-        return cls(*map(Path, (args.weights_out, args.metrics, args.curves, args.provenance, args.resume_dir)))
+        return cls(
+            *map(Path, (args.weights_out, args.metrics, args.record, args.curves, args.provenance, args.resume_dir))
+        )
 
 
 def peak_rss_mib() -> float:
@@ -96,7 +100,10 @@ def train_and_write(run: TrainConfig, *, data: Path, outputs: TrainOutputs, init
     """Fit ``run`` on the prepared dataset ``data``; rank 0 then writes ``outputs``, all or nothing (the curves
     are also rewritten, atomically, after every epoch). Rank 0 holds the resume folder from start to end."""
     main = distributed.launched_rank() == 0
-    folders = [outputs.weights, *dict.fromkeys(p.parent for p in (outputs.metrics, outputs.curves, outputs.provenance))]
+    folders = [
+        outputs.weights,
+        *dict.fromkeys(p.parent for p in (outputs.metrics, outputs.record, outputs.curves, outputs.provenance)),
+    ]
     probe_writable([outputs.resume_dir], keep=True)
     with signals.StopRequests(linger="TORCHELASTIC_RUN_ID" in os.environ) as stop:
         with folder_lock.hold(outputs.resume_dir) if main else contextlib.nullcontext():
@@ -138,7 +145,8 @@ def _train_and_write(run: TrainConfig, data: Path, outputs: TrainOutputs, init_w
     write_outputs(
         {
             **weights,
-            outputs.metrics: json_bytes(result.metrics),
+            outputs.metrics: json_bytes(scores(result.metrics)),
+            outputs.record: json_bytes(result.metrics),
             outputs.curves: csv_bytes(result.curves),
             outputs.provenance: json_bytes(provenance.record(run.stage, run, started=started, extra=extra)),
         }
