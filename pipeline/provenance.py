@@ -48,7 +48,7 @@ from typing import Any
 
 from pipeline.outputs import inert, jsonable, round_measurement
 
-__all__ = ["cpu_model", "record"]
+__all__ = ["FLOAT_ISA", "cpu_identity", "cpu_model", "record"]
 
 _VERSIONED = ("torch", "torchvision", "timm", "fvcore", "numpy", "pandas", "matplotlib", "jinja2", "dvc", "pyyaml")
 
@@ -62,15 +62,73 @@ def _run(*cmd: str, cwd: str | Path | None = None) -> str | None:
     return out.stdout
 
 
+# The instruction sets that decide which float kernels run, and so how results round: fused multiply-add, the
+# vector widths ATen dispatches on (DEFAULT, AVX2, AVX512) and the ISA levels oneDNN picks from (avx2_vnni,
+# avx512_core: f/dq/bw/vl, avx512_core_vnni, avx512_core_bf16, avx512_core_fp16, amx), as Linux's /proc/cpuinfo
+# names them ("flags" on x86, "Features" on aarch64). A hypervisor may hide some from a guest of the same model.
+FLOAT_ISA = (
+    "sse4_1", "avx", "f16c", "fma", "avx2", "avx_vnni",
+    "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+    "amx_tile", "amx_bf16", "amx_int8", "amx_fp16",
+    "asimd", "asimdhp", "fphp", "bf16", "i8mm", "sve", "sve2", "sme",
+)  # fmt: skip
+
+
+def _first_processor(cpuinfo: str) -> dict[str, str]:
+    """The ``key: value`` lines of the first processor in /proc/cpuinfo's text (a machine's processors are one
+    model)."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_identity(cpuinfo: str | None = None) -> dict:
+    """The CPU as provenance records it, from /proc/cpuinfo's text (read when ``cpuinfo`` is None):
+
+    - ``cpu``: the model name with the numbers that identify the model, since a virtual machine may show a name
+      as vague as ``AMD EPYC``: ``AMD EPYC (family 25, model 17, stepping 1)`` on x86; the implementer, part,
+      variant and revision on aarch64, whose /proc/cpuinfo has no model name;
+    - ``cpu_microcode``: the microcode revision (x86; None elsewhere);
+    - ``cpu_isa``: which of :data:`FLOAT_ISA` it has, in that order.
+
+    Off Linux: the platform's processor name, without numbers, microcode or instruction sets."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    fields = _first_processor(cpuinfo)
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields:  # x86
+        numbers = [("family", "cpu family"), ("model", "model"), ("stepping", "stepping")]
+    else:  # aarch64
+        numbers = [(key.lower(), key) for key in ("CPU implementer", "CPU part", "CPU variant", "CPU revision")]
+    numbers = ", ".join(f"{label} {fields[key]}" for label, key in numbers if key in fields)
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    return {
+        "cpu": f"{name} ({numbers})" if numbers else name,
+        "cpu_microcode": fields.get("microcode"),
+        "cpu_isa": [isa for isa in FLOAT_ISA if isa in flags],
+    }
+
+
 def cpu_model() -> str:
-    """The CPU's model name (Linux), for labelling a record or a measurement."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model, for labelling a record or a measurement: :func:`cpu_identity`'s ``cpu``."""
+    return cpu_identity()["cpu"]
+
+
+def _cpu_capability(torch) -> str | None:
+    """The instruction set ATen's CPU kernels dispatch to (``DEFAULT``, ``AVX2``, ``AVX512``, ...: the CPU's best,
+    or ``ATEN_CPU_CAPABILITY``); None when torch is not imported."""
+    get = getattr(getattr(getattr(torch, "backends", None), "cpu", None), "get_cpu_capability", None)
+    return get() if get is not None else None
 
 
 def _gpu() -> dict | None:
@@ -200,7 +258,8 @@ def record(
             "packages": versions,
             "hardware": {
                 "machine": platform.machine(),
-                "cpu": cpu_model(),
+                **cpu_identity(),
+                "cpu_capability": _cpu_capability(torch),
                 "cpu_count": os.cpu_count(),
                 "cpu_affinity": len(
                     os.sched_getaffinity(0)

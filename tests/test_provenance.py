@@ -219,3 +219,114 @@ def test_gpu_entry_when_cuda_is_in_use(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", fake)
     monkeypatch.setattr(provenance, "_run", lambda *cmd, cwd=None: "570.1\n570.1\n")
     assert provenance._gpu() == {"models": ["Fake GPU 0", "Fake GPU 1"], "driver": "570.1", "cuda": "12.8"}
+
+
+# /proc/cpuinfo of two guests that both call their CPU "AMD EPYC" (the first is this project's reference machine,
+# flags shortened), of an Intel host, and of an aarch64 host (no model name there).
+EPYC_ZEN4 = """\
+processor	: 0
+vendor_id	: AuthenticAMD
+cpu family	: 25
+model		: 17
+model name	: AMD EPYC
+stepping	: 1
+microcode	: 0x1000065
+flags		: fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 avx512f avx512dq avx512bw avx512vl avx512_bf16 \
+avx512_vnni hypervisor
+
+processor	: 1
+vendor_id	: AuthenticAMD
+cpu family	: 25
+model		: 17
+model name	: AMD EPYC
+stepping	: 1
+microcode	: 0x1000065
+flags		: fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 avx512f avx512dq avx512bw avx512vl avx512_bf16 \
+avx512_vnni hypervisor
+"""
+EPYC_ZEN2 = """\
+processor	: 0
+vendor_id	: AuthenticAMD
+cpu family	: 23
+model		: 49
+model name	: AMD EPYC
+stepping	: 0
+microcode	: 0x830107a
+flags		: fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 hypervisor
+"""
+XEON = """\
+processor	: 0
+vendor_id	: GenuineIntel
+cpu family	: 6
+model		: 143
+model name	: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
+stepping	: 8
+microcode	: 0x2b000590
+flags		: fma sse4_1 avx f16c avx2 avx512f avx512dq avx512bw avx512vl avx512_vnni avx512_bf16 avx512_fp16 \
+amx_bf16 amx_tile amx_int8 avx_vnni
+"""
+GRAVITON = """\
+processor	: 0
+BogoMIPS	: 2100.00
+Features	: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc dcpop \
+sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs paca pacg dcpodp svei8mm svebf16 i8mm bf16 dgh rng
+CPU implementer	: 0x41
+CPU architecture: 8
+CPU variant	: 0x1
+CPU part	: 0xd40
+CPU revision	: 1
+"""
+
+
+def test_the_cpu_record_tells_two_cpus_of_one_vague_name_apart():
+    """A VM may name its CPU only "AMD EPYC": the record adds family, model and stepping (in ``cpu``, the field the
+    audit compares), the microcode and the instruction sets that change float results."""
+    zen4, zen2 = provenance.cpu_identity(EPYC_ZEN4), provenance.cpu_identity(EPYC_ZEN2)
+    assert zen4 == {
+        "cpu": "AMD EPYC (family 25, model 17, stepping 1)",
+        "cpu_microcode": "0x1000065",
+        "cpu_isa": ["sse4_1", "avx", "f16c", "fma", "avx2", "avx512f", "avx512dq", "avx512bw", "avx512vl",
+                    "avx512_vnni", "avx512_bf16"],
+    }  # fmt: skip
+    assert zen2 == {
+        "cpu": "AMD EPYC (family 23, model 49, stepping 0)",
+        "cpu_microcode": "0x830107a",
+        "cpu_isa": ["sse4_1", "avx", "f16c", "fma", "avx2"],
+    }
+    assert provenance.cpu_identity(XEON) == {
+        "cpu": "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz (family 6, model 143, stepping 8)",
+        "cpu_microcode": "0x2b000590",
+        "cpu_isa": ["sse4_1", "avx", "f16c", "fma", "avx2", "avx_vnni", "avx512f", "avx512dq", "avx512bw", "avx512vl",
+                    "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8"],
+    }  # fmt: skip
+    graviton = provenance.cpu_identity(GRAVITON)
+    assert graviton["cpu"].endswith("(cpu implementer 0x41, cpu part 0xd40, cpu variant 0x1, cpu revision 1)")
+    assert graviton["cpu_microcode"] is None
+    assert graviton["cpu_isa"] == ["asimd", "asimdhp", "fphp", "bf16", "i8mm", "sve"]
+    assert provenance.cpu_identity("")["cpu_isa"] == []  # no /proc/cpuinfo: the platform's name only
+
+
+def test_the_record_holds_the_cpu_identity_and_torchs_dispatch(tmp_path, monkeypatch):
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    identity = provenance.cpu_identity
+    monkeypatch.setattr(provenance, "cpu_identity", lambda cpuinfo=None: identity(EPYC_ZEN4))
+    cpu = types.SimpleNamespace(get_cpu_capability=lambda: "AVX512")
+    fake = types.SimpleNamespace(backends=types.SimpleNamespace(cpu=cpu), get_num_threads=lambda: 2)
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    monkeypatch.setattr(provenance, "_gpu", lambda: None)
+    hardware = provenance.record("run", {}, started=time.time())["hardware"]
+    assert {k: hardware[k] for k in ("cpu", "cpu_microcode", "cpu_capability", "torch_threads")} == {
+        "cpu": "AMD EPYC (family 25, model 17, stepping 1)",
+        "cpu_microcode": "0x1000065",
+        "cpu_capability": "AVX512",
+        "torch_threads": 2,
+    }
+    assert hardware["cpu_isa"][-2:] == ["avx512_vnni", "avx512_bf16"]
+    monkeypatch.delitem(sys.modules, "torch")
+    assert provenance.record("run", {}, started=time.time())["hardware"]["cpu_capability"] is None  # torch-free
+
+
+def test_the_cpu_capability_is_torchs():
+    torch = pytest.importorskip("torch")
+    assert provenance._cpu_capability(torch) == torch.backends.cpu.get_cpu_capability()
