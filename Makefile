@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help venv repro test lint report-check audit profile plan rehearse cluster cluster-status cluster-cancel lock
+.PHONY: help venv repro test lint schema report-check audit profile plan rehearse cluster cluster-status cluster-cancel lock
 # `make` with no target lists the targets (nothing uses it to build: CI and the docs name their targets)
 .DEFAULT_GOAL := help
 
@@ -105,6 +105,9 @@ repro: $(STAMP) ## [JOBS=N] check params.yaml, then rebuild every result that is
 lint: $(STAMP) ## ruff check and ruff format --check of qkv pipeline tests tools
 	ruff check qkv pipeline tests tools
 	ruff format --check qkv pipeline tests tools
+
+schema: $(STAMP) ## regenerate params.schema.json, the JSON Schema editors check params files with
+	python -m pipeline.params_schema
 
 # The tests spread over the CPU cores (pytest-xdist; at most 4 workers: many tests start several processes each),
 # test by test as workers free up (worksteal: the slowest tests take minutes). `pytest tests/<file>` runs serially.

@@ -17,8 +17,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 STDLIB = set(sys.stdlib_module_names)
 STAGES = sorted(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])  # module name = stage name
-# entry points of the Makefile, not stages: make audit, rehearse, profile, cluster
-TOOLS = ["review.audit", "review.rehearse", "profile", "cluster.__main__"]
+# entry points of the Makefile, not stages: make audit, rehearse, profile, cluster, schema
+TOOLS = ["review.audit", "review.rehearse", "profile", "cluster.__main__", "params_schema"]
 GROUPS = ["stages", "training", "data", "planning", "reporting", "cluster", "review"]  # pipeline's subpackages
 PIPELINE = sorted(p for p in (ROOT / "pipeline").rglob("*.py"))
 

@@ -259,6 +259,7 @@ def test_make_help_still_lists_the_targets(repo):
         "venv",
         "repro",
         "lint",
+        "schema",
         "test",
         "report-check",
         "profile",
