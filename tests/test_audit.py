@@ -294,19 +294,25 @@ def test_compare_measured_flags_missing_ratios():
 # ------------------------------------------------------------------------------------------- the audit itself
 
 
-def test_audit_names_a_committed_output_missing_from_the_working_tree(tmp_path):
-    lock = {
-        "schema": "2.0",
-        "stages": {"prepare@x": {"cmd": "true", "outs": [{"path": "data/prepared/x", "md5": "0.dir"}]}},
-    }
-    (tmp_path / "dvc.lock").write_text(json.dumps(lock))
-    message = (
-        "committed output data/prepared/x is not in the working tree: fetch it (dvc pull data/prepared/x) "
-        "or reproduce it (dvc repro prepare@x)"
-    )
-    with pytest.raises(FileNotFoundError, match=re.escape(message)):
+def _committed_repo(repo: Path) -> None:
+    """``repo`` as a git and DVC repository with everything in it committed."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
+    assert dvc(repo, "init", "-q").returncode == 0
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "run"], cwd=repo, check=True)
+
+
+def test_audit_needs_a_commit_and_an_instance_of_heads_lock(tmp_path, monkeypatch):
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    with pytest.raises(
+        ValueError, match=re.escape("the audit compares with the commit at HEAD, but `git archive HEAD`")
+    ):
         audit(tmp_path, "prepare@x", TOL)
-    with pytest.raises(ValueError, match=re.escape("no stage instance 'y' in dvc.lock; recorded: prepare@x")):
+    lock = {"schema": "2.0", "stages": {"prepare@x": {"cmd": "true", "outs": [{"path": "d", "md5": "0.dir"}]}}}
+    (tmp_path / "dvc.lock").write_text(json.dumps(lock))
+    _committed_repo(tmp_path)
+    with pytest.raises(ValueError, match=re.escape("no stage instance 'y' in HEAD's dvc.lock; recorded: prepare@x")):
         audit(tmp_path, "y", TOL)
 
 
@@ -367,7 +373,9 @@ def _gpu_run(repo: Path, record: dict) -> Path:
     (repo / "dvc.lock").write_text(json.dumps({"schema": "2.0", "stages": {GPU_RUN: {"cmd": "false", "outs": outs}}}))
     _write(repo / f"{out}/metrics.json", METRICS)
     _write(repo / f"{out}/provenance.json", {"stage": "pretrain", "device": "cuda:0", **record})
-    return _params_with_audit(repo / "params.yaml", AUDIT)
+    params = _params_with_audit(repo / "params.yaml", AUDIT)
+    _committed_repo(repo)
+    return params
 
 
 @pytest.mark.parametrize(
@@ -383,8 +391,8 @@ def test_audit_refuses_a_gpu_run_with_fast_kernels_before_re_running(tmp_path, m
     def spend(*args):
         raise AssertionError("the audit started a re-run")
 
-    monkeypatch.setattr(module, "_scratch_copy", spend)
-    monkeypatch.setattr(module, "dvc", spend)
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.setattr(module, "_get_upstream", spend)
     with pytest.raises(ValueError, match=f"^{re.escape(REFUSED)}$"):
         audit(tmp_path, GPU_RUN, TOL)
 
@@ -404,31 +412,39 @@ TRAIN = """import json, sys
 from pathlib import Path
 out = Path("results") / sys.argv[1]
 out.mkdir(parents=True, exist_ok=True)
-(out / "metrics.json").write_text(json.dumps({"top1": 95.0}))
+(out / "metrics.json").write_text(json.dumps({"top1": 95.0, "data": Path("data.txt").read_text()}))
 record = {"device": "cpu", "determinism": {"device": "cpu", "gpu_kernels": "fast", "bitwise": True},
           "hardware": {"cpu": "This CPU", "torch_threads": 1}, "packages": {"torch": "2.14.1"}, "world_size": 1}
 (out / "provenance.json").write_text(json.dumps(record))
 """
 DVC_YAML = """stages:
+  prep:
+    cmd: {python} -c "open('data.txt', 'w').write('prepared')"
+    deps: [train.py]
+    outs: [data.txt]
   train:
     foreach: [x]
     do:
       cmd: {python} train.py ${{item}}
-      deps: [train.py]
+      deps: [train.py, data.txt]
       metrics:
         - results/${{item}}/metrics.json: {{cache: false}}
+      plots:
         - results/${{item}}/provenance.json: {{cache: false}}
 """
 CPU_PROMISE = (
     "bitwise promise: CPU, deterministic algorithms, same CPU model, torch build, threads, evaluation batch and "
     "processes"
 )
+PLAN = {"groups": [{"stage": "prep", "wall_hours": 0.5, "runs": 1}]}
 
 
 def test_audit_of_a_cpu_run_names_its_promise_and_notes_another_cpu_model(tmp_path, monkeypatch, capsys):
-    """A stand-in training stage (a script writing a metrics file and a CPU run's provenance record), committed and
-    re-run by the audit with DVC: the verdict carries the promise; a committed record made on another CPU model
-    adds a note saying the tolerances judge."""
+    """A stand-in training stage (a script writing a metrics file and a CPU run's provenance record) and the stage
+    that prepares its data, committed and re-run by the audit with DVC: the verdict carries the promise; a
+    committed record made on another CPU model adds a note saying the tolerances judge; the working tree is
+    never what is compared; a fresh clone (no DVC cache, no remote) reproduces the upstream stage first, saying
+    so with the plan's estimate."""
     from pipeline.review.audit import main
 
     monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
@@ -437,6 +453,7 @@ def test_audit_of_a_cpu_run_names_its_promise_and_notes_another_cpu_model(tmp_pa
     repo.mkdir()
     (repo / "train.py").write_text(TRAIN)
     (repo / "dvc.yaml").write_text(DVC_YAML.format(python=sys.executable))
+    _write(repo / "results/plan/plan.json", PLAN)
     _params_with_audit(repo / "params.yaml", AUDIT)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
@@ -445,12 +462,20 @@ def test_audit_of_a_cpu_run_names_its_promise_and_notes_another_cpu_model(tmp_pa
     subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
     subprocess.run([*git, "commit", "-qm", "run"], cwd=repo, check=True)
 
-    verdict, details, promise = audit(repo, "train@x", TOL)
-    assert (verdict, promise) == ("identical", CPU_PROMISE)
+    said = []
+    verdict, details, promise = audit(repo, "train@x", TOL, say=said.append)
+    assert (verdict, promise, said) == ("identical", CPU_PROMISE, [])
     assert details == ["1 file(s) equal byte for byte, in results/x/metrics.json"]
 
+    # the working tree is not what is audited: an edited result (a re-run that rewrote it) changes nothing
+    metrics = repo / "results/x/metrics.json"
+    metrics.write_text(metrics.read_text().replace("95.0", "95.5"))
+    assert audit(repo, "train@x", TOL, say=said.append)[:2] == ("identical", details)
+
+    subprocess.run(["git", "checkout", "--", "results/x/metrics.json"], cwd=repo, check=True)
     provenance = repo / "results/x/provenance.json"
     provenance.write_text(provenance.read_text().replace("This CPU", "AMD EPYC"))
+    subprocess.run([*git, "commit", "-qam", "another CPU"], cwd=repo, check=True)
     main(["train@x", "--repo", str(repo)])
     assert capsys.readouterr().out.splitlines() == [
         f"audit train@x: identical ({CPU_PROMISE})",
@@ -459,19 +484,12 @@ def test_audit_of_a_cpu_run_names_its_promise_and_notes_another_cpu_model(tmp_pa
         "  1 file(s) equal byte for byte, in results/x/metrics.json",
     ]
 
-    # an output edited in the working tree: the verdict says what it was compared with
-    metrics = repo / "results/x/metrics.json"
-    metrics.write_text(metrics.read_text().replace("95.0", "95.5"))
-    verdict, details, _ = audit(repo, "train@x", TOL)
-    assert verdict == "differs" and details[1] == (
-        "note: results/x/metrics.json is modified against dvc.lock; the re-run is compared with this working-tree copy"
-    ), details
-    # an input modified since dvc.lock: one line naming it, before any re-run (the stage would fail: not run)
-    (repo / "train.py").write_text(TRAIN + "raise SystemExit('re-run')\n")
-    with pytest.raises(ValueError) as excinfo:
-        audit(repo, "train@x", TOL)
-    assert str(excinfo.value) == (
-        "train@x: its inputs are not what dvc.lock recorded: train.py (modified) (dvc status train@x); a re-run from "
-        "them cannot reproduce the committed outputs: restore them (git checkout / dvc checkout <path>) or re-run the "
-        "stages that write them (dvc repro), then audit"
-    )
+    # a fresh clone: no DVC cache, no remote: prep is reproduced first, said with the plan's estimate
+    fresh = tmp_path / "fresh"
+    subprocess.run(["git", "clone", "-q", str(repo), str(fresh)], check=True)
+    verdict, details, _ = audit(fresh, "train@x", TOL, say=said.append)
+    assert said == [
+        "audit: train@x needs prep, in neither this clone's DVC cache nor a DVC remote: reproducing them first in "
+        "the scratch copy (~30 min by the plan)"
+    ]
+    assert verdict == "identical", details

@@ -374,6 +374,8 @@ def test_finetune_variant_without_pretraining_is_a_params_error(tmp_path, prepar
                 "x",
                 "--metrics",
                 "x",
+                "--record",
+                "x",
                 "--curves",
                 "x",
                 "--provenance",

@@ -2,15 +2,15 @@
 
     python -m pipeline.review.audit finetune@n12-sne-digits-0        (or: make audit STAGE=finetune@n12-sne-digits-0)
 
-First the instance's inputs in the working tree are checked against ``dvc.lock`` (``dvc status``): one modified
-since (prepared data, upstream weights, code, params) is one line naming it, before anything re-runs, since a re-run
-from it cannot reproduce the committed outputs; an output that differs from ``dvc.lock`` is noted with the verdict.
-The repository's tracked files are copied to a scratch folder, together with the stage's dependencies that
-git does not hold (prepared data, pretrained weights: taken from this working tree); the instance is re-run
-there with ``dvc repro --single-item --force``. Then every output the stage records in ``dvc.lock`` (files
-or directories, file by file) is compared with the committed one: the working tree's copy (git-tracked
-metrics, curves and tables; for DVC-cached outputs such as models and prepared data, the copy on disk). A
-committed output missing from the working tree is an error naming it (``dvc pull`` or ``dvc repro`` it first).
+It audits the commit at HEAD, never the working tree: HEAD's tracked files are exported twice to a scratch
+folder (``git archive HEAD``), each a DVC repository sharing this clone's DVC cache. In the first, the instance's
+committed outputs: git-tracked ones (metrics, records, curves, tables) as committed, DVC-cached ones (weights,
+prepared data) checked out from the cache by HEAD's ``dvc.lock`` (one this clone does not have is noted and judged
+by its hash). In the second, the instance is re-run: its upstream outputs are checked out from the cache as HEAD's
+``dvc.lock`` records them, pulled from the DVC remote when one is configured, and whatever is still missing (a
+fresh clone with no remote) is reproduced there first, after one line naming those instances and roughly how long
+they take by the committed cost plan; then ``dvc repro --single-item --force <instance>``. Results that ``make
+repro`` rewrote in the working tree are neither used nor compared with.
 
 Each file is compared by what it means (:mod:`pipeline.review.compare`): metrics JSON value by value and CSV cell by
 cell, numbers within ``audit.abs_tol``; safetensors (weights, prepared data) tensor by tensor, same names,
@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -49,38 +49,93 @@ from pipeline import cli, config
 from pipeline.cli import run_stage
 from pipeline.config import determinism
 from pipeline.review.compare import compare_outputs, is_provenance
-from pipeline.scratch import commit, copy_tracked, dvc
+from pipeline.scratch import commit, dvc
 
 
 def _outs(lock: dict, stage: str) -> dict[str, str]:
     return {o["path"]: o.get("md5", "") for o in lock["stages"][stage].get("outs", [])}
 
 
-def _scratch_copy(repo: Path, stage: dict, scratch: Path) -> None:
-    copy_tracked(repo, scratch)
-    for dep in stage.get("deps", []):
-        path = repo / dep["path"]
-        target = scratch / dep["path"]
-        if target.exists():
-            continue
-        if not path.exists():
-            raise FileNotFoundError(
-                f"dependency {dep['path']} is not in the working tree: reproduce the stage that "
-                "writes it first (dvc repro <that stage>) or fetch it (dvc pull)"
-            )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if path.is_dir() else shutil.copy2)(path, target)
-    commit(scratch, "audit")
+def _export_head(repo: Path, target: Path) -> None:
+    """HEAD's tracked files in ``target`` (never the working tree's), a DVC repository sharing ``repo``'s cache."""
+    target.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=repo, capture_output=True, check=False)
+    if archive.returncode != 0:
+        said = (archive.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+        raise ValueError(f"{repo}: the audit compares with the commit at HEAD, but `git archive HEAD` failed: {said}")
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    commit(target, "audit")
+    done = dvc(target, "cache", "dir", "--local", str(repo / ".dvc" / "cache"))
+    if done.returncode != 0:
+        raise ValueError(f"{target}: cannot share the DVC cache of {repo}: {done.stderr.strip()}")
 
 
-def _missing_outputs(repo: Path, name: str, outs: dict[str, str]) -> None:
-    """Raise if an output to compare with is not in the working tree (before spending a re-run on it)."""
-    for path in outs:
-        if not is_provenance(path) and not (repo / path).exists():
-            raise FileNotFoundError(
-                f"committed output {path} is not in the working tree: fetch it (dvc pull {path}) or "
-                f"reproduce it (dvc repro {name}), then audit again"
-            )
+def _estimate(repo: Path, names: list[str]) -> str:
+    """Roughly how long ``names`` take, from the committed cost plan (results/plan/plan.json), or why unknown."""
+    try:
+        plan = json.loads((repo / "results" / "plan" / "plan.json").read_text())
+        per = {g["stage"]: g["wall_hours"] / g["runs"] for g in plan["groups"] if g.get("wall_hours")}
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return "no estimate: results/plan/plan.json is not readable"
+    hours = [per.get(name.partition("@")[0]) for name in names]
+    known = sum(h for h in hours if h is not None)
+    unknown = sum(h is None for h in hours)
+    return f"~{known * 60:.0f} min by the plan" + (f", plus {unknown} stage(s) it does not time" if unknown else "")
+
+
+def _upstream(scratch: Path, name: str) -> list[str]:
+    """The instances ``name`` needs that are not up to date in ``scratch``: its upstream outputs are restored from
+    the shared DVC cache as HEAD's dvc.lock records them, then pulled from the DVC remote, when one is set."""
+    dvc(scratch, "checkout", "--quiet", "--with-deps", name)
+    if dvc(scratch, "remote", "list").stdout.strip():
+        dvc(scratch, "pull", "--with-deps", name)  # what the remote lacks is reproduced below
+    done = dvc(scratch, "status", "--with-deps", "--json", name)
+    try:
+        status = json.loads(done.stdout) if done.returncode == 0 else None
+    except ValueError:
+        status = None
+    if not isinstance(status, dict):
+        said = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ValueError(f"cannot list what {name} needs: `dvc status --with-deps {name}` failed: {said}")
+    return sorted(stage for stage in status if stage != name and not stage.endswith(".dvc"))
+
+
+def _get_upstream(scratch: Path, name: str, say) -> None:
+    """Reproduce in ``scratch`` the upstream instances neither this clone's DVC cache nor a remote has, saying
+    first what will run and roughly how long."""
+    needed = _upstream(scratch, name)
+    if not needed:
+        return
+    say(f"audit: {name} needs {', '.join(needed)}, in neither this clone's DVC cache nor a DVC remote: "
+        f"reproducing them first in the scratch copy ({_estimate(scratch, needed)})")  # fmt: skip
+    done = dvc(scratch, "repro", *needed)
+    if done.returncode != 0:
+        raise ValueError(f"reproducing {', '.join(needed)} for the audit failed: {done.stderr.strip()[-500:]}")
+
+
+def _committed(name: str, outs: dict[str, str], root: Path) -> list[str]:
+    """HEAD's outputs of ``name`` in ``root``, a HEAD export (:func:`_export_head`: git-tracked ones are there; the
+    DVC-cached ones come from the cache by HEAD's dvc.lock); notes for those this clone does not have, which are
+    then judged by hash alone."""
+    dvc(root, "checkout", "--quiet", name)
+    missing = [path for path in outs if not is_provenance(path) and not (root / path).exists()]
+    return [
+        f"note: {path}: HEAD's copy is not in this clone's DVC cache; judged by its dvc.lock hash" for path in missing
+    ]
+
+
+def _promise(committed: Path, name: str, outs: dict[str, str]) -> tuple[dict, dict] | None:
+    """The committed run's ``determinism`` entry and provenance record (None for a stage that trains nothing);
+    a ValueError, one line, when a re-run under the committed params cannot confirm that run."""
+    record = _provenance(committed, outs)
+    entry = determinism.committed(record) if record is not None else None
+    if entry is None:
+        return None
+    params = config.load(committed / "params.yaml")  # what the re-run reads
+    refused = determinism.refusal(name, entry, params.device, params.runtime.gpu_kernels)
+    if refused:
+        raise ValueError(refused)
+    return entry, record
 
 
 def _provenance(root: Path, outs: dict[str, str]) -> dict | None:
@@ -94,76 +149,41 @@ def _provenance(root: Path, outs: dict[str, str]) -> dict | None:
     return None
 
 
-def _promise(repo: Path, name: str, outs: dict[str, str]) -> tuple[dict, dict] | None:
-    """The committed run's ``determinism`` entry and provenance record (None for a stage that trains nothing);
-    a ValueError, one line, when a re-run under the current params cannot confirm that run."""
-    record = _provenance(repo, outs)
-    entry = determinism.committed(record) if record is not None else None
-    if entry is None:
-        return None
-    params = config.load(repo / "params.yaml")  # what the re-run reads (its scratch copy)
-    refused = determinism.refusal(name, entry, params.device, params.runtime.gpu_kernels)
-    if refused:
-        raise ValueError(refused)
-    return entry, record
-
-
-def _as_recorded(repo: Path, name: str) -> list[str]:
-    """Raise (one line) if an input of ``name`` in the working tree is not what ``dvc.lock`` recorded (a re-run
-    from it could not reproduce the committed outputs, whatever the code does); notes for its outputs that differ
-    from dvc.lock, with which the re-run is compared (``dvc status``)."""
-    done = dvc(repo, "status", "--json", name)
-    try:
-        status = json.loads(done.stdout) if done.returncode == 0 else None
-    except ValueError:
-        status = None
-    if not isinstance(status, dict):
-        said = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ValueError(f"cannot check the inputs of {name} against dvc.lock: `dvc status {name}` failed: {said}")
-    changed: dict[str, dict] = {"changed deps": {}, "changed outs": {}}
-    for entry in status.get(name, []):
-        for kind in changed:
-            if isinstance(entry, dict) and isinstance(entry.get(kind), dict):
-                changed[kind].update(entry[kind])
-    if changed["changed deps"]:
-        what = ", ".join(f"{path} ({how})" for path, how in changed["changed deps"].items())
-        raise ValueError(
-            f"{name}: its inputs are not what dvc.lock recorded: {what} (dvc status {name}); a re-run from them "
-            "cannot reproduce the committed outputs: restore them (git checkout / dvc checkout <path>) or re-run "
-            "the stages that write them (dvc repro), then audit"
-        )
-    return [f"note: {path} is {how} against dvc.lock; the re-run is compared with this working-tree copy"
-            for path, how in changed["changed outs"].items() if not is_provenance(path)]  # fmt: skip
-
-
 class Audited(NamedTuple):
     verdict: str  # identical, equal within tolerance (...), differs
     details: list[str]
     promise: str | None = None  # the committed run's bitwise promise, for the verdict line
 
 
-def audit(repo: Path, name: str, tol: config.Audit) -> Audited:
-    """Re-run stage instance ``name`` in a scratch copy of ``repo``; returns its verdict, details and promise."""
-    lock = config.read_yaml(repo / "dvc.lock", "DVC lock file")
-    if name not in lock.get("stages", {}):
-        raise ValueError(f"no stage instance {name!r} in dvc.lock; recorded: {', '.join(lock.get('stages', {}))}")
-    old = _outs(lock, name)
-    promised = _promise(repo, name, old)  # before anything is spent on a re-run
-    _missing_outputs(repo, name, old)
-    noted = _as_recorded(repo, name)
+def audit(repo: Path, name: str, tol: config.Audit, say=print) -> Audited:
+    """Re-run stage instance ``name`` of ``repo``'s HEAD in a scratch copy; returns its verdict against HEAD's
+    outputs, its details and promise. ``say`` prints what the audit will reproduce first, if anything."""
     with tempfile.TemporaryDirectory(prefix="audit-") as tmp:
+        committed = Path(tmp) / "committed"
+        _export_head(repo, committed)
+        lock = config.read_yaml(committed / "dvc.lock", "DVC lock file committed at HEAD")
+        if name not in lock.get("stages", {}):
+            recorded = ", ".join(lock.get("stages", {}))
+            raise ValueError(f"no stage instance {name!r} in HEAD's dvc.lock; recorded: {recorded}")
+        old = _outs(lock, name)
+        noted = _committed(name, old, committed)
+        promised = _promise(committed, name, old)  # before anything is spent on a re-run
         scratch = Path(tmp) / "repo"
-        scratch.mkdir()
-        _scratch_copy(repo, lock["stages"][name], scratch)
+        _export_head(repo, scratch)
+        _get_upstream(scratch, name, say)
         done = dvc(scratch, "repro", "--single-item", "--force", name)
         if done.returncode != 0:
             return Audited("differs", [f"the stage failed when re-run:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"])
         new = _outs(config.read_yaml(scratch / "dvc.lock", "DVC lock file"), name)
-        verdict, details = compare_outputs(repo, scratch, list(old), tol)
+        present = [p for p in old if (committed / p).exists() or is_provenance(p)]
+        verdict, details = compare_outputs(committed, scratch, present, tol)
         rerun = _provenance(scratch, old) or {}
-    if verdict == "identical":  # the working tree equals the re-run: does it also equal what dvc.lock says?
-        stale = [p for p in old if not is_provenance(p) and old[p] != new.get(p)]
-        details += [f"note: {p} matches the re-run but not its hash in dvc.lock (see dvc status)" for p in stale]
+    absent = [p for p in old if p not in present]
+    unequal = [p for p in absent if old[p] != new.get(p)]
+    if unequal:
+        verdict = "differs"
+        details = [f"{p}: re-run hash {new.get(p)} is not HEAD's {old[p]} (HEAD's copy not here to compare "
+                   "within tolerance: dvc pull it)" for p in unequal] + details  # fmt: skip
     return _judged(promised, rerun, verdict, noted + details)
 
 
