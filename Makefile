@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: help venv repro test lint schema report-check audit profile plan rehearse cluster cluster-status cluster-cancel lock
+.PHONY: help venv repro test lint metrics exps plots schema report-check audit profile plan rehearse cluster cluster-status cluster-cancel lock
 # `make` with no target lists the targets (nothing uses it to build: CI and the docs name their targets)
 .DEFAULT_GOAL := help
 
@@ -161,6 +161,18 @@ cluster-status: $(STAMP) ## [TARGETS='stage-or-instance ...']: every instance's 
 
 cluster-cancel: $(STAMP) ## cancel every queued or running cluster job of ours
 	python -m pipeline.cluster cancel
+
+# DVC's own views of the results: metrics.json of every training run and the report's headline are DVC metrics;
+# provenance and the runs' records are declared as plots that draw nothing (dvc.yaml says why).
+metrics: $(STAMP) ## the headline (each variant against linear), then every metric that differs from HEAD's (this run vs the committed one)
+	dvc metrics show reports/headline.json --md
+	dvc metrics diff --md
+
+exps: $(STAMP) ## dvc exp show: params and metrics of the workspace, HEAD and each experiment, the columns that differ
+	dvc exp show --only-changed --md
+
+plots: $(STAMP) ## dvc plots show: training curves, the FLOPs table and the bench timings (dvc_plots/index.html)
+	dvc plots show
 
 # Re-run one stage instance in a scratch copy and compare it with dvc.lock and the committed metrics.
 audit: $(STAMP) ## STAGE=<instance, e.g. finetune@n12-sne-digits-0>: re-run it in a scratch copy, compare

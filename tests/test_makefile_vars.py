@@ -268,6 +268,9 @@ def test_make_help_still_lists_the_targets(repo):
         "cluster",
         "cluster-status",
         "cluster-cancel",
+        "metrics",
+        "exps",
+        "plots",
         "audit",
         "lock",
     ]
