@@ -1,7 +1,7 @@
 """The training recipe, built from timm's utilities with every value from a :class:`pipeline.config.Recipe`:
-AdamW from timm's optimizer factory with no weight decay on norms, biases, XCA temperatures, the class token,
-the positional encoding and F-SNE codes; a cosine schedule with warmup, stepped every update; the learning rate
-scaled by ``global batch / lr_base_batch``; Mixup/CutMix with label smoothing; optional gradient clipping;
+AdamW from timm's optimizer factory with XCiT's weight-decay groups (:func:`weight_decay_groups`: none on
+one-dimensional parameters, biases and the class token); a cosine schedule with warmup, stepped every update; the
+learning rate scaled by ``global batch / lr_base_batch``; Mixup/CutMix with label smoothing; optional gradient clipping;
 mixed precision on GPU (:func:`amp_dtype`: bf16, or fp16 with a gradient scaler on GPUs without native bf16).
 :func:`train_step` is the one update both the training stages run and the bench stage times.
 """
@@ -25,7 +25,14 @@ __all__ = [
     "make_scheduler",
     "set_seed",
     "train_step",
+    "weight_decay_groups",
 ]
+
+# XCiT's ``no_weight_decay()`` (facebookresearch/xcit xcit.py), which its main.py hands to timm 0.4.9's
+# ``create_optimizer`` and ``add_weight_decay`` compares with whole parameter names: only ``cls_token`` is one
+# (the positional encoding is the module ``pos_embeder`` there, ``pos_embed`` in timm; there is no distillation
+# token), so the temperatures and the positional encoding's projection weight are decayed.
+XCIT_NO_WEIGHT_DECAY = frozenset({"pos_embed", "cls_token", "dist_token"})
 
 
 class TrainingDiverged(ValueError):
@@ -68,17 +75,48 @@ def loss_recipe(recipe: Recipe, num_classes: int):
 
 
 def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    """The recipe's optimizer at its effective learning rate."""
-    from timm.optim import create_optimizer_v2, param_groups_weight_decay
+    """The recipe's optimizer at its effective learning rate, over :func:`weight_decay_groups`."""
+    from timm.optim import create_optimizer_v2
 
-    no_decay = {"*temperature", "cls_token", "pos_embed.*", "*.codes", *getattr(model, "no_weight_decay", set)()}
-    groups = param_groups_weight_decay(model, recipe.weight_decay, no_weight_decay_list=sorted(no_decay))
+    groups = weight_decay_groups(model, recipe.weight_decay)
     # torch's fused Adam/AdamW kernel: one pass over all parameters instead of a loop of small ops (a third of
     # the optimizer's time on CPU, docs/performance.md); the same update rule.
     fused = {"fused": True} if recipe.opt.lower() in ("adam", "adamw") else {}
     return create_optimizer_v2(
         groups, opt=recipe.opt, lr=recipe.lr_effective, weight_decay=recipe.weight_decay, **fused
     )
+
+
+def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """The parameters that train, split as XCiT's recipe splits them: XCiT's main.py calls timm 0.4.9's
+    ``create_optimizer(args, model)``, whose ``add_weight_decay`` exempts a parameter when
+    ``len(param.shape) == 1 or name.endswith(".bias") or name in model.no_weight_decay()`` (whole names;
+    :data:`XCIT_NO_WEIGHT_DECAY`). So norms, biases, layer scales and the class token are not decayed; the XCA
+    temperatures ``(heads, 1, 1)``, the positional encoding's 1x1 projection and every other weight are. Today's
+    timm (``param_groups_weight_decay``) matches ``no_weight_decay()`` as fnmatch patterns, and its XCiT lists
+    ``pos_embed.*``, which would exempt that projection; hence the rule written out here.
+
+    The embeddings' own parameters follow the same rule (references/assumptions.yaml, "weight decay of the
+    embedding's parameters"): the F-SNE codes ``(3, L)`` are decayed like any weight; a grouped layer's parameter
+    (qkv.embed's ``GroupedLinear``, ``GroupedLayerNorm``: G layers stacked) is judged by its shape per group, so
+    the scales of three LayerNorms stay undecayed as XCiT's LayerNorms are. Empty groups are left out."""
+    from qkv.embed import GroupedLayerNorm, GroupedLinear
+
+    grouped = {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        if isinstance(module, (GroupedLinear, GroupedLayerNorm))
+        for name, _ in module.named_parameters(recurse=False)
+    }
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue  # frozen: not trained at all
+        shape = param.shape[1:] if name in grouped else param.shape
+        exempt = len(shape) == 1 or name.endswith(".bias") or name in XCIT_NO_WEIGHT_DECAY
+        (no_decay if exempt else decay).append(param)
+    groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+    return [group for group in groups if group["params"]]
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, updates_per_epoch: int):
