@@ -113,17 +113,25 @@ def test_dvc_repro_then_nothing_to_do(tmp_path):
     assert "reports/headline.json" in shown and "results/pretrain/n12-linear-0/metrics.json" in shown
     assert "provenance" not in shown and "record.json" not in shown and "results/flops" not in shown
 
-    # Audit one instance: identical to what dvc.lock records; a tampered metrics file is caught.
+    # Audit one instance of the commit: identical to what it records; a tampered committed result is caught, and
+    # the working tree is never what is judged.
+    commit = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm"]
+    audit = run_audit("prepare@synthetic", repo)
+    assert audit.returncode == 1 and "no dvc.lock committed at HEAD" in audit.stderr, audit.stdout + audit.stderr
+    sh("git", "add", "-A", cwd=repo)
+    sh(*commit, "results", cwd=repo)
     audit = run_audit("prepare@synthetic", repo)
     assert audit.returncode == 0 and "audit prepare@synthetic: identical" in audit.stdout, audit.stdout + audit.stderr
     metrics_file = repo / "results/prepare/synthetic.json"
     tampered = json.loads(metrics_file.read_text())
     tampered["counts"]["train"] += 1
     metrics_file.write_text(json.dumps(tampered))
+    assert "audit prepare@synthetic: identical" in run_audit("prepare@synthetic", repo).stdout  # not committed
+    sh(*commit, "tampered", "results/prepare/synthetic.json", cwd=repo)
     audit = run_audit("prepare@synthetic", repo)
     assert audit.returncode == 1 and "differs" in audit.stdout
     assert "results/prepare/synthetic.json: counts.train:" in audit.stdout
-    sh(dvc, "repro", cwd=repo)  # restore
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "revert", "--no-edit", "HEAD", cwd=repo)  # restore
 
     # The bench stage is a measurement: its audit compares ratios, never hashes or absolute timings.
     bench = json.loads((repo / "results/bench/metrics.json").read_text())

@@ -63,7 +63,7 @@ def test_stage_writes_documented_files(tmp_path):
     assert tuple(rows[0]) == flops.TABLE_COLUMNS
     assert all(r["params"] == r["params_formula"] for r in rows)
     provenance = json.loads(files["provenance"].read_text())
-    assert provenance["stage"] == "flops" and provenance["params"]["counts"][0]["net"]["img_size"] == 64
+    assert provenance["stage"] == "flops" and provenance["params"]["counts"]["0"]["net"]["img_size"] == 64
     assert "wall_time_s" in provenance and "wall_time_s" not in files["metrics"].read_text()
     first = files["metrics"].read_bytes()
     run_stage(small_params(tmp_path), files)

@@ -223,18 +223,8 @@ def test_gpu_entry_when_cuda_is_in_use(monkeypatch):
 
 # /proc/cpuinfo of two guests that both call their CPU "AMD EPYC" (the first is this project's reference machine,
 # flags shortened), of an Intel host, and of an aarch64 host (no model name there).
-EPYC_ZEN4 = """\
-processor	: 0
-vendor_id	: AuthenticAMD
-cpu family	: 25
-model		: 17
-model name	: AMD EPYC
-stepping	: 1
-microcode	: 0x1000065
-flags		: fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 avx512f avx512dq avx512bw avx512vl avx512_bf16 \
-avx512_vnni hypervisor
-
-processor	: 1
+_ZEN4_PROCESSOR = """\
+processor	: {}
 vendor_id	: AuthenticAMD
 cpu family	: 25
 model		: 17
@@ -244,6 +234,7 @@ microcode	: 0x1000065
 flags		: fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2 avx512f avx512dq avx512bw avx512vl avx512_bf16 \
 avx512_vnni hypervisor
 """
+EPYC_ZEN4 = "\n".join(_ZEN4_PROCESSOR.format(i) for i in range(2))  # one block per processor, as Linux writes it
 EPYC_ZEN2 = """\
 processor	: 0
 vendor_id	: AuthenticAMD

@@ -161,7 +161,9 @@ def audit(repo: Path, name: str, tol: config.Audit, say=print) -> Audited:
     with tempfile.TemporaryDirectory(prefix="audit-") as tmp:
         committed = Path(tmp) / "committed"
         _export_head(repo, committed)
-        lock = config.read_yaml(committed / "dvc.lock", "DVC lock file committed at HEAD")
+        if not (committed / "dvc.lock").is_file():
+            raise ValueError(f"{repo}: no dvc.lock committed at HEAD, nothing to audit: commit the results first")
+        lock = config.read_yaml(committed / "dvc.lock", "DVC lock file")
         if name not in lock.get("stages", {}):
             recorded = ", ".join(lock.get("stages", {}))
             raise ValueError(f"no stage instance {name!r} in HEAD's dvc.lock; recorded: {recorded}")
