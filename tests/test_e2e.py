@@ -133,6 +133,19 @@ def test_dvc_repro_then_nothing_to_do(tmp_path):
     assert "results/prepare/synthetic.json: counts.train:" in audit.stdout
     sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "revert", "--no-edit", "HEAD", cwd=repo)  # restore
 
+    # The README's audit on a fresh clone, no DVC remote: the fine-tuning run's upstream instances are reproduced
+    # first in the scratch copy (said, with the plan's estimate), then it is judged against HEAD.
+    fresh = repo.parent / "fresh"
+    sh("git", "clone", "-q", str(repo), str(fresh), cwd=repo.parent)
+    audit = run_audit("finetune@n12-linear-digits-0", fresh)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    said = audit.stdout.splitlines()
+    assert said[0].startswith(
+        "audit: finetune@n12-linear-digits-0 needs prepare@digits, prepare@synthetic, pretrain@n12-linear-0, in "
+        "neither this clone's DVC cache nor a DVC remote: reproducing them first in the scratch copy (~"
+    ), said
+    assert said[1].startswith("audit finetune@n12-linear-digits-0: identical"), said
+
     # The bench stage is a measurement: its audit compares ratios, never hashes or absolute timings.
     bench = json.loads((repo / "results/bench/metrics.json").read_text())
     assert bench["measured"] is True and set(bench["models"]) == {"linear", "fsne"}

@@ -4,7 +4,7 @@ that work in their own clone, :mod:`pipeline.cluster.job`).
 ``push`` does what ``dvc push --run-cache`` does — copy the local run-cache entries (``.dvc/cache/runs``) to the
 default remote — and then also the objects of every output those runs record. DVC 3 pushes the entries and the
 outputs ``dvc.lock`` tracks with the cache, but not the outputs a stage declares ``cache: false`` (here: every
-metrics, provenance and curves file), although it saves them into the cache for its run-cache and restores them
+metrics, record, provenance and curves file), although it saves them into the cache for its run-cache and restores them
 from it; without their objects on the remote, ``dvc repro --pull`` elsewhere finds the run but not its outputs and
 runs the stage again. ``pull`` copies the remote's run-cache entries here (``dvc fetch --run-cache`` without
 fetching what ``dvc.lock`` lists), so that ``dvc repro --pull`` restores upstream stages instead of running them.
