@@ -248,6 +248,7 @@ def record(
     torch = sys.modules.get("torch")
     address = dvc_stage or os.environ.get("DVC_STAGE") or None
     root = str(root or os.environ.get("DVC_ROOT") or os.getcwd())
+    affinity = len(os.sched_getaffinity(0))  # the CPUs this process may run on (SLURM binds a job step)
     return inert(
         {
             "stage": stage,
@@ -261,9 +262,7 @@ def record(
                 **cpu_identity(),
                 "cpu_capability": _cpu_capability(torch),
                 "cpu_count": os.cpu_count(),
-                "cpu_affinity": len(
-                    os.sched_getaffinity(0)
-                ),  # the CPUs this process may run on (SLURM binds a job step)
+                "cpu_affinity": affinity,
                 "torch_threads": torch.get_num_threads() if torch is not None else None,
             },
             "gpu": _gpu(),

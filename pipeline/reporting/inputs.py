@@ -3,9 +3,9 @@ a missing key, a value of the wrong type or out of its range (:mod:`pipeline.rep
 under another profile or for another instance is one line naming the file, what is wrong and what to do. An
 absent file is an instance that has not run (None).
 
-Identity: a training record (record.json) and a prepare result name their own instance (backbone, model, variant, seed,
-dataset, stage; dataset), a provenance record its instance, and a curves file must fit its run's metrics (one
-row per epoch, its last and best validation top-1 those the metrics record): a file copied from another
+Identity: a training run's record (record.json) and a prepare result name their own instance (backbone, model,
+variant, seed, dataset, stage; dataset), a provenance record its instance, and a curves file must fit its run's
+record (one row per epoch, its last and best validation top-1 those the record holds): a file copied from another
 instance is refused naming both.
 
 Torch-free: JSON and CSV only.
